@@ -1,0 +1,46 @@
+"""Dispatch decisions: why each run (and each attempt) went where it went."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from dags.models import DagRun, ExecutionMode, WaitingReason
+
+
+class DecisionWhy(models.TextChoices):
+    FORCED_LOCAL = "forced_local", "worker_selector: local"
+    SELECTOR = "selector", "non-empty worker_selector"
+    DEFAULT_MODE = "default_mode", "default_execution_mode"
+
+
+class DecisionEvent(models.TextChoices):
+    CREATED = "created", "mode decided"
+    WAITING = "waiting", "waiting for a worker"
+    ASSIGNED = "assigned", "assigned to a worker"
+    REDISPATCHED = "redispatched", "worker lost, new attempt queued"
+    FAILED_WORKER_LOST = "failed_worker_lost", "worker lost, run failed"
+    REQUEUED = "requeued", "assignment never started, requeued"
+    RETRY = "retry", "manual retry"
+
+
+class DispatchDecision(models.Model):
+    run = models.ForeignKey(DagRun, on_delete=models.CASCADE, related_name="dispatch_decisions")
+    attempt = models.PositiveIntegerField(default=0)
+    event = models.CharField(max_length=24, choices=DecisionEvent.choices)
+    mode = models.CharField(max_length=16, choices=ExecutionMode.choices)
+    why = models.CharField(max_length=16, choices=DecisionWhy.choices)
+    selector = models.JSONField(default=dict, blank=True)
+    workers_considered = models.PositiveIntegerField(default=0)
+    workers_matched = models.PositiveIntegerField(default=0)
+    chosen_worker = models.CharField(max_length=255, blank=True)
+    waiting_reason = models.CharField(
+        max_length=32, choices=WaitingReason.choices, blank=True, default=""
+    )
+    detail = models.TextField(blank=True)
+    decided_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["decided_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} #{self.attempt} {self.event}"

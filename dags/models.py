@@ -1,0 +1,169 @@
+"""DAG runs, their attempts and steps.
+
+A run is dispatched as numbered attempts. Each attempt has a random token; reports carry it,
+and only the run's current attempt may change the run. That is what makes failover safe:
+a superseded attempt's late reports are rejected instead of completing the run twice.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+class ExecutionMode(models.TextChoices):
+    LOCAL = "local"
+    DISTRIBUTED = "distributed"
+
+
+class WaitingReason(models.TextChoices):
+    NONE = "", "-"
+    NO_WORKERS = "no_workers"
+    NO_MATCHING_WORKER = "no_matching_worker"
+    MATCHING_WORKERS_BUSY = "matching_workers_busy"
+    MATCHING_WORKERS_DRAINING = "matching_workers_draining"
+    MATCHING_WORKERS_UNHEALTHY = "matching_workers_unhealthy"
+
+
+class OnWorkerLost(models.TextChoices):
+    REDISPATCH = "redispatch"
+    FAIL = "fail"
+
+
+class DagRun(models.Model):
+    id = models.CharField(primary_key=True, max_length=64)
+    dag_name = models.CharField(max_length=255, db_index=True)
+    # The whole YAML file as submitted: children defined in it are resolved from here.
+    spec = models.TextField()
+    source = models.CharField(max_length=1024, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    waiting_reason = models.CharField(
+        max_length=32, choices=WaitingReason.choices, blank=True, default=""
+    )
+    execution_mode = models.CharField(max_length=16, choices=ExecutionMode.choices)
+    worker_selector = models.JSONField(default=dict, blank=True)
+    root = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="descendants"
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    parent_step = models.CharField(max_length=255, blank=True)
+    parent_item = models.IntegerField(null=True, blank=True)
+    attempt = models.PositiveIntegerField(default=0)
+    worker_id = models.CharField(max_length=255, blank=True, db_index=True)
+    on_worker_lost = models.CharField(
+        max_length=16, choices=OnWorkerLost.choices, default=OnWorkerLost.REDISPATCH
+    )
+    max_redispatch = models.PositiveIntegerField(default=3)
+    redispatch_count = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    outputs = models.JSONField(default=dict, blank=True)
+    queued_at = models.DateTimeField(db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        indexes = [
+            models.Index(fields=["status", "execution_mode", "queued_at"], name="run_queue"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["parent", "parent_step", "parent_item"],
+                name="one_child_per_parent_step_item",
+                condition=models.Q(parent__isnull=False),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dag_name} {self.id}"
+
+    @property
+    def root_run_id(self) -> str:
+        return self.root_id or self.id
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_RUN_STATUSES
+
+
+class AttemptStatus(models.TextChoices):
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+
+
+class Attempt(models.Model):
+    run = models.ForeignKey(DagRun, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    token = models.CharField(max_length=64, unique=True)
+    mode = models.CharField(max_length=16, choices=ExecutionMode.choices)
+    worker_id = models.CharField(max_length=255, blank=True, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=AttemptStatus.choices, default=AttemptStatus.ASSIGNED
+    )
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Highest report sequence applied; replayed reports at or below it are ignored.
+    last_event_seq = models.BigIntegerField(default=0)
+    end_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "number"], name="attempt_number_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} #{self.number}"
+
+
+class StepRun(models.Model):
+    run = models.ForeignKey(DagRun, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=255)
+    position = models.PositiveIntegerField(default=0)
+    status = models.CharField(
+        max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING
+    )
+    exit_code = models.IntegerField(null=True, blank=True)
+    attempt = models.PositiveIntegerField(default=0)
+    retries = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    output_value = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    # Relative to the log dir; one file per attempt and step.
+    log_path = models.CharField(max_length=1024, blank=True)
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="step_name_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.name}"
