@@ -16,7 +16,7 @@ DISPATCHABLE = frozenset({HEALTHY, WARNING})
 
 
 def health_status(last_heartbeat: datetime | None, *, now: datetime, timing: TimingConfig) -> str:
-    """HEALTHY < warning_after <= WARNING < unhealthy_after <= UNHEALTHY <= offline_after < OFFLINE."""
+    """Ages: HEALTHY < warning_after <= WARNING < unhealthy_after <= UNHEALTHY, then OFFLINE."""
     if last_heartbeat is None:
         return OFFLINE
     age = (now - last_heartbeat).total_seconds()

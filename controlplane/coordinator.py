@@ -1,0 +1,337 @@
+"""The coordinator: what each RPC does, and the background loops that keep runs moving.
+
+`Coordinator` owns the in-memory fleet and the wake-up event; the gRPC servicer converts
+messages and calls one method here per RPC. Loops follow one shape: call a one-step
+function, then sleep on the stop event so a shutdown is never kept waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.db import close_old_connections, connection
+from django.db.models import Count, F
+
+from controlplane.config import Config
+from controlplane.dispatch import dispatch_once
+from controlplane.failover import ACTIVE, failover_once
+from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
+from dags.reports import ApplyResult, Event, apply_events
+from dags.runs import RunError, completed_steps, create_run, get_run, request_cancel
+from dags.spec import DagFile, DagSpecError, load_dag_file, parse_dag_file
+from workers import registry
+from workers.models import Worker
+from workers.presence import Fleet, Identity, Running, flush_fleet, purge_offline
+
+logger = logging.getLogger(__name__)
+
+MAX_POLL_WAIT = 20.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class TaskPayload:
+    """A claimed attempt as handed to a worker (converted to a proto `Task` by the servicer)."""
+
+    dag_run_id: str
+    dag_name: str
+    attempt: int
+    attempt_token: str
+    definition: str
+    params: Mapping[str, str]
+    root_dag_run_id: str
+    root_dag_name: str
+    parent_dag_run_id: str
+    parent_dag_name: str
+    completed: list[tuple[str, str, int | None, str | None]]  # name, status, exit, output
+    source: str
+
+
+@dataclass(frozen=True)
+class ChildStatus:
+    found: bool
+    status: str = ""
+    error: str = ""
+    outputs: Mapping[str, str] | None = None
+
+
+class Coordinator:
+    def __init__(self, config: Config, *, now: datetime | None = None) -> None:
+        self.config = config
+        self.started_at = now or utcnow()
+        self.fleet = Fleet(timing=config.timing, started_at=self.started_at)
+        self.wake_event = threading.Event()
+        self.log_dir = Path(config.paths.log_dir)
+
+    # -- RPC handlers ----------------------------------------------------------------------
+
+    def poll(self, who: Identity, *, free_slots: int, wait: float) -> list[TaskPayload]:
+        state = self.fleet.record_poll(who, now=utcnow())
+        if free_slots <= 0 or state.draining or state.stopping:
+            return []
+        self.wake()
+        items = self.fleet.take(who.id, max_items=free_slots, timeout=min(wait, MAX_POLL_WAIT))
+        close_old_connections()
+        return [task for item in items if (task := self._task_for(item)) is not None]
+
+    def _task_for(self, item: object) -> TaskPayload | None:
+        assert isinstance(item, Attempt)
+        run = DagRun.objects.select_related("root", "parent").get(pk=item.run_id)
+        if run.attempt != item.number or run.status != RunStatus.RUNNING:
+            return None  # cancelled or superseded while it sat in the mailbox
+        root = run.root or run
+        return TaskPayload(
+            dag_run_id=run.id,
+            dag_name=run.dag_name,
+            attempt=item.number,
+            attempt_token=item.token,
+            definition=run.spec,
+            params=run.params,
+            root_dag_run_id=root.id,
+            root_dag_name=root.dag_name,
+            parent_dag_run_id=run.parent_id or "",
+            parent_dag_name=run.parent.dag_name if run.parent else "",
+            completed=[
+                (s.name, s.status, s.exit_code, s.output_value or None)
+                for s in completed_steps(run)
+            ],
+            source=run.source,
+        )
+
+    def heartbeat(
+        self, who: Identity, *, running: list[Running], stopping: bool
+    ) -> tuple[list[str], bool]:
+        """Record liveness; return (attempt tokens the worker must cancel, draining)."""
+        known_before = self.fleet.get(who.id) is not None
+        state = self.fleet.record_heartbeat(who, running=running, stopping=stopping, now=utcnow())
+        if not known_before:
+            self.wake()  # a new worker may be the match queued runs are waiting for
+        return self.tokens_to_cancel([r.attempt_token for r in running]), state.draining
+
+    def tokens_to_cancel(self, tokens: list[str]) -> list[str]:
+        if not tokens:
+            return []
+        keep = set(
+            Attempt.objects.filter(
+                token__in=tokens,
+                status__in=ACTIVE,
+                run__attempt=F("number"),
+                run__status=RunStatus.RUNNING,
+                run__cancel_requested=False,
+            ).values_list("token", flat=True)
+        )
+        return [t for t in tokens if t not in keep]
+
+    def report(self, events: Iterable[Event]) -> ApplyResult:
+        result = apply_events(events, log_dir=self.log_dir)
+        if result.finished_runs:
+            self.wake()  # a slot freed up
+        return result
+
+    def start_child(
+        self,
+        *,
+        parent_run_id: str,
+        parent_token: str,
+        step: str,
+        item_index: int | None,
+        dag_name: str,
+        params: Mapping[str, str],
+        selector: Mapping[str, str],
+    ) -> str:
+        """Create (or find again, on a replay) the child run of a parent's sub-DAG step."""
+        parent = get_run(parent_run_id)
+        current = Attempt.objects.filter(
+            run=parent, token=parent_token, number=parent.attempt, status__in=ACTIVE
+        ).exists()
+        if parent_token and not current:
+            raise RunError(f'attempt of run "{parent_run_id}" is no longer current')
+        run = start_child_run(
+            parent,
+            step=step,
+            item_index=item_index,
+            dag_name=dag_name,
+            params=params,
+            selector=selector,
+            config=self.config,
+            now=utcnow(),
+        )
+        self.wake()
+        return run.id
+
+    def run_status(self, run_id: str) -> ChildStatus:
+        run = DagRun.objects.filter(pk=run_id).first()
+        if run is None:
+            return ChildStatus(found=False)
+        return ChildStatus(True, run.status, run.error, run.outputs)
+
+    def cancel(self, run_id: str) -> None:
+        request_cancel(run_id, now=utcnow())
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    # -- loops -----------------------------------------------------------------------------
+
+    def dispatch_step(self) -> int:
+        now = utcnow()
+        held = dict(
+            Attempt.objects.filter(status__in=ACTIVE, mode=ExecutionMode.DISTRIBUTED)
+            .values("worker_id")
+            .annotate(n=Count("id"))
+            .values_list("worker_id", "n")
+        )
+        return dispatch_once(
+            now=now,
+            workers=self.fleet.views(now=now, held=held),
+            deliver=lambda attempt: self.fleet.deliver(attempt.worker_id, attempt),
+        )
+
+    def housekeeping_step(self) -> None:
+        """Flush heartbeats, sync drain flags, supersede lost attempts."""
+        now = utcnow()
+        flush_fleet(self.fleet, now=now)
+        self.fleet.set_draining(
+            set(Worker.objects.filter(draining=True).values_list("id", flat=True))
+        )
+        if failover_once(fleet=self.fleet, now=now, mailbox_tokens=self._mailbox_tokens()):
+            self.wake()
+
+    def _mailbox_tokens(self) -> set[str]:
+        return {a.token for a in self.fleet.pending_mail() if isinstance(a, Attempt)}
+
+    def registry_step(self) -> None:
+        """Mirror worker files into the fleet and clean up stale or dead entries."""
+        now = utcnow()
+        root = Path(self.config.paths.service_registry_dir)
+        registry.cleanup(
+            root,
+            now=now,
+            stale_after=self.config.timing.registry_stale_after,
+            this_host=socket.gethostname(),
+        )
+        scanned = registry.scan(root, "worker")
+        self.fleet.merge_registry(
+            [
+                (
+                    str(entry.path),
+                    Identity(
+                        id=rec.id,
+                        host=rec.host,
+                        pid=rec.pid,
+                        labels=rec.labels,
+                        max_active_runs=rec.max_active_runs,
+                        started_at=rec.started_at,
+                    ),
+                    max(rec.last_heartbeat, entry.mtime),
+                )
+                for entry in scanned.entries
+                if isinstance(rec := entry.record, registry.WorkerRecord)
+            ],
+            now=now,
+        )
+        self.fleet.forget(purge_offline(now=now, timing=self.config.timing))
+
+    def load_fleet(self) -> None:
+        self.fleet.load(Worker.objects.all())
+
+
+def start_child_run(
+    parent: DagRun,
+    *,
+    step: str,
+    item_index: int | None,
+    dag_name: str,
+    params: Mapping[str, str],
+    selector: Mapping[str, str],
+    config: Config,
+    now: datetime,
+) -> DagRun:
+    existing = DagRun.objects.filter(
+        parent=parent, parent_step=step, parent_item=item_index
+    ).first()
+    if existing:
+        return existing
+    dag_file = child_dag_file(parent, dag_name, dags_dir=Path(config.paths.dags_dir))
+    return create_run(
+        dag_file,
+        dag_name=dag_name,
+        params=params,
+        now=now,
+        default_mode=config.default_execution_mode,
+        parent=parent,
+        parent_step=step,
+        parent_item=item_index,
+        step_selector=selector,
+    )
+
+
+def child_dag_file(parent: DagRun, dag_name: str, *, dags_dir: Path) -> DagFile:
+    """A child comes from the parent's own file, else from `<dags_dir>/<name>.yaml`."""
+    own = parse_dag_file(parent.spec, source=parent.source, default_name=parent.dag_name)
+    if own.get(dag_name) is not None:
+        return own
+    for suffix in (".yaml", ".yml"):
+        path = dags_dir / f"{dag_name}{suffix}"
+        if path.exists():
+            return load_dag_file(path)
+    raise RunError(f'sub-DAG "{dag_name}" is neither in {parent.source} nor in {dags_dir}')
+
+
+def run_loop(
+    name: str,
+    step: Callable[[], object],
+    *,
+    stop: threading.Event,
+    interval: float,
+    wake: threading.Event | None = None,
+) -> threading.Thread:
+    """Start a thread that calls `step` until `stop` is set, pausing `interval` between calls.
+
+    With a `wake` event the pause ends early when it is set. A failing step is logged and
+    retried on the next round: one bad row must not stop the coordinator.
+    """
+
+    def loop() -> None:
+        while not stop.is_set():
+            close_old_connections()
+            try:
+                step()
+            except DagSpecError as exc:
+                logger.error("%s: %s", name, exc)
+            except Exception:
+                logger.exception("%s step failed; retrying", name)
+            if wake is not None:
+                wake.wait(interval)
+                wake.clear()
+            else:
+                stop.wait(interval)
+        connection.close()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def coordinator_record(
+    config: Config, *, started_at: datetime, status: str
+) -> registry.CoordinatorRecord:
+    return registry.CoordinatorRecord(
+        id=f"{config.coordinator.advertise}@{config.coordinator.port}",
+        host=config.coordinator.advertise,
+        port=config.coordinator.port,
+        pid=os.getpid(),
+        status=status,
+        started_at=started_at,
+        last_heartbeat=utcnow(),
+    )

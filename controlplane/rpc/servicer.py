@@ -1,0 +1,128 @@
+"""The gRPC edge: convert each request, call the coordinator, convert the reply.
+
+Built on djangogrpcframework's `Service.as_servicer`, whose request signals give every call
+clean database connections, as Django's request cycle does for HTTP.
+"""
+
+from __future__ import annotations
+
+import grpc
+from django_grpc_framework.services import Service
+
+from controlplane.coordinator import Coordinator
+from controlplane.rpc import convert
+from controlplane.rpc.events import event_from_pb, ms
+from controlplane.rpc.v1 import coordinator_pb2 as pb
+from dags.runs import RunError
+from dags.spec import DagSpecError
+from workers.health import OFFLINE
+
+
+class CoordinatorService(Service):
+    coordinator: Coordinator | None = None
+
+    @property
+    def core(self) -> Coordinator:
+        assert self.coordinator is not None
+        return self.coordinator
+
+    def Poll(self, request: pb.PollRequest, context: grpc.ServicerContext) -> pb.PollResponse:
+        _require_worker(request.worker.worker_id, context)
+        tasks = self.core.poll(
+            convert.identity_from_pb(request.worker),
+            free_slots=request.free_slots,
+            wait=request.wait_ms / 1000,
+        )
+        return pb.PollResponse(tasks=[convert.task_to_pb(t) for t in tasks])
+
+    def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        _require_worker(request.worker.worker_id, context)
+        cancel, draining = self.core.heartbeat(
+            convert.identity_from_pb(request.worker),
+            running=convert.running_from_pb(list(request.running)),
+            stopping=request.stopping,
+        )
+        return pb.HeartbeatResponse(cancel_attempt_tokens=cancel, draining=draining)
+
+    def Report(self, request: pb.ReportRequest, context: grpc.ServicerContext) -> pb.ReportResponse:
+        result = self.core.report([event_from_pb(e) for e in request.events])
+        return pb.ReportResponse(
+            applied=result.applied, rejected_attempt_tokens=sorted(result.rejected_tokens)
+        )
+
+    def StartChild(
+        self, request: pb.StartChildRequest, context: grpc.ServicerContext
+    ) -> pb.StartChildResponse:
+        try:
+            run_id = self.core.start_child(
+                parent_run_id=request.parent_dag_run_id,
+                parent_token=request.parent_attempt_token,
+                step=request.step,
+                item_index=request.item_index if request.HasField("item_index") else None,
+                dag_name=request.dag_name,
+                params=dict(request.params),
+                selector=dict(request.worker_selector),
+            )
+        except (RunError, DagSpecError) as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.StartChildResponse(dag_run_id=run_id)
+
+    def GetRunStatus(
+        self, request: pb.GetRunStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetRunStatusResponse:
+        status = self.core.run_status(request.dag_run_id)
+        return pb.GetRunStatusResponse(
+            found=status.found,
+            status=status.status,
+            error=status.error,
+            outputs=dict(status.outputs or {}),
+        )
+
+    def CancelRun(
+        self, request: pb.CancelRunRequest, context: grpc.ServicerContext
+    ) -> pb.CancelRunResponse:
+        try:
+            self.core.cancel(request.dag_run_id)
+        except RunError as exc:
+            return pb.CancelRunResponse(accepted=False, error=str(exc))
+        return pb.CancelRunResponse(accepted=True)
+
+    def ListWorkers(
+        self, request: pb.ListWorkersRequest, context: grpc.ServicerContext
+    ) -> pb.ListWorkersResponse:
+        now = convert.utcnow()
+        fleet = self.core.fleet
+        workers = []
+        for state in fleet.states():
+            health = fleet.health(state, now=now)
+            if health == OFFLINE:
+                continue
+            workers.append(
+                pb.WorkerStatus(
+                    info=convert.identity_to_pb(convert.identity_of(state)),
+                    health_status=health,
+                    last_heartbeat_ms=ms(state.last_heartbeat),
+                    busy=len(state.running),
+                    draining=state.draining,
+                    running=[
+                        pb.RunningTask(
+                            dag_run_id=r.dag_run_id,
+                            attempt_token=r.attempt_token,
+                            started_at_ms=ms(r.started_at),
+                        )
+                        for r in state.running
+                    ],
+                )
+            )
+        return pb.ListWorkersResponse(workers=workers)
+
+    def Wake(self, request: pb.WakeRequest, context: grpc.ServicerContext) -> pb.WakeResponse:
+        self.core.wake()
+        return pb.WakeResponse()
+
+
+def _require_worker(worker_id: str, context: grpc.ServicerContext) -> None:
+    if not worker_id:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "worker.worker_id is required")

@@ -1,0 +1,112 @@
+"""Start and stop a coordinator with its loops; `coordinator` and `start_all` share this."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health
+
+from controlplane.config import Config, ConfigError
+from controlplane.coordinator import Coordinator, coordinator_record, run_loop, utcnow
+from controlplane.rpc.server import build_server
+from dags.local import LocalExecutor
+from workers import registry
+
+logger = logging.getLogger(__name__)
+
+DISPATCH_IDLE_SECONDS = 0.5
+HOUSEKEEPING_SECONDS = 1.0
+
+
+@dataclass
+class RunningCoordinator:
+    core: Coordinator
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    stop: threading.Event
+    registrant: registry.Registrant
+    local: LocalExecutor
+    threads: list[threading.Thread] = field(default_factory=list)
+
+
+def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordinator:
+    """Bind, register in the service registry, and start the loops. Raises ConfigError."""
+    core = Coordinator(config)
+    core.load_fleet()
+    server, port, health_servicer = build_server(
+        core, host=config.coordinator.host, port=config.coordinator.port, peer=config.peer
+    )
+    bound_config = _with_port(config, port)
+    registrant = registry.Registrant(
+        Path(config.paths.service_registry_dir),
+        lambda: coordinator_record(bound_config, started_at=core.started_at, status="active"),
+        interval=config.timing.registry_refresh_interval,
+    )
+    try:
+        registrant.start()
+    except registry.RegistryError as exc:
+        server.stop(0)
+        raise ConfigError(
+            "paths.service_registry_dir", str(config.paths.service_registry_dir), str(exc)
+        ) from None
+    server.start()
+    local = LocalExecutor(config, stop=stop, wake=core.wake)
+    running = RunningCoordinator(core, server, port, health_servicer, stop, registrant, local)
+    running.threads = [
+        run_loop(
+            "dispatch",
+            core.dispatch_step,
+            stop=stop,
+            interval=DISPATCH_IDLE_SECONDS,
+            wake=core.wake_event,
+        ),
+        run_loop("housekeeping", core.housekeeping_step, stop=stop, interval=HOUSEKEEPING_SECONDS),
+        run_loop(
+            "registry",
+            core.registry_step,
+            stop=stop,
+            interval=config.timing.registry_refresh_interval,
+        ),
+        local.start(),
+    ]
+    logger.info(
+        "coordinator %s listening on %s:%d",
+        config.coordinator.advertise,
+        config.coordinator.host,
+        port,
+    )
+    return running
+
+
+def stop_coordinator(running: RunningCoordinator, *, grace: float = 5.0) -> None:
+    """Stop taking calls, let in-flight ones finish, stop the loops, unregister."""
+    running.stop.set()
+    running.health.enter_graceful_shutdown()
+    running.core.fleet.close()  # long polls return now instead of at their timeout
+    running.core.wake()
+    running.server.stop(grace).wait()
+    running.local.stop_all(grace=grace)
+    for thread in running.threads:
+        thread.join(timeout=grace + 5)
+    running.core.housekeeping_step()  # last flush of heartbeats
+    running.registrant.stop()
+    logger.info("coordinator stopped at %s", utcnow().isoformat())
+
+
+def _with_port(config: Config, port: int) -> Config:
+    from dataclasses import replace
+
+    return replace(config, coordinator=replace(config.coordinator, port=port))
+
+
+def install_stop_signals(on_stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT only request a stop; the main thread does the shutdown."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: on_stop())

@@ -1,0 +1,875 @@
+"""Run the steps of one DAG run: processes, sub-DAG calls, retries, timeouts, cancel.
+
+Used by the worker agent (reports go over gRPC) and by the main instance's local executor
+(reports go to the database), so nothing here imports Django. The outside world is reached
+only through a `Reporter` (step progress and logs) and a `ChildLauncher` (sub-DAG runs).
+
+Threads: `execute_run` schedules in the calling thread; every running step has a thread of
+its own, plus one reader thread per output stream. Reporter methods are called from all of
+them. Run-wide cancel (the caller's `cancel` event or the DAG timeout) is turned into the
+internal `abort` event by the scheduler, and everything else watches `abort`.
+
+Decisions the spec leaves open:
+- A step that times out or is cancelled reports `exit_code=None` (not the signal number).
+- `completed` entries with status succeeded, failed or skipped count as finished on resume
+  (a failed one still fails the run unless its step continues on failure); any other
+  status (cancelled, running, pending) means the step runs again.
+- An `output:` variable is captured when the process exited on its own (succeeded or
+  failed), never from a killed process.
+- `#!` scripts are started through the interpreter named on that line (as the kernel would),
+  so a noexec temp dir or a "text file busy" race cannot break them.
+- A relative `dir` is relative to the executing process's working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import select
+import shlex
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from dags.spec import KIND_COMMAND, KIND_DAG, KIND_PARALLEL, Dag, Parallel, Step
+
+logger = logging.getLogger(__name__)
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+SKIPPED = "skipped"
+RUNNING = "running"
+
+# Statuses a `completed` entry may carry to be taken as finished on resume.
+_FINISHED_ON_RESUME = frozenset({SUCCEEDED, FAILED, SKIPPED})
+
+READ_CHUNK = 64 * 1024
+OUTPUT_LIMIT = 1 << 20  # bytes of stdout kept for an `output:` variable
+KILL_GRACE_SEC = 2.0  # SIGTERM -> SIGKILL
+POLL_SEC = 0.05  # how often waits look at cancel and deadlines
+# After a step's process exits, how long its readers may keep draining the pipes. A
+# background grandchild can hold them open forever; its output after this is dropped.
+READER_LINGER_SEC = 1.0
+
+_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    dag_run_id: str
+    root_dag_run_id: str
+    parent_dag_run_id: str  # "" for a root run
+    worker_id: str  # "local" when run by the main instance or `manage.py start`
+    params: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """A step finished by an earlier attempt (resume)."""
+
+    status: str
+    exit_code: int | None = None
+    output_value: str | None = None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: str  # "succeeded" | "failed" | "cancelled"
+    error: str = ""
+    outputs: Mapping[str, str] = field(default_factory=dict)
+
+
+class Reporter(Protocol):
+    """Called from several threads: implementations must be thread-safe."""
+
+    def step_started(self, step: str, *, at: datetime, retry: int) -> None: ...
+
+    def step_log(self, step: str, stream: str, data: bytes) -> None: ...
+
+    def step_finished(
+        self,
+        step: str,
+        *,
+        status: str,
+        exit_code: int | None,
+        at: datetime,
+        output: str | None,
+        error: str,
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChildRequest:
+    step: str
+    item_index: int | None  # parallel item index, None for a plain call
+    dag_name: str
+    params: Mapping[str, str]
+    worker_selector: Mapping[str, str]  # the step-level selector (may be empty)
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    run_id: str
+    status: str  # terminal run status of the child
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+class ChildLauncher(Protocol):
+    def run_child(self, request: ChildRequest, *, cancel: threading.Event) -> ChildResult:
+        """Block until the child run is terminal; when `cancel` is set, cancel it and return."""
+        ...
+
+
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """Expand `$VAR` and `${VAR}` against `env`; unknown names become "" as in the shell."""
+    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), text)
+
+
+def execute_run(
+    dag: Dag,
+    *,
+    context: RunContext,
+    reporter: Reporter,
+    launcher: ChildLauncher | None,
+    cancel: threading.Event,
+    completed: Mapping[str, StepOutcome] | None = None,
+    base_env: Mapping[str, str] | None = None,
+    now: Callable[[], datetime] = utcnow,
+) -> RunOutcome:
+    """Run `dag`'s steps until all are finished, the run is cancelled or the DAG times out.
+
+    Never raises for a failing step or a failing reporter: the outcome says what happened.
+    """
+    run = _Run(
+        dag,
+        context=context,
+        reporter=_SafeReporter(reporter),
+        launcher=launcher,
+        cancel=cancel,
+        completed=completed or {},
+        base_env=os.environ if base_env is None else base_env,
+        now=now,
+    )
+    return run.execute()
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+@dataclass
+class _StepResult:
+    status: str
+    exit_code: int | None = None
+    output: str | None = None
+    error: str = ""
+
+
+class _Run:
+    """State of one execution; `execute` runs in the caller's thread."""
+
+    def __init__(
+        self,
+        dag: Dag,
+        *,
+        context: RunContext,
+        reporter: _SafeReporter,
+        launcher: ChildLauncher | None,
+        cancel: threading.Event,
+        completed: Mapping[str, StepOutcome],
+        base_env: Mapping[str, str],
+        now: Callable[[], datetime],
+    ) -> None:
+        self.dag = dag
+        self.context = context
+        self.reporter = reporter
+        self.launcher = launcher
+        self.cancel = cancel
+        self.now = now
+        self.base_env = dict(base_env)
+        self.abort = threading.Event()
+        self.abort_reason = ""  # set once, before `abort`
+        self.abort_status = CANCELLED
+        self.lock = threading.Lock()  # guards statuses, results and outputs
+        self.statuses: dict[str, str] = {}
+        self.results: dict[str, _StepResult] = {}
+        self.outputs: dict[str, str] = {}
+        self.finished: queue.Queue[str] = queue.Queue()
+        self.deps = self._dependencies()
+        self._restore(completed)
+
+    def _dependencies(self) -> dict[str, tuple[str, ...]]:
+        if self.dag.uses_graph:
+            return {s.name: tuple(s.depends) for s in self.dag.steps}
+        # In sequence mode each step waits for the one before it, which gives the same
+        # skip and continue-on rules as the graph.
+        names = [s.name for s in self.dag.steps]
+        return {name: (names[i - 1],) if i else () for i, name in enumerate(names)}
+
+    def _restore(self, completed: Mapping[str, StepOutcome]) -> None:
+        for step in self.dag.steps:
+            outcome = completed.get(step.name)
+            if outcome is None or outcome.status not in _FINISHED_ON_RESUME:
+                continue
+            self.statuses[step.name] = outcome.status
+            self.results[step.name] = _StepResult(
+                outcome.status, outcome.exit_code, outcome.output_value
+            )
+            if step.output and outcome.output_value is not None:
+                self.outputs[step.output] = outcome.output_value
+
+    def execute(self) -> RunOutcome:
+        deadline = _deadline(self.dag.timeout_sec)
+        pending = [s for s in self.dag.steps if s.name not in self.statuses]
+        running = 0
+        logger.info(
+            "run %s of %s: starting %d steps", self.context.dag_run_id, self.dag.name, len(pending)
+        )
+        while True:
+            self._check_abort(deadline)
+            if not self.abort.is_set():
+                pending, started = self._start_ready(pending)
+                running += started
+            if running == 0:
+                break
+            try:
+                self.finished.get(timeout=POLL_SEC)
+                running -= 1
+            except queue.Empty:
+                pass
+        for step in pending:
+            self._finish_unstarted(step)
+        return self._outcome()
+
+    def _check_abort(self, deadline: float | None) -> None:
+        if self.abort.is_set():
+            return
+        if self.cancel.is_set():
+            self.abort_reason = "cancelled"
+        elif deadline is not None and time.monotonic() >= deadline:
+            self.abort_reason = f"DAG timed out after {_seconds(self.dag.timeout_sec)} s"
+            self.abort_status = FAILED
+        else:
+            return
+        logger.info("run %s: %s, stopping steps", self.context.dag_run_id, self.abort_reason)
+        self.abort.set()
+
+    def _start_ready(self, pending: list[Step]) -> tuple[list[Step], int]:
+        """Start every step whose dependencies allow it; skip those that never will."""
+        started = 0
+        progress = True
+        while progress:  # a skip can unblock (skip) further steps in the same pass
+            progress = False
+            waiting: list[Step] = []
+            for step in pending:
+                verdict, reason = self._readiness(step)
+                if verdict == "wait":
+                    waiting.append(step)
+                    continue
+                progress = True
+                if verdict == "skip":
+                    self._finish_skipped(step, reason)
+                else:
+                    self._launch(step)
+                    started += 1
+            pending = waiting
+        return pending, started
+
+    def _readiness(self, step: Step) -> tuple[str, str]:
+        with self.lock:
+            for dep in self.deps[step.name]:
+                status = self.statuses.get(dep)
+                if status is None or status == RUNNING:
+                    return "wait", ""
+                if status == SUCCEEDED or (status == FAILED and self._may_fail(dep)):
+                    continue
+                return "skip", f'skipped because step "{dep}" {status}'
+        return "run", ""
+
+    def _may_fail(self, name: str) -> bool:
+        try:
+            return self.dag.step(name).continue_on_failure
+        except KeyError:
+            return False
+
+    def _launch(self, step: Step) -> None:
+        with self.lock:
+            # Marked before the thread starts so the next pass does not start it again.
+            self.statuses[step.name] = RUNNING
+        runner = _StepRunner(self, step)
+        threading.Thread(target=runner.run, name=f"step-{step.name}", daemon=True).start()
+
+    def step_done(self, step: Step, result: _StepResult) -> None:
+        """Record a step's end (called by its thread) and wake the scheduler."""
+        with self.lock:
+            self.statuses[step.name] = result.status
+            self.results[step.name] = result
+            if step.output and result.output is not None:
+                self.outputs[step.output] = result.output
+        self.finished.put(step.name)
+
+    def _finish_skipped(self, step: Step, reason: str) -> None:
+        with self.lock:
+            self.statuses[step.name] = SKIPPED
+            self.results[step.name] = _StepResult(SKIPPED, error=reason)
+        self.reporter.step_finished(
+            step.name, status=SKIPPED, exit_code=None, at=self.now(), output=None, error=reason
+        )
+
+    def _finish_unstarted(self, step: Step) -> None:
+        if self.abort.is_set():
+            status, reason = CANCELLED, self.abort_reason
+        else:
+            # Only reachable with dependencies that can never finish (unknown or cyclic),
+            # which the parser rejects; still, every step gets a final state.
+            status, reason = SKIPPED, "dependencies can never be satisfied"
+        with self.lock:
+            self.statuses[step.name] = status
+            self.results[step.name] = _StepResult(status, error=reason)
+        self.reporter.step_finished(
+            step.name, status=status, exit_code=None, at=self.now(), output=None, error=reason
+        )
+
+    def _outcome(self) -> RunOutcome:
+        outputs = dict(self.outputs)
+        if self.abort.is_set():
+            return RunOutcome(self.abort_status, self.abort_reason, outputs)
+        failures = [
+            (s.name, self.results[s.name])
+            for s in self.dag.steps
+            if self.results[s.name].status != SUCCEEDED
+            and not (self.results[s.name].status == FAILED and s.continue_on_failure)
+        ]
+        status = SUCCEEDED
+        error = ""
+        if failures:
+            status = FAILED
+            name, result = next(((n, r) for n, r in failures if r.status != SKIPPED), failures[0])
+            error = f'step "{name}" {result.status}'
+            if result.error:
+                error += f": {result.error}"
+            if len(failures) > 1:
+                error += f" ({len(failures) - 1} more steps did not succeed)"
+        logger.info("run %s finished %s", self.context.dag_run_id, status)
+        return RunOutcome(status, error, outputs)
+
+    def step_env(self, step: Step) -> dict[str, str]:
+        """The environment a step sees, built in the documented order."""
+        env = dict(self.base_env)
+        env.update(
+            DAG_NAME=self.dag.name,
+            DAG_RUN_ID=self.context.dag_run_id,
+            DAG_RUN_STEP_NAME=step.name,
+            ROOT_DAG_RUN_ID=self.context.root_dag_run_id,
+            PARENT_DAG_RUN_ID=self.context.parent_dag_run_id,
+            WORKER_ID=self.context.worker_id,
+        )
+        for key, value in self.dag.env.items():
+            env[key] = expand_vars(value, env)
+        env.update(self.context.params)
+        with self.lock:
+            env.update(self.outputs)
+        for key, value in step.env.items():
+            env[key] = expand_vars(value, env)
+        return env
+
+
+# --------------------------------------------------------------------------- one step
+
+
+class _StepRunner:
+    """Runs one step with its retries in its own thread, then hands the result back."""
+
+    def __init__(self, run: _Run, step: Step) -> None:
+        self.run_state = run
+        self.step = step
+
+    def run(self) -> None:
+        run = self.run_state
+        result = _StepResult(FAILED, error="internal error")
+        try:
+            result = self._run_with_retries()
+        except Exception as exc:  # a bug here must not hang the scheduler
+            logger.exception("step %s of run %s crashed", self.step.name, run.context.dag_run_id)
+            result = _StepResult(FAILED, error=f"internal error: {exc}")
+        finally:
+            run.reporter.step_finished(
+                self.step.name,
+                status=result.status,
+                exit_code=result.exit_code,
+                at=run.now(),
+                output=result.output,
+                error=result.error,
+            )
+            run.step_done(self.step, result)
+
+    def _run_with_retries(self) -> _StepResult:
+        run = self.run_state
+        policy = self.step.retry_policy
+        retry = 0
+        while True:
+            run.reporter.step_started(self.step.name, at=run.now(), retry=retry)
+            result = self._try_once()
+            if result.status != FAILED or retry >= policy.limit:
+                return result
+            retry += 1
+            logger.info(
+                "step %s of run %s failed (%s); retry %d of %d",
+                self.step.name,
+                run.context.dag_run_id,
+                result.error,
+                retry,
+                policy.limit,
+            )
+            if run.abort.wait(policy.interval_sec):
+                return _StepResult(CANCELLED, error=run.abort_reason)
+
+    def _try_once(self) -> _StepResult:
+        stop = _TryStop(self.run_state.abort, self.step.timeout_sec)
+        env = self.run_state.step_env(self.step)
+        if self.step.kind == KIND_COMMAND:
+            result = self._run_process(env, stop)
+        elif self.step.kind in (KIND_DAG, KIND_PARALLEL):
+            result = self._run_children(env, stop)
+        else:
+            return _StepResult(FAILED, error=f'unsupported step kind "{self.step.kind}"')
+        if stop.timed_out:
+            return _StepResult(FAILED, error=f"timed out after {_seconds(self.step.timeout_sec)} s")
+        if stop.event.is_set() and self.run_state.abort.is_set():
+            return _StepResult(CANCELLED, error=self.run_state.abort_reason)
+        return result
+
+    # ---- command / script
+
+    def _run_process(self, env: dict[str, str], stop: _TryStop) -> _StepResult:
+        cwd = None
+        if self.step.dir:
+            cwd = os.path.expanduser(expand_vars(self.step.dir, env))
+            if not os.path.isdir(cwd):
+                return _StepResult(FAILED, error=f'working directory "{cwd}" does not exist')
+        script_path = None
+        try:
+            if self.step.script is not None:
+                script_path = _write_script(self.step.script)
+                argv = _script_argv(self.step.script, script_path, interpreter=self.step.command)
+            else:
+                argv = ["/bin/sh", "-c", self.step.command or ""]
+            return self._spawn_and_wait(argv, env=env, cwd=cwd, stop=stop)
+        finally:
+            if script_path:
+                _remove_quietly(script_path)
+
+    def _spawn_and_wait(
+        self, argv: list[str], *, env: dict[str, str], cwd: str | None, stop: _TryStop
+    ) -> _StepResult:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,  # own process group: kill reaches grandchildren
+            )
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
+            for fd in (out_r, err_r):
+                os.close(fd)
+            reason = getattr(exc, "strerror", None) or exc
+            return _StepResult(FAILED, error=f"cannot start {argv[0]}: {reason}")
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        captured = _Capture(OUTPUT_LIMIT) if self.step.output else None
+        readers = [
+            _PipeReader(out_r, self._log_sink("stdout", captured), name=f"{self.step.name}-out"),
+            _PipeReader(err_r, self._log_sink("stderr", None), name=f"{self.step.name}-err"),
+        ]
+        for reader in readers:
+            reader.start()
+        code = _wait_or_kill(proc, stop)
+        linger_until = time.monotonic() + READER_LINGER_SEC
+        for reader in readers:
+            reader.finish(until=linger_until)
+        if stop.event.is_set():
+            return _StepResult(FAILED, error="stopped")  # caller turns this into its reason
+        output = captured.text() if captured else None
+        if code == 0:
+            return _StepResult(SUCCEEDED, 0, output)
+        if code < 0:
+            return _StepResult(FAILED, code, output, f"killed by signal {_signal_name(-code)}")
+        return _StepResult(FAILED, code, output, f"exit status {code}")
+
+    def _log_sink(self, stream: str, captured: _Capture | None) -> Callable[[bytes], None]:
+        reporter = self.run_state.reporter
+        name = self.step.name
+
+        def sink(data: bytes) -> None:
+            if captured is not None:
+                captured.add(data)
+            reporter.step_log(name, stream, data)
+
+        return sink
+
+    # ---- sub-DAG calls
+
+    def _run_children(self, env: dict[str, str], stop: _TryStop) -> _StepResult:
+        launcher = self.run_state.launcher
+        if launcher is None:
+            return _StepResult(FAILED, error="sub-DAG steps need a coordinator")
+        if not self.step.call:
+            return _StepResult(FAILED, error="sub-DAG step has no DAG to call")
+        done = threading.Event()
+        # Launchers wait on a plain Event, so something must set it on abort or timeout.
+        watcher = threading.Thread(
+            target=stop.watch, args=(done,), name=f"{self.step.name}-watch", daemon=True
+        )
+        watcher.start()
+        try:
+            if self.step.kind == KIND_DAG:
+                return self._call_one(launcher, env, stop)
+            return self._call_parallel(launcher, env, stop)
+        finally:
+            done.set()
+            watcher.join()
+
+    def _call_one(
+        self, launcher: ChildLauncher, env: dict[str, str], stop: _TryStop
+    ) -> _StepResult:
+        params = {k: expand_vars(v, env) for k, v in self.step.params.items()}
+        result = self._launch_child(launcher, params, item_index=None, stop=stop)
+        output = json.dumps(dict(result.outputs)) if self.step.output else None
+        if result.status == SUCCEEDED:
+            return _StepResult(SUCCEEDED, output=output)
+        return _StepResult(FAILED, output=output, error=_child_error(result))
+
+    def _call_parallel(
+        self, launcher: ChildLauncher, env: dict[str, str], stop: _TryStop
+    ) -> _StepResult:
+        parallel = self.step.parallel
+        if parallel is None or (parallel.items is None and parallel.variable is None):
+            return _StepResult(FAILED, error="parallel step has no items or variable")
+        items = _parallel_items(parallel, env)
+        limit = max(1, min(parallel.max_concurrent, len(items) or 1))
+
+        def call(index: int) -> ChildResult | None:
+            if stop.event.is_set():
+                return None  # cancelled or timed out before this child's turn
+            params = _item_params(self.step.params, items[index], env)
+            return self._launch_child(launcher, params, item_index=index, stop=stop)
+
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix=self.step.name) as pool:
+            results = list(pool.map(call, range(len(items))))
+        outputs = [dict(r.outputs) if r else {} for r in results]
+        output = json.dumps(outputs) if self.step.output else None
+        failed = [r for r in results if r is None or r.status != SUCCEEDED]
+        if not failed:
+            return _StepResult(SUCCEEDED, output=output)
+        first = failed[0]
+        reason = _child_error(first) if first else "not started"
+        error = f"{len(failed)} of {len(items)} sub DAG runs did not succeed; first: {reason}"
+        return _StepResult(FAILED, output=output, error=error)
+
+    def _launch_child(
+        self,
+        launcher: ChildLauncher,
+        params: dict[str, str],
+        *,
+        item_index: int | None,
+        stop: _TryStop,
+    ) -> ChildResult:
+        request = ChildRequest(
+            step=self.step.name,
+            item_index=item_index,
+            dag_name=self.step.call or "",
+            params=params,
+            worker_selector=self.step.worker_selector,
+        )
+        try:
+            return launcher.run_child(request, cancel=stop.event)
+        except Exception as exc:
+            logger.exception(
+                "launching sub DAG %s for step %s failed", request.dag_name, self.step.name
+            )
+            return ChildResult(run_id="", status=FAILED, error=f"cannot run sub DAG: {exc}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _TryStop:
+    """Set when the run aborts or this try passes its deadline."""
+
+    def __init__(self, abort: threading.Event, timeout_sec: float | None) -> None:
+        self.abort = abort
+        self.deadline = _deadline(timeout_sec)
+        self.event = threading.Event()
+        self.timed_out = False
+
+    def poll(self) -> bool:
+        if self.event.is_set():
+            return True
+        if self.abort.is_set():
+            self.event.set()
+        elif self.deadline is not None and time.monotonic() >= self.deadline:
+            self.timed_out = True
+            self.event.set()
+        return self.event.is_set()
+
+    def watch(self, done: threading.Event) -> None:
+        while not done.wait(POLL_SEC):
+            if self.poll():
+                return
+
+
+class _SafeReporter:
+    """Reporter failures are logged, never allowed to end the run."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+
+    def step_started(self, step: str, *, at: datetime, retry: int) -> None:
+        try:
+            self.inner.step_started(step, at=at, retry=retry)
+        except Exception:
+            logger.exception("reporter failed on step_started(%s)", step)
+
+    def step_log(self, step: str, stream: str, data: bytes) -> None:
+        try:
+            self.inner.step_log(step, stream, data)
+        except Exception:
+            logger.exception("reporter failed on step_log(%s)", step)
+
+    def step_finished(
+        self,
+        step: str,
+        *,
+        status: str,
+        exit_code: int | None,
+        at: datetime,
+        output: str | None,
+        error: str,
+    ) -> None:
+        try:
+            self.inner.step_finished(
+                step, status=status, exit_code=exit_code, at=at, output=output, error=error
+            )
+        except Exception:
+            logger.exception("reporter failed on step_finished(%s)", step)
+
+
+class _Capture:
+    """The first `limit` bytes of a stream, for `output:`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        room = self.limit - self.size
+        if room > 0:
+            self.chunks.append(data[:room])
+            self.size += min(room, len(data))
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+class _PipeReader(threading.Thread):
+    """Forwards a pipe to `sink` chunk by chunk while the step runs; owns and closes `fd`."""
+
+    def __init__(self, fd: int, sink: Callable[[bytes], None], *, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.fd = fd
+        self.sink = sink
+        self.halt = threading.Event()
+        # poll, not select: a busy main instance can hold more than FD_SETSIZE descriptors.
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+
+    def run(self) -> None:
+        try:
+            while not self.halt.is_set():
+                if not self._read_once(timeout_ms=100):
+                    return
+            # Take what is already buffered, but bounded: a chatty background process
+            # could otherwise keep this loop going forever.
+            for _ in range(16):
+                if not self._read_once(timeout_ms=0):
+                    break
+        finally:
+            os.close(self.fd)
+
+    def _read_once(self, *, timeout_ms: int) -> bool:
+        """False at end of file, or when nothing arrives within a zero timeout."""
+        if not self.poller.poll(timeout_ms):
+            return timeout_ms > 0
+        data = os.read(self.fd, READ_CHUNK)
+        if not data:
+            return False
+        self.sink(data)
+        return True
+
+    def finish(self, *, until: float) -> None:
+        """Wait for end of file until the monotonic time `until`, then stop reading."""
+        self.join(max(0.0, until - time.monotonic()))
+        if self.is_alive():
+            # A background process still holds the pipe: stop waiting for its end.
+            self.halt.set()
+            self.join()
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], stop: _TryStop) -> int:
+    while True:
+        try:
+            return proc.wait(timeout=POLL_SEC)
+        except subprocess.TimeoutExpired:
+            pass
+        if stop.poll():
+            _kill_group(proc)
+            return proc.wait()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the step's process group; SIGKILL whatever is left after the grace."""
+    pgid = proc.pid  # start_new_session made the step its own group leader
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE_SEC
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _group_alive(pgid):
+            return
+        time.sleep(POLL_SEC)
+    logger.info(
+        "process group %d still alive %.0f s after SIGTERM; sending SIGKILL", pgid, KILL_GRACE_SEC
+    )
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (non-zombie) process is still in the group.
+
+    Uses /proc where there is one: an orphaned zombie that nobody reaps (PID 1 in some
+    containers does not) would otherwise keep the group "alive" for the whole grace.
+    """
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _write_script(script: str) -> str:
+    fd, path = tempfile.mkstemp(prefix="dagu-step-", suffix=".script")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(script)
+    return path
+
+
+def _script_argv(script: str, path: str, *, interpreter: str | None) -> list[str]:
+    if interpreter:
+        return [*shlex.split(interpreter), path]
+    if script.startswith("#!"):
+        # Linux semantics: the interpreter plus at most one argument, the rest of the line.
+        parts = script[2:].splitlines()[0].strip().split(None, 1)
+        if parts:
+            return [*parts, path]
+    return ["/bin/sh", path]
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        logger.warning("could not remove step script %s", path)
+
+
+def _parallel_items(parallel: Parallel, env: Mapping[str, str]) -> list[object]:
+    """`items`, or `variable` expanded and read as a JSON list, else as words."""
+    if parallel.items is not None:
+        return list(parallel.items)
+    text = expand_vars(parallel.variable or "", env).strip()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, list):
+        return parsed
+    return [word for word in re.split(r"[\s,]+", text) if word]
+
+
+def _item_params(params: Mapping[str, str], item: object, env: Mapping[str, str]) -> dict[str, str]:
+    """Child params for one item: ITEM (and a mapping item's keys) are usable in `params`."""
+    extra: dict[str, str] = {}
+    if isinstance(item, Mapping):
+        extra = {str(k): _as_param(v) for k, v in item.items()}
+    extra["ITEM"] = _as_param(item)
+    scope = {**env, **extra}
+    return {**{k: expand_vars(v, scope) for k, v in params.items()}, **extra}
+
+
+def _as_param(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _child_error(result: ChildResult) -> str:
+    error = f"sub DAG run {result.run_id} finished {result.status}"
+    return f"{error}: {result.error}" if result.error else error
+
+
+def _deadline(timeout_sec: float | None) -> float | None:
+    return None if timeout_sec is None else time.monotonic() + timeout_sec
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)

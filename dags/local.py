@@ -1,0 +1,297 @@
+"""Local execution: runs that stay on the main instance, or in `manage.py start`'s process.
+
+Reports go straight into the database through `dags.reports`, the same path worker
+reports take, so a local run and a distributed one look the same everywhere.
+Children of a locally executed parent that are local themselves run inline in the parent's
+thread; distributed children are queued for the coordinator and waited for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.db import close_old_connections, connection
+
+from controlplane.config import Config
+from dags.events import (
+    ATTEMPT_STARTED,
+    RUN_FINISHED,
+    STEP_FINISHED,
+    STEP_LOG,
+    STEP_STARTED,
+    Event,
+)
+from dags.execution import (
+    ChildRequest,
+    ChildResult,
+    RunContext,
+    RunOutcome,
+    StepOutcome,
+    execute_run,
+)
+from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
+from dags.reports import apply_events
+from dags.runs import completed_steps, request_cancel, start_attempt
+from dags.spec import DagSpecError, parse_dag_file
+
+logger = logging.getLogger(__name__)
+
+LOCAL_WORKER_ID = "local"
+CANCEL_CHECK_SECONDS = 0.3
+CHILD_POLL_SECONDS = 0.2
+CHILD_CANCEL_WAIT_SECONDS = 30.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class DbReporter:
+    """Reporter for `execute_run` that applies each event to the database at once."""
+
+    def __init__(self, run_id: str, token: str, *, log_dir: Path) -> None:
+        self.run_id, self.token, self.log_dir = run_id, token, log_dir
+        self._seq = itertools.count(1)
+        self._offsets: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.rejected = False
+
+    def _send(self, kind: str, **fields: object) -> None:
+        with self._lock:
+            event = Event(
+                seq=next(self._seq),
+                dag_run_id=self.run_id,
+                attempt_token=self.token,
+                kind=kind,
+                **fields,
+            )  # type: ignore[arg-type]
+            result = apply_events([event], log_dir=self.log_dir)
+            self.rejected = self.rejected or bool(result.rejected_tokens)
+
+    def attempt_started(self, *, at: datetime) -> None:
+        self._send(ATTEMPT_STARTED, at=at)
+
+    def step_started(self, step: str, *, at: datetime, retry: int) -> None:
+        self._send(STEP_STARTED, step=step, at=at, retry=retry)
+        with self._lock:
+            self._offsets[step] = 0  # a new attempt writes a new log file from the start
+
+    def step_log(self, step: str, stream: str, data: bytes) -> None:
+        with self._lock:
+            offset = self._offsets.get(step, 0)
+            self._offsets[step] = offset + len(data)
+        self._send(STEP_LOG, step=step, stream=stream, data=data, offset=offset)
+
+    def step_finished(
+        self,
+        step: str,
+        *,
+        status: str,
+        exit_code: int | None,
+        at: datetime,
+        output: str | None,
+        error: str,
+    ) -> None:
+        self._send(
+            STEP_FINISHED,
+            step=step,
+            status=status,
+            exit_code=exit_code,
+            at=at,
+            output_value=output,
+            error=error,
+        )
+
+    def run_finished(self, outcome: RunOutcome, *, at: datetime) -> None:
+        self._send(
+            RUN_FINISHED,
+            status=outcome.status,
+            error=outcome.error,
+            outputs=dict(outcome.outputs),
+            at=at,
+        )
+
+
+class DbChildLauncher:
+    """Starts a sub-DAG run from a locally executed parent and waits for it."""
+
+    def __init__(self, config: Config, parent: DagRun, *, wake: Callable[[], None]) -> None:
+        self.config, self.parent, self.wake = config, parent, wake
+
+    def run_child(self, request: ChildRequest, *, cancel: threading.Event) -> ChildResult:
+        from controlplane.coordinator import start_child_run
+
+        try:
+            child = start_child_run(
+                self.parent,
+                step=request.step,
+                item_index=request.item_index,
+                dag_name=request.dag_name,
+                params=request.params,
+                selector=request.worker_selector,
+                config=self.config,
+                now=utcnow(),
+            )
+        except (DagSpecError, Exception) as exc:
+            return ChildResult(run_id="", status=RunStatus.FAILED, error=str(exc))
+        if child.execution_mode == ExecutionMode.LOCAL and child.status == RunStatus.QUEUED:
+            attempt = start_attempt(
+                child, now=utcnow(), mode=ExecutionMode.LOCAL, worker_id=LOCAL_WORKER_ID
+            )
+            if attempt is not None:
+                execute_attempt(child, attempt, self.config, cancel=cancel, wake=self.wake)
+        else:
+            self.wake()
+        return wait_for_run(child.id, cancel=cancel)
+
+
+def wait_for_run(run_id: str, *, cancel: threading.Event) -> ChildResult:
+    cancel_sent_at: float | None = None
+    while True:
+        run = DagRun.objects.get(pk=run_id)
+        if run.is_terminal:
+            return ChildResult(run.id, run.status, dict(run.outputs), run.error)
+        if cancel.is_set():
+            if cancel_sent_at is None:
+                request_cancel(run_id, now=utcnow())
+                cancel_sent_at = time.monotonic()
+            elif time.monotonic() - cancel_sent_at > CHILD_CANCEL_WAIT_SECONDS:
+                return ChildResult(run.id, RunStatus.CANCELLED, {}, "child did not stop in time")
+        time.sleep(CHILD_POLL_SECONDS)
+
+
+def execute_attempt(
+    run: DagRun,
+    attempt: Attempt,
+    config: Config,
+    *,
+    cancel: threading.Event,
+    wake: Callable[[], None],
+) -> RunOutcome:
+    """Run a claimed local attempt to the end, reporting into the database."""
+    log_dir = Path(config.paths.log_dir)
+    reporter = DbReporter(run.id, attempt.token, log_dir=log_dir)
+    reporter.attempt_started(at=utcnow())
+    try:
+        dag_file = parse_dag_file(run.spec, source=run.source, default_name=run.dag_name)
+    except DagSpecError as exc:
+        outcome = RunOutcome(status=RunStatus.FAILED, error=f"invalid DAG: {exc}")
+        reporter.run_finished(outcome, at=utcnow())
+        return outcome
+    dag = dag_file.get(run.dag_name) or dag_file.main
+    done = threading.Event()
+    watcher = threading.Thread(
+        target=_watch_cancel, args=(run.id, cancel, done), name=f"cancel-{run.id}", daemon=True
+    )
+    watcher.start()
+    try:
+        outcome = execute_run(
+            dag,
+            context=RunContext(
+                dag_run_id=run.id,
+                root_dag_run_id=run.root_run_id,
+                parent_dag_run_id=run.parent_id or "",
+                worker_id=LOCAL_WORKER_ID,
+                params=run.params,
+            ),
+            reporter=reporter,
+            launcher=DbChildLauncher(config, run, wake=wake),
+            cancel=cancel,
+            completed={
+                s.name: StepOutcome(s.status, s.exit_code, s.output_value or None)
+                for s in completed_steps(run)
+            },
+        )
+    except Exception as exc:  # the run must end in a terminal state whatever happened
+        logger.exception("local run %s crashed", run.id)
+        outcome = RunOutcome(status=RunStatus.FAILED, error=f"executor error: {exc}")
+    finally:
+        done.set()
+    reporter.run_finished(outcome, at=utcnow())
+    return outcome
+
+
+def _watch_cancel(run_id: str, cancel: threading.Event, done: threading.Event) -> None:
+    try:
+        while not done.wait(CANCEL_CHECK_SECONDS):
+            close_old_connections()
+            if DagRun.objects.filter(pk=run_id, cancel_requested=True).exists():
+                cancel.set()
+                return
+    finally:
+        connection.close()
+
+
+class LocalExecutor:
+    """The main instance's executor: takes queued local runs and runs them in threads."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stop: threading.Event,
+        max_runs: int = 32,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.config, self.stop, self.max_runs, self.wake = config, stop, max_runs, wake
+        self._running: dict[str, tuple[threading.Thread, threading.Event]] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> threading.Thread:
+        from controlplane.coordinator import run_loop
+
+        return run_loop("local-executor", self.run_once, stop=self.stop, interval=0.25)
+
+    def run_once(self) -> int:
+        """Claim and start queued local runs up to the concurrency cap. Returns how many."""
+        with self._lock:
+            self._running = {k: v for k, v in self._running.items() if v[0].is_alive()}
+            free = self.max_runs - len(self._running)
+        if free <= 0 or self.stop.is_set():
+            return 0
+        queued = DagRun.objects.filter(
+            status=RunStatus.QUEUED, execution_mode=ExecutionMode.LOCAL, cancel_requested=False
+        ).order_by("queued_at")[:free]
+        started = 0
+        for run in queued:
+            attempt = start_attempt(
+                run, now=utcnow(), mode=ExecutionMode.LOCAL, worker_id=LOCAL_WORKER_ID
+            )
+            if attempt is None:
+                continue
+            cancel = threading.Event()
+            thread = threading.Thread(
+                target=self._execute,
+                args=(run, attempt, cancel),
+                name=f"local-{run.id}",
+                daemon=True,
+            )
+            with self._lock:
+                self._running[run.id] = (thread, cancel)
+            thread.start()
+            started += 1
+        return started
+
+    def _execute(self, run: DagRun, attempt: Attempt, cancel: threading.Event) -> None:
+        try:
+            execute_attempt(run, attempt, self.config, cancel=cancel, wake=self.wake)
+        finally:
+            connection.close()
+
+    def stop_all(self, *, grace: float) -> None:
+        """Give local runs `grace` seconds, then cancel them and wait for their reports."""
+        with self._lock:
+            running = list(self._running.values())
+        deadline = time.monotonic() + grace
+        for thread, _ in running:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for _, cancel in running:
+            cancel.set()
+        for thread, _ in running:
+            thread.join(timeout=10)

@@ -1,0 +1,178 @@
+"""Apply what an executing attempt reports: attempt/step states, logs, the run's end.
+
+Workers report over gRPC and the local executor in-process; both end here. Events carry
+the attempt token and a per-attempt sequence number:
+- events at or below the attempt's `last_event_seq` were applied before (a replay): acked;
+- events of an attempt that is no longer the run's current one are rejected, and the
+  caller tells the worker to cancel that attempt;
+- log chunks carry their byte offset, so a replayed chunk is written once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.db import transaction
+from django.db.models import Q
+
+from dags.events import ATTEMPT_STARTED, RUN_FINISHED, STEP_FINISHED, STEP_LOG, STEP_STARTED, Event
+from dags.models import Attempt, AttemptStatus, DagRun, RunStatus, StepRun, StepStatus
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE_ATTEMPT = (AttemptStatus.ASSIGNED, AttemptStatus.RUNNING)
+_ATTEMPT_END = {
+    RunStatus.SUCCEEDED: AttemptStatus.SUCCEEDED,
+    RunStatus.FAILED: AttemptStatus.FAILED,
+    RunStatus.CANCELLED: AttemptStatus.CANCELLED,
+}
+
+
+@dataclass
+class ApplyResult:
+    applied: int = 0
+    rejected_tokens: set[str] = field(default_factory=set)
+    finished_runs: list[str] = field(default_factory=list)
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] or "_"
+
+
+def step_log_path(run_id: str, attempt: int, step: str) -> str:
+    """Log file of one step in one attempt, relative to the log dir."""
+    return f"{safe_name(run_id)}/{attempt}/{safe_name(step)}.log"
+
+
+def apply_events(events: Iterable[Event], *, log_dir: Path) -> ApplyResult:
+    """Apply a batch in order; see the module docstring for replay and rejection rules."""
+    result = ApplyResult()
+    by_token: dict[str, list[Event]] = {}
+    for event in events:
+        by_token.setdefault(event.attempt_token, []).append(event)
+    for token, batch in by_token.items():
+        _apply_attempt_batch(token, batch, log_dir=log_dir, result=result)
+    return result
+
+
+def _apply_attempt_batch(
+    token: str, batch: list[Event], *, log_dir: Path, result: ApplyResult
+) -> None:
+    attempt = Attempt.objects.select_related("run").filter(token=token).first()
+    if attempt is None:
+        result.rejected_tokens.add(token)
+        return
+    fresh = [e for e in batch if e.seq > attempt.last_event_seq]
+    result.applied += len(batch) - len(fresh)
+    if not fresh:
+        return
+    run = attempt.run
+    if run.attempt != attempt.number or attempt.status not in _ACTIVE_ATTEMPT:
+        logger.info(
+            "rejected %d report(s) from superseded attempt %s #%d of run %s",
+            len(fresh),
+            attempt.worker_id or "local",
+            attempt.number,
+            run.id,
+        )
+        result.rejected_tokens.add(token)
+        return
+    # Logs first and outside the transaction: offsets make them idempotent on their own.
+    for event in fresh:
+        if event.kind == STEP_LOG:
+            _append_log(log_dir, run.id, attempt.number, event)
+    with transaction.atomic():
+        for event in fresh:
+            if event.kind != STEP_LOG:
+                _apply_one(event, attempt=attempt, run=run, result=result)
+        Attempt.objects.filter(pk=attempt.pk).update(last_event_seq=fresh[-1].seq)
+    result.applied += len(fresh)
+
+
+def _apply_one(event: Event, *, attempt: Attempt, run: DagRun, result: ApplyResult) -> None:
+    if event.kind == ATTEMPT_STARTED:
+        Attempt.objects.filter(pk=attempt.pk, status=AttemptStatus.ASSIGNED).update(
+            status=AttemptStatus.RUNNING, started_at=event.at
+        )
+        DagRun.objects.filter(pk=run.pk, started_at__isnull=True).update(started_at=event.at)
+    elif event.kind == STEP_STARTED:
+        StepRun.objects.filter(run=run, name=event.step).update(
+            status=StepStatus.RUNNING,
+            started_at=event.at,
+            finished_at=None,
+            exit_code=None,
+            error="",
+            attempt=attempt.number,
+            retries=event.retry,
+            log_path=step_log_path(run.id, attempt.number, event.step),
+        )
+    elif event.kind == STEP_FINISHED:
+        StepRun.objects.filter(run=run, name=event.step).update(
+            status=event.status,
+            exit_code=event.exit_code,
+            finished_at=event.at,
+            attempt=attempt.number,
+            output_value=event.output_value or "",
+            error=event.error[:10000],
+        )
+    elif event.kind == RUN_FINISHED:
+        _finish_run(event, attempt=attempt, run=run, result=result)
+    else:
+        logger.warning("ignoring unknown report kind %r for run %s", event.kind, run.id)
+
+
+def _finish_run(event: Event, *, attempt: Attempt, run: DagRun, result: ApplyResult) -> None:
+    status = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
+    # Compare-and-set on the attempt number: only the current attempt can end the run,
+    # which is what keeps a run from being completed twice.
+    ended = DagRun.objects.filter(
+        pk=run.pk, attempt=attempt.number, status=RunStatus.RUNNING
+    ).update(
+        status=status,
+        finished_at=event.at,
+        error=event.error[:10000],
+        outputs=dict(event.outputs),
+        waiting_reason="",
+    )
+    Attempt.objects.filter(pk=attempt.pk).update(
+        status=_ATTEMPT_END[status], finished_at=event.at, end_reason=event.error[:10000]
+    )
+    if not ended:
+        return
+    leftover = StepStatus.CANCELLED if status == RunStatus.CANCELLED else StepStatus.SKIPPED
+    StepRun.objects.filter(run=run).filter(
+        Q(status=StepStatus.PENDING) | Q(status=StepStatus.RUNNING)
+    ).update(status=leftover, finished_at=event.at)
+    result.finished_runs.append(run.id)
+    logger.info("run %s %s (attempt %d)", run.id, status, attempt.number)
+
+
+def _append_log(log_dir: Path, run_id: str, attempt: int, event: Event) -> None:
+    path = log_dir / step_log_path(run_id, attempt, event.step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as fh:
+        size = fh.tell()
+        end = event.offset + len(event.data)
+        if end <= size:
+            return  # replay of bytes already written
+        skip = max(0, size - event.offset)
+        fh.write(event.data[skip:])
+
+
+def read_step_log(log_dir: Path, step: StepRun, *, limit: int = 1 << 20) -> str:
+    """The tail of a step's log (at most `limit` bytes), decoded leniently."""
+    if not step.log_path:
+        return ""
+    path = log_dir / step.log_path
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            return fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,326 @@
+"""Run lifecycle: create, claim, cancel, retry, and the run's JSON shape.
+
+Every state change of a run goes through this module or `dags.reports`, never through
+signals or `save()` overrides, so the flow can be read top to bottom.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+
+from controlplane.dispatch import ModeDecision, decide_execution_mode
+from controlplane.models import DecisionEvent, DispatchDecision
+from dags.models import (
+    TERMINAL_RUN_STATUSES,
+    Attempt,
+    AttemptStatus,
+    DagRun,
+    ExecutionMode,
+    RunStatus,
+    StepRun,
+    StepStatus,
+)
+from dags.spec import Dag, DagFile, resolve_params
+
+logger = logging.getLogger(__name__)
+
+
+class RunError(Exception):
+    """A run operation that cannot be done (unknown run, wrong state)."""
+
+
+def new_run_id(now: datetime) -> str:
+    # Sortable by creation time and unique without coordination.
+    return f"{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
+
+
+def new_attempt_token() -> str:
+    return secrets.token_hex(16)
+
+
+def iso(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a Z suffix, as every JSON output uses."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@transaction.atomic
+def create_run(
+    dag_file: DagFile,
+    *,
+    now: datetime,
+    default_mode: str,
+    dag_name: str | None = None,
+    params: Mapping[str, str] | None = None,
+    source: str = "",
+    parent: DagRun | None = None,
+    parent_step: str = "",
+    parent_item: int | None = None,
+    step_selector: Mapping[str, str] | None = None,
+) -> DagRun:
+    """Create a queued run of `dag_name` (default: the file's main DAG) and record its mode."""
+    dag = dag_file.get(dag_name) if dag_name else dag_file.main
+    if dag is None:
+        raise RunError(f'DAG "{dag_name}" is not defined in {dag_file.source}')
+    decision = decide_execution_mode(
+        dag, step_selector=step_selector or {}, default_mode=default_mode
+    )
+    run = DagRun.objects.create(
+        id=new_run_id(now),
+        dag_name=dag.name,
+        spec=dag_file.text,
+        source=source or dag_file.source,
+        params=resolve_params(dag, params or {}),
+        status=RunStatus.QUEUED,
+        execution_mode=decision.mode,
+        worker_selector=dict(decision.selector),
+        root=(parent.root or parent) if parent else None,
+        parent=parent,
+        parent_step=parent_step,
+        parent_item=parent_item,
+        on_worker_lost=dag.on_worker_lost,
+        max_redispatch=dag.max_redispatch,
+        queued_at=now,
+    )
+    _create_steps(run, dag)
+    record_decision(
+        run,
+        decision=decision,
+        event=DecisionEvent.CREATED,
+        now=now,
+        detail=_created_detail(decision),
+    )
+    logger.info("run %s of %s queued (%s: %s)", run.id, dag.name, decision.mode, decision.why)
+    return run
+
+
+def _create_steps(run: DagRun, dag: Dag) -> None:
+    StepRun.objects.bulk_create(
+        StepRun(run=run, name=step.name, position=i) for i, step in enumerate(dag.steps)
+    )
+
+
+def _created_detail(decision: ModeDecision) -> str:
+    if decision.why == "forced_local":
+        return "worker_selector is local: runs on the main instance"
+    if decision.why == "selector":
+        pairs = ",".join(f"{k}={v}" for k, v in sorted(decision.selector.items()))
+        return f"worker_selector {pairs}: dispatched to a matching worker"
+    return f"no worker_selector: default_execution_mode is {decision.mode}"
+
+
+def record_decision(
+    run: DagRun,
+    *,
+    decision: ModeDecision | None = None,
+    event: str,
+    now: datetime,
+    detail: str = "",
+    workers_considered: int = 0,
+    workers_matched: int = 0,
+    chosen_worker: str = "",
+    waiting_reason: str = "",
+) -> DispatchDecision:
+    return DispatchDecision.objects.create(
+        run=run,
+        attempt=run.attempt,
+        event=event,
+        mode=decision.mode if decision else run.execution_mode,
+        why=decision.why if decision else _why_of(run),
+        selector=dict(decision.selector) if decision else run.worker_selector,
+        workers_considered=workers_considered,
+        workers_matched=workers_matched,
+        chosen_worker=chosen_worker,
+        waiting_reason=waiting_reason,
+        detail=detail,
+        decided_at=now,
+    )
+
+
+def _why_of(run: DagRun) -> str:
+    first = run.dispatch_decisions.order_by("id").values_list("why", flat=True).first()
+    return first or "default_mode"
+
+
+def start_attempt(run: DagRun, *, now: datetime, mode: str, worker_id: str = "") -> Attempt | None:
+    """Claim the queued run for a new attempt. Compare-and-set: None if someone else won."""
+    with transaction.atomic():
+        won = DagRun.objects.filter(
+            pk=run.pk, status=RunStatus.QUEUED, attempt=run.attempt, cancel_requested=False
+        ).update(
+            status=RunStatus.RUNNING,
+            attempt=F("attempt") + 1,
+            worker_id=worker_id,
+            waiting_reason="",
+        )
+        if not won:
+            return None
+        run.refresh_from_db(fields=["status", "attempt", "worker_id", "waiting_reason"])
+        return Attempt.objects.create(
+            run=run,
+            number=run.attempt,
+            token=new_attempt_token(),
+            mode=mode,
+            worker_id=worker_id,
+            status=AttemptStatus.ASSIGNED,
+            created_at=now,
+        )
+
+
+def completed_steps(run: DagRun) -> list[StepRun]:
+    """Steps an earlier attempt finished; a new attempt resumes after them."""
+    return list(
+        run.steps.filter(
+            status__in=[StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.FAILED]
+        ).order_by("position")
+    )
+
+
+def get_run(run_id: str) -> DagRun:
+    try:
+        return DagRun.objects.get(pk=run_id)
+    except DagRun.DoesNotExist:
+        raise RunError(f'run "{run_id}" not found') from None
+
+
+def request_cancel(run_id: str, *, now: datetime) -> DagRun:
+    """Cancel a run and its unfinished children.
+
+    A queued run is cancelled at once; a running one is flagged, and whoever executes it
+    (a worker via its heartbeat reply, or the local executor) stops it and reports.
+    """
+    run = get_run(run_id)
+    if run.is_terminal:
+        raise RunError(f'run "{run_id}" already finished ({run.status})')
+    ids = [run.pk, *_descendant_ids(run)]
+    with transaction.atomic():
+        DagRun.objects.filter(pk__in=ids, status=RunStatus.QUEUED).update(
+            status=RunStatus.CANCELLED,
+            cancel_requested=True,
+            waiting_reason="",
+            finished_at=now,
+            error="cancelled before it started",
+        )
+        StepRun.objects.filter(
+            run_id__in=ids, run__status=RunStatus.CANCELLED, status=StepStatus.PENDING
+        ).update(status=StepStatus.CANCELLED)
+        DagRun.objects.filter(pk__in=ids, status=RunStatus.RUNNING).update(cancel_requested=True)
+    run.refresh_from_db()
+    logger.info("cancel requested for run %s (%s)", run.id, run.status)
+    return run
+
+
+def _descendant_ids(run: DagRun) -> list[str]:
+    ids: list[str] = []
+    frontier = [run.pk]
+    while frontier:
+        children = list(DagRun.objects.filter(parent_id__in=frontier).values_list("pk", flat=True))
+        ids.extend(children)
+        frontier = children
+    return ids
+
+
+@transaction.atomic
+def retry_run(run_id: str, *, now: datetime) -> DagRun:
+    """Queue a finished run again; steps that succeeded are kept, the rest run anew."""
+    run = get_run(run_id)
+    if not run.is_terminal:
+        raise RunError(f'run "{run_id}" is {run.status}; only a finished run can be retried')
+    updated = DagRun.objects.filter(pk=run.pk, status__in=TERMINAL_RUN_STATUSES).update(
+        status=RunStatus.QUEUED,
+        cancel_requested=False,
+        error="",
+        worker_id="",
+        waiting_reason="",
+        finished_at=None,
+        queued_at=now,
+        redispatch_count=0,
+    )
+    if not updated:
+        raise RunError(f'run "{run_id}" changed while retrying; try again')
+    run.steps.exclude(status=StepStatus.SUCCEEDED).update(
+        status=StepStatus.PENDING, exit_code=None, error="", started_at=None, finished_at=None
+    )
+    run.refresh_from_db()
+    record_decision(run, event=DecisionEvent.RETRY, now=now, detail="retried by an operator")
+    return run
+
+
+def is_local(run: DagRun) -> bool:
+    return run.execution_mode == ExecutionMode.LOCAL
+
+
+def run_as_dict(run: DagRun) -> dict[str, Any]:
+    """The run as JSON (SPEC section 1): `start --json`, `status --json` and the API."""
+    root = run.root if run.root_id else run
+    return {
+        "dag_run_id": run.id,
+        "dag_name": run.dag_name,
+        "status": run.status,
+        "waiting_reason": run.waiting_reason or None,
+        "execution_mode": run.execution_mode,
+        "worker_selector": run.worker_selector,
+        "worker_id": run.worker_id or None,
+        "attempt": run.attempt,
+        "params": run.params,
+        "error": run.error,
+        "outputs": run.outputs,
+        "queued_at": iso(run.queued_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "root_dag_run_id": run.root_run_id,
+        "root_dag_run_name": root.dag_name,
+        "parent_dag_run_id": run.parent_id,
+        "parent_dag_run_name": run.parent.dag_name if run.parent_id else None,
+        "children": list(run.children.order_by("queued_at").values_list("id", flat=True)),
+        "steps": [
+            {
+                "name": s.name,
+                "status": s.status,
+                "exit_code": s.exit_code,
+                "started_at": iso(s.started_at),
+                "finished_at": iso(s.finished_at),
+                "attempt": s.attempt,
+                "error": s.error,
+                "output": s.output_value or None,
+            }
+            for s in run.steps.order_by("position")
+        ],
+        "attempts": [
+            {
+                "number": a.number,
+                "mode": a.mode,
+                "worker_id": a.worker_id or None,
+                "status": a.status,
+                "created_at": iso(a.created_at),
+                "started_at": iso(a.started_at),
+                "finished_at": iso(a.finished_at),
+                "end_reason": a.end_reason,
+            }
+            for a in run.attempts.order_by("number")
+        ],
+        "dispatch_decisions": [
+            {
+                "attempt": d.attempt,
+                "event": d.event,
+                "mode": d.mode,
+                "why": d.why,
+                "selector": d.selector,
+                "workers_considered": d.workers_considered,
+                "workers_matched": d.workers_matched,
+                "chosen_worker": d.chosen_worker or None,
+                "waiting_reason": d.waiting_reason or None,
+                "detail": d.detail,
+                "decided_at": iso(d.decided_at),
+            }
+            for d in run.dispatch_decisions.order_by("decided_at", "id")
+        ],
+    }

@@ -1,0 +1,67 @@
+"""Cron schedules: DAG files in the DAGs dir with `schedule:` get runs when they are due.
+
+The scheduler fires each due schedule once per tick and never catches up on ticks missed
+while the main instance was down: a stopped scheduler should not unleash a backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from croniter import croniter
+
+from controlplane.config import Config
+from dags.runs import create_run
+from dags.spec import DagFile, DagSpecError, load_dag_file
+
+logger = logging.getLogger(__name__)
+
+
+class CronScheduler:
+    def __init__(self, config: Config, *, now: datetime, on_queued: Callable[[], None]) -> None:
+        self.config = config
+        self.last_tick = now
+        self.on_queued = on_queued
+        self._files: dict[Path, tuple[float, DagFile | None]] = {}
+
+    def _dag_files(self) -> list[DagFile]:
+        root = Path(self.config.paths.dags_dir)
+        paths = sorted([*root.glob("*.yaml"), *root.glob("*.yml")]) if root.is_dir() else []
+        out = []
+        for path in paths:
+            mtime = path.stat().st_mtime
+            cached = self._files.get(path)
+            if cached is None or cached[0] != mtime:
+                try:
+                    cached = (mtime, load_dag_file(path))
+                except DagSpecError as exc:
+                    logger.warning("scheduler skips %s: %s", path, exc)
+                    cached = (mtime, None)
+                self._files[path] = cached
+            if cached[1] is not None:
+                out.append(cached[1])
+        return out
+
+    def tick(self, *, now: datetime) -> int:
+        """Queue a run for every schedule due in (last tick, now]. Returns how many."""
+        queued = 0
+        for dag_file in self._dag_files():
+            dag = dag_file.main
+            for expr in dag.schedule:
+                due = croniter(expr, self.last_tick).get_next(datetime)
+                if due <= now:
+                    run = create_run(
+                        dag_file,
+                        now=now,
+                        source=dag_file.source,
+                        default_mode=self.config.default_execution_mode,
+                    )
+                    logger.info("schedule %r of %s queued run %s", expr, dag.name, run.id)
+                    queued += 1
+        self.last_tick = now
+        if queued:
+            self.on_queued()
+        return queued

@@ -1,0 +1,207 @@
+"""Real processes on loopback for end-to-end tests: a coordinator, workers, CLI commands.
+
+Every cluster lives in its own temporary data dir with its own SQLite file (copied from a
+database migrated once per session), on ports picked at run time. Waits are bounded and
+every process is stopped (then killed) when the test ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = [sys.executable, str(ROOT / "manage.py")]
+DB_NAME = "controlplane.sqlite3"
+
+# Fast thresholds so fault tests finish in seconds; each is still ordered as in SPEC §8.
+FAST_TIMING = {
+    "DAGU_HEALTH_WARNING_AFTER": "1.5",
+    "DAGU_HEALTH_UNHEALTHY_AFTER": "3",
+    "DAGU_HEALTH_OFFLINE_AFTER": "6",
+    "DAGU_REGISTRY_REFRESH_INTERVAL": "1",
+    "DAGU_REGISTRY_STALE_AFTER": "6",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def migrated_template(cache_dir: Path) -> Path:
+    """One migrated SQLite file per test session; clusters copy it."""
+    template = cache_dir / DB_NAME
+    if not template.exists():
+        env = {**os.environ, "DAGU_HOME": str(cache_dir)}
+        env.pop("DATABASE_URL", None)
+        subprocess.run([*MANAGE, "migrate", "-v0"], env=env, check=True, timeout=120)
+        # Fold the WAL into the main file so a plain copy is complete.
+        with sqlite3.connect(template) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return template
+
+
+class Cluster:
+    def __init__(self, home: Path, template: Path, *, extra_env: dict[str, str] | None = None) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(template, home / DB_NAME)
+        self.port = free_port()
+        self.registry = home / "service-registry"
+        self.env = {
+            **os.environ,
+            "DAGU_HOME": str(home),
+            "DAGU_COORDINATOR_PORT": str(self.port),
+            "DAGU_COORDINATOR_ADVERTISE": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        self.env.pop("DATABASE_URL", None)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+
+    # -- processes ------------------------------------------------------------------------
+
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = self.home / f"{name}.log"
+        self.logs[name] = log
+        proc = subprocess.Popen(
+            [*MANAGE, *args],
+            env={**self.env, **(env or {})},
+            stdout=open(log, "ab"),  # noqa: SIM115 - the child owns it
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start_coordinator(self, name: str = "coordinator") -> subprocess.Popen[bytes]:
+        proc = self.spawn(name, "coordinator")
+        wait_for(lambda: "listening" in self.log(name) or proc.poll() is not None,
+                 timeout=30, what="the coordinator to listen")
+        assert proc.poll() is None, self.log(name)
+        return proc
+
+    def start_worker(self, worker_id: str, labels: str = "", *, max_runs: int = 4,
+                     extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        args = ["worker", "--worker.id", worker_id, "--worker.max-active-runs", str(max_runs),
+                "--worker.coordinators", f"127.0.0.1:{self.port}", "--shutdown-grace", "5", *extra]
+        if labels:
+            args += ["--worker.labels", labels]
+        proc = self.spawn(worker_id, *args)
+        wait_for(lambda: self.worker_row(worker_id) or proc.poll() is not None,
+                 timeout=30, what=f"worker {worker_id} to register")
+        assert proc.poll() is None, self.log(worker_id)
+        return proc
+
+    def stop(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            raise AssertionError(f"{name} did not stop within {timeout}s:\n{self.log(name)}") from None
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=5)
+
+    def log(self, name: str) -> str:
+        path = self.logs.get(name)
+        return path.read_text(errors="replace") if path and path.exists() else ""
+
+    # -- commands -------------------------------------------------------------------------
+
+    def manage(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*MANAGE, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, check=check)
+
+    def start_run(self, dag: Path | str, *extra: str) -> str:
+        result = self.manage("start", str(dag), *extra)
+        assert result.returncode == 0, result.stderr + result.stdout
+        return result.stdout.splitlines()[0].strip()
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        result = self.manage("status", run_id, "--json", check=True)
+        return json.loads(result.stdout)
+
+    # -- direct reads (read-only, no Django in the test process) ------------------------------
+
+    def query(self, sql: str, *params: object) -> list[sqlite3.Row]:
+        db = sqlite3.connect(f"file:{self.home / DB_NAME}?mode=ro", uri=True, timeout=30)
+        try:
+            db.row_factory = sqlite3.Row
+            return db.execute(sql, params).fetchall()
+        finally:
+            db.close()
+
+    def run_row(self, run_id: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM dags_dagrun WHERE id = ?", run_id)
+        return rows[0] if rows else None
+
+    def worker_row(self, worker_id: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM workers_worker WHERE id = ?", worker_id)
+        return rows[0] if rows else None
+
+    def wait_run(self, run_id: str, *, status: str | tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+                 timeout: float = 60) -> sqlite3.Row:
+        wanted = (status,) if isinstance(status, str) else status
+        return wait_for(
+            lambda: (row := self.run_row(run_id)) is not None and row["status"] in wanted and row,
+            timeout=timeout, what=f"run {run_id} to be {'/'.join(wanted)}",
+        )
+
+    def steps(self, run_id: str) -> dict[str, sqlite3.Row]:
+        rows = self.query("SELECT * FROM dags_steprun WHERE run_id = ? ORDER BY position", run_id)
+        return {r["name"]: r for r in rows}
+
+
+def write_dag(directory: Path, name: str, text: str) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(text)
+    return path

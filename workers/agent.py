@@ -1,0 +1,584 @@
+"""The worker agent: register, heartbeat, long-poll for runs, execute them, report back.
+
+It talks to the control plane over gRPC only and imports no model: a worker host needs no
+database. Reports go through a bounded outbox that survives coordinator restarts: events
+are kept until the coordinator acknowledges them, and replayed after a reconnect (the
+coordinator applies each sequence number once).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+from controlplane.config import Config
+from controlplane.rpc.client import (
+    Backoff,
+    CoordinatorClient,
+    CoordinatorUnavailable,
+    address_source,
+)
+from controlplane.rpc.events import event_to_pb, ms
+from controlplane.rpc.v1 import coordinator_pb2 as pb
+from dags.events import (
+    ATTEMPT_STARTED,
+    RUN_FINISHED,
+    STEP_FINISHED,
+    STEP_LOG,
+    STEP_STARTED,
+    Event,
+)
+from dags.execution import (
+    ChildRequest,
+    ChildResult,
+    RunContext,
+    RunOutcome,
+    StepOutcome,
+    execute_run,
+)
+from dags.spec import DagSpecError, parse_dag_file
+from workers import registry
+
+logger = logging.getLogger(__name__)
+
+POLL_WAIT_SECONDS = 10.0
+RPC_TIMEOUT_SECONDS = 10.0
+REPORT_BATCH_EVENTS = 500
+REPORT_BATCH_BYTES = 4 * 1024 * 1024
+CHILD_POLL_SECONDS = 0.5
+CHILD_CANCEL_WAIT_SECONDS = 30.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_dag_name(source: str) -> str:
+    """The main DAG's default name is its file's stem, wherever the file is parsed."""
+    return Path(source).stem or "dag"
+
+
+class Outbox:
+    """Bounded FIFO of events awaiting acknowledgement.
+
+    When full, log chunks are dropped first (with a marker in the log); state events are
+    never dropped, since losing one would leave a run's state wrong rather than incomplete.
+    """
+
+    def __init__(self, *, max_events: int = 200_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_events, self.max_bytes = max_events, max_bytes
+        self._events: deque[Event] = deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+        self.dropped_log_bytes = 0
+
+    def put(self, event: Event) -> None:
+        with self._cond:
+            if event.kind == STEP_LOG and (
+                len(self._events) >= self.max_events
+                or self._bytes + len(event.data) > self.max_bytes
+            ):
+                self.dropped_log_bytes += len(event.data)
+                return
+            self._events.append(event)
+            self._bytes += len(event.data)
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: bool(self._events), timeout=timeout)
+
+    def batch(self) -> list[Event]:
+        with self._cond:
+            out: list[Event] = []
+            size = 0
+            for event in self._events:
+                if out and (
+                    len(out) >= REPORT_BATCH_EVENTS or size + len(event.data) > REPORT_BATCH_BYTES
+                ):
+                    break
+                out.append(event)
+                size += len(event.data)
+            return out
+
+    def ack(self, count: int) -> None:
+        with self._cond:
+            for _ in range(count):
+                self._bytes -= len(self._events.popleft().data)
+            self._cond.notify_all()
+
+    def discard_attempt(self, token: str) -> None:
+        with self._cond:
+            kept = deque(e for e in self._events if e.attempt_token != token)
+            self._bytes = sum(len(e.data) for e in kept)
+            self._events = kept
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._events)
+
+    def wait_empty(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._events, timeout=timeout)
+
+
+class AttemptReporter:
+    """Reporter for `execute_run` that queues events in the outbox."""
+
+    def __init__(self, outbox: Outbox, *, run_id: str, token: str) -> None:
+        self.outbox, self.run_id, self.token = outbox, run_id, token
+        self._seq = itertools.count(1)
+        self._offsets: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _put(self, kind: str, **fields: object) -> None:
+        with self._lock:
+            self.outbox.put(
+                Event(
+                    seq=next(self._seq),
+                    dag_run_id=self.run_id,
+                    attempt_token=self.token,
+                    kind=kind,
+                    **fields,
+                )
+            )  # type: ignore[arg-type]
+
+    def attempt_started(self, *, at: datetime) -> None:
+        self._put(ATTEMPT_STARTED, at=at)
+
+    def step_started(self, step: str, *, at: datetime, retry: int) -> None:
+        with self._lock:
+            self._offsets[step] = 0
+        self._put(STEP_STARTED, step=step, at=at, retry=retry)
+
+    def step_log(self, step: str, stream: str, data: bytes) -> None:
+        with self._lock:
+            offset = self._offsets.get(step, 0)
+            self._offsets[step] = offset + len(data)
+        self._put(STEP_LOG, step=step, stream=stream, data=data, offset=offset)
+
+    def step_finished(
+        self,
+        step: str,
+        *,
+        status: str,
+        exit_code: int | None,
+        at: datetime,
+        output: str | None,
+        error: str,
+    ) -> None:
+        self._put(
+            STEP_FINISHED,
+            step=step,
+            status=status,
+            exit_code=exit_code,
+            at=at,
+            output_value=output,
+            error=error,
+        )
+
+    def run_finished(self, outcome: RunOutcome, *, at: datetime) -> None:
+        self._put(
+            RUN_FINISHED,
+            status=outcome.status,
+            error=outcome.error,
+            outputs=dict(outcome.outputs),
+            at=at,
+        )
+
+
+class GrpcChildLauncher:
+    """Sub-DAG steps on a worker: ask the coordinator for the child run, then follow it."""
+
+    def __init__(
+        self, client: CoordinatorClient, task: pb.Task, *, worker_id: str, stop: threading.Event
+    ) -> None:
+        self.client, self.task, self.worker_id, self.stop = client, task, worker_id, stop
+
+    def run_child(self, request: ChildRequest, *, cancel: threading.Event) -> ChildResult:
+        msg = pb.StartChildRequest(
+            worker_id=self.worker_id,
+            parent_dag_run_id=self.task.dag_run_id,
+            parent_attempt_token=self.task.attempt_token,
+            step=request.step,
+            dag_name=request.dag_name,
+            params=dict(request.params),
+            worker_selector=dict(request.worker_selector),
+        )
+        if request.item_index is not None:
+            msg.item_index = request.item_index
+        try:
+            run_id = self._retrying(
+                lambda: self.client.call("StartChild", msg, timeout=RPC_TIMEOUT_SECONDS), cancel
+            )
+        except grpc.RpcError as exc:
+            return ChildResult(run_id="", status="failed", error=exc.details() or str(exc))
+        if run_id is None:
+            return ChildResult(run_id="", status="cancelled", error="cancelled before it started")
+        return self._follow(run_id.dag_run_id, cancel)
+
+    def _follow(self, run_id: str, cancel: threading.Event) -> ChildResult:
+        cancel_sent: float | None = None
+        request = pb.GetRunStatusRequest(dag_run_id=run_id)
+        while True:
+            try:
+                status = self.client.call("GetRunStatus", request, timeout=RPC_TIMEOUT_SECONDS)
+                if status.found and status.status in ("succeeded", "failed", "cancelled"):
+                    return ChildResult(run_id, status.status, dict(status.outputs), status.error)
+                if cancel.is_set() and cancel_sent is None:
+                    self.client.call(
+                        "CancelRun",
+                        pb.CancelRunRequest(dag_run_id=run_id),
+                        timeout=RPC_TIMEOUT_SECONDS,
+                    )
+                    cancel_sent = time.monotonic()
+            except CoordinatorUnavailable as exc:
+                logger.warning("following child run %s: %s", run_id, exc)
+            if (
+                cancel_sent is not None
+                and time.monotonic() - cancel_sent > CHILD_CANCEL_WAIT_SECONDS
+            ):
+                return ChildResult(run_id, "cancelled", {}, "child did not stop in time")
+            time.sleep(CHILD_POLL_SECONDS)
+
+    def _retrying(
+        self, call: Callable[[], pb.StartChildResponse], cancel: threading.Event
+    ) -> pb.StartChildResponse | None:
+        backoff = Backoff()
+        while not cancel.is_set():
+            try:
+                return call()
+            except CoordinatorUnavailable as exc:
+                logger.warning("starting a child run: %s", exc)
+                cancel.wait(backoff.next_delay())
+        return None
+
+
+@dataclass
+class ActiveRun:
+    task: pb.Task
+    cancel: threading.Event
+    started_at: datetime
+    thread: threading.Thread | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class WorkerAgent:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client: CoordinatorClient | None = None,
+        shutdown_grace: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.worker_id = config.worker.id
+        self.labels = dict(config.worker.labels)
+        self.max_active_runs = config.worker.max_active_runs
+        self.host = socket.gethostname()
+        self.started_at = utcnow()
+        self.shutdown_grace = shutdown_grace
+        self.client = client or CoordinatorClient(
+            addresses=address_source(config), peer=config.peer
+        )
+        self.outbox = Outbox()
+        self.stop_event = threading.Event()  # stop taking work
+        self.halt_event = threading.Event()  # stop everything (after the grace period)
+        self.draining = False
+        self._runs: dict[str, ActiveRun] = {}
+        self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
+        self._registrant: registry.Registrant | None = None
+        self._connected: bool | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+
+    def info(self) -> pb.WorkerInfo:
+        return pb.WorkerInfo(
+            worker_id=self.worker_id,
+            host=self.host,
+            pid=os.getpid(),
+            labels=self.labels,
+            max_active_runs=self.max_active_runs,
+            started_at_ms=ms(self.started_at),
+        )
+
+    def registry_record(self) -> registry.WorkerRecord:
+        now = utcnow()
+        return registry.WorkerRecord(
+            id=self.worker_id,
+            host=self.host,
+            pid=os.getpid(),
+            labels=self.labels,
+            max_active_runs=self.max_active_runs,
+            active_tasks=len(self._runs),
+            status="stopping"
+            if self.stop_event.is_set()
+            else ("draining" if self.draining else "active"),
+            started_at=self.started_at,
+            last_heartbeat=now,
+        )
+
+    # -- one-step functions ---------------------------------------------------------------
+
+    def heartbeat_once(self) -> bool:
+        """Send one heartbeat and apply the reply. False when the coordinator is unreachable."""
+        with self._lock:
+            running = [
+                pb.RunningTask(
+                    dag_run_id=r.task.dag_run_id,
+                    attempt_token=r.task.attempt_token,
+                    started_at_ms=ms(r.started_at),
+                )
+                for r in self._runs.values()
+            ]
+        request = pb.HeartbeatRequest(
+            worker=self.info(), running=running, stopping=self.stop_event.is_set()
+        )
+        try:
+            reply = self.client.call("Heartbeat", request, timeout=RPC_TIMEOUT_SECONDS)
+        except (CoordinatorUnavailable, grpc.RpcError) as exc:
+            self._note_connection(False, str(exc))
+            return False
+        self._note_connection(True, self.client.address)
+        for token in reply.cancel_attempt_tokens:
+            self.cancel_attempt(
+                token, reason="the coordinator says this attempt is cancelled or superseded"
+            )
+        if reply.draining != self.draining:
+            self.draining = reply.draining
+            logger.info(
+                "worker %s is %s", self.worker_id, "draining" if self.draining else "undrained"
+            )
+        return True
+
+    def poll_once(self, *, wait: float = POLL_WAIT_SECONDS) -> int:
+        """One long poll for work; starts what arrives. Returns how many runs started."""
+        free = self.free_slots()
+        if free <= 0 or self.stop_event.is_set():
+            return 0
+        request = pb.PollRequest(worker=self.info(), free_slots=free, wait_ms=int(wait * 1000))
+        reply = self.client.call("Poll", request, timeout=wait + RPC_TIMEOUT_SECONDS)
+        for task in reply.tasks:
+            self.start_task(task)
+        return len(reply.tasks)
+
+    def flush_reports_once(self) -> int:
+        """Send one batch from the outbox. Returns how many events were acknowledged."""
+        batch = self.outbox.batch()
+        if not batch:
+            return 0
+        request = pb.ReportRequest(worker_id=self.worker_id, events=[event_to_pb(e) for e in batch])
+        reply = self.client.call("Report", request, timeout=RPC_TIMEOUT_SECONDS)
+        self.outbox.ack(len(batch))
+        for token in reply.rejected_attempt_tokens:
+            self.outbox.discard_attempt(token)
+            self.cancel_attempt(token, reason="the coordinator rejected its reports (superseded)")
+        return len(batch)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        with self._lock:
+            return 0 if self.draining else self.max_active_runs - len(self._runs)
+
+    def start_task(self, task: pb.Task) -> None:
+        active = ActiveRun(task=task, cancel=threading.Event(), started_at=utcnow())
+        with self._lock:
+            if task.attempt_token in {r.task.attempt_token for r in self._runs.values()}:
+                return
+            self._runs[task.attempt_token] = active
+        active.thread = threading.Thread(
+            target=self._execute, args=(active,), name=f"run-{task.dag_run_id}", daemon=True
+        )
+        active.thread.start()
+        logger.info("run %s (%s) attempt %d started", task.dag_run_id, task.dag_name, task.attempt)
+
+    def cancel_attempt(self, token: str, *, reason: str) -> None:
+        with self._lock:
+            active = self._runs.get(token)
+        if active and not active.cancel.is_set():
+            logger.warning(
+                "cancelling run %s attempt %d: %s",
+                active.task.dag_run_id,
+                active.task.attempt,
+                reason,
+            )
+            active.cancel.set()
+
+    def _execute(self, active: ActiveRun) -> None:
+        task = active.task
+        reporter = AttemptReporter(self.outbox, run_id=task.dag_run_id, token=task.attempt_token)
+        reporter.attempt_started(at=active.started_at)
+        try:
+            outcome = self._run_dag(task, reporter, active.cancel)
+        except Exception as exc:  # a run must always end with a report
+            logger.exception("run %s crashed", task.dag_run_id)
+            outcome = RunOutcome(status="failed", error=f"worker error: {exc}")
+        reporter.run_finished(outcome, at=utcnow())
+        with self._lock:
+            self._runs.pop(task.attempt_token, None)
+            self._slot_freed.notify_all()
+        active.done.set()
+        logger.info("run %s attempt %d %s", task.dag_run_id, task.attempt, outcome.status)
+
+    def _run_dag(
+        self, task: pb.Task, reporter: AttemptReporter, cancel: threading.Event
+    ) -> RunOutcome:
+        source = task.source or f"{task.dag_name}.yaml"
+        try:
+            dag_file = parse_dag_file(
+                task.definition, source=source, default_name=default_dag_name(source)
+            )
+        except DagSpecError as exc:
+            return RunOutcome(status="failed", error=f"invalid DAG: {exc}")
+        dag = dag_file.get(task.dag_name) or dag_file.main
+        completed = {
+            c.name: StepOutcome(
+                c.status,
+                c.exit_code if c.HasField("exit_code") else None,
+                c.output_value if c.HasField("output_value") else None,
+            )
+            for c in task.completed_steps
+        }
+        return execute_run(
+            dag,
+            context=RunContext(
+                dag_run_id=task.dag_run_id,
+                root_dag_run_id=task.root_dag_run_id or task.dag_run_id,
+                parent_dag_run_id=task.parent_dag_run_id,
+                worker_id=self.worker_id,
+                params=dict(task.params),
+            ),
+            reporter=reporter,
+            launcher=GrpcChildLauncher(
+                self.client, task, worker_id=self.worker_id, stop=self.halt_event
+            ),
+            cancel=cancel,
+            completed=completed,
+        )
+
+    # -- loops ---------------------------------------------------------------------------------
+
+    def _note_connection(self, ok: bool, detail: str) -> None:
+        if ok != self._connected:
+            if ok:
+                logger.info("worker %s connected to coordinator %s", self.worker_id, detail)
+            else:
+                logger.warning("worker %s: %s (will retry)", self.worker_id, detail)
+            self._connected = ok
+
+    def _heartbeat_loop(self) -> None:
+        backoff = Backoff(initial=self.config.timing.heartbeat_interval, maximum=5.0)
+        while not self.halt_event.is_set():
+            if self.heartbeat_once():
+                backoff.reset()
+                self.halt_event.wait(self.config.timing.heartbeat_interval)
+            else:
+                self.halt_event.wait(backoff.next_delay())
+
+    def _poll_loop(self) -> None:
+        backoff = Backoff()
+        while not self.stop_event.is_set():
+            if self.free_slots() <= 0:
+                with self._lock:
+                    self._slot_freed.wait(timeout=1.0)
+                continue
+            try:
+                self.poll_once()
+                backoff.reset()
+            except CoordinatorUnavailable as exc:
+                self._note_connection(False, str(exc))
+                self.stop_event.wait(backoff.next_delay())
+            except grpc.RpcError as exc:
+                logger.warning("poll failed: %s", exc)
+                self.stop_event.wait(backoff.next_delay())
+
+    def _report_loop(self) -> None:
+        backoff = Backoff()
+        while not (self.halt_event.is_set() and not len(self.outbox)):
+            if not self.outbox.wait(timeout=0.5):
+                if self.halt_event.is_set():
+                    return
+                continue
+            try:
+                self.flush_reports_once()
+                backoff.reset()
+            except (CoordinatorUnavailable, grpc.RpcError) as exc:
+                self._note_connection(False, str(exc))
+                if self.halt_event.wait(backoff.next_delay()) and self._gave_up_reporting():
+                    return
+
+    def _gave_up_reporting(self) -> bool:
+        # After halt, keep trying for a bounded time so a shutdown cannot hang forever.
+        return time.monotonic() > getattr(self, "_report_deadline", float("inf"))
+
+    def _start_registrant(self) -> None:
+        root = Path(self.config.paths.service_registry_dir)
+        self._registrant = registry.Registrant(
+            root, self.registry_record, interval=self.config.timing.registry_refresh_interval
+        )
+        try:
+            self._registrant.start()
+        except registry.RegistryError as exc:
+            # The coordinator registers us from our heartbeats instead.
+            logger.warning("%s; continuing without a registry file", exc)
+            self._registrant = None
+
+    def run(self) -> None:
+        """Run until stop() and the shutdown sequence complete."""
+        self._start_registrant()
+        threads = [
+            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
+            threading.Thread(target=self._poll_loop, name="poll", daemon=True),
+            threading.Thread(target=self._report_loop, name="report", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        logger.info(
+            "worker %s started (labels %s, max %d runs)",
+            self.worker_id,
+            ",".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "none",
+            self.max_active_runs,
+        )
+        self.stop_event.wait()
+        self._shutdown()
+        for thread in threads:
+            thread.join(timeout=15)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _shutdown(self) -> None:
+        """Take no new work; give running steps the grace period, then cancel; report; go."""
+        logger.info(
+            "worker %s stopping: waiting up to %.0fs for %d run(s)",
+            self.worker_id,
+            self.shutdown_grace,
+            len(self._runs),
+        )
+        self.heartbeat_once()  # tell the coordinator now, not at the next tick
+        deadline = time.monotonic() + self.shutdown_grace
+        for active in list(self._runs.values()):
+            active.done.wait(max(0.0, deadline - time.monotonic()))
+        for active in list(self._runs.values()):
+            active.cancel.set()
+        for active in list(self._runs.values()):
+            active.done.wait(10)
+        self._report_deadline = time.monotonic() + 10
+        self.outbox.wait_empty(timeout=10)
+        self.halt_event.set()
+        if self._registrant is not None:
+            self._registrant.stop()
+        self.client.close()

@@ -1,0 +1,342 @@
+"""The coordinator's live view of its workers, and its mirror into `Worker` rows.
+
+Heartbeats arrive every second from every worker; writing each one would cap a coordinator
+at what the database can commit. So heartbeats only touch memory (`Fleet`), and a flusher
+writes the changed workers in one batch per interval (`flush_fleet`). The rows are what the
+admin, the API and the Workers page read; dispatch reads memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import transaction
+
+from controlplane.config import TimingConfig
+from controlplane.dispatch import WorkerView
+from workers.health import OFFLINE, health_status
+from workers.models import RegisteredVia, Worker, WorkerLabel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Running:
+    dag_run_id: str
+    attempt_token: str
+    started_at: datetime | None
+
+
+@dataclass
+class WorkerState:
+    id: str
+    host: str = ""
+    pid: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    max_active_runs: int = 10
+    started_at: datetime | None = None
+    last_heartbeat: datetime | None = None
+    running: tuple[Running, ...] = ()
+    draining: bool = False  # set by an operator; the database row is the authority
+    stopping: bool = False  # the worker said it is shutting down
+    via: str = RegisteredVia.HEARTBEAT
+    registry_file: str = ""
+    dirty: bool = True
+    labels_changed: bool = True
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a worker says about itself in every heartbeat and poll."""
+
+    id: str
+    host: str
+    pid: int
+    labels: Mapping[str, str]
+    max_active_runs: int
+    started_at: datetime | None = None
+
+
+class Fleet:
+    """Thread-safe worker table plus per-worker mailboxes that long polls wait on."""
+
+    def __init__(self, *, timing: TimingConfig, started_at: datetime) -> None:
+        self.timing = timing
+        # Before a worker had the chance to reach a freshly (re)started coordinator, its
+        # silence says nothing: health counts from no earlier than this moment.
+        self.started_at = started_at
+        self._lock = threading.Lock()
+        self._workers: dict[str, WorkerState] = {}
+        self._mail: dict[str, list[object]] = {}
+        self._mail_ready = threading.Condition(self._lock)
+        self._closed = False
+
+    # -- updates -------------------------------------------------------------------------
+
+    def record_heartbeat(
+        self, who: Identity, *, running: Iterable[Running], stopping: bool, now: datetime
+    ) -> WorkerState:
+        with self._lock:
+            state = self._touch(who, now=now)
+            state.running = tuple(running)
+            state.stopping = stopping
+            return state
+
+    def record_poll(self, who: Identity, *, now: datetime) -> WorkerState:
+        """A poll proves liveness as much as a heartbeat does."""
+        with self._lock:
+            return self._touch(who, now=now)
+
+    def _touch(self, who: Identity, *, now: datetime) -> WorkerState:
+        state = self._workers.get(who.id)
+        if state is None:
+            state = self._workers[who.id] = WorkerState(id=who.id)
+            logger.info("worker %s connected (labels %s)", who.id, dict(who.labels))
+        if dict(who.labels) != state.labels:
+            state.labels = dict(who.labels)
+            state.labels_changed = True
+        state.host, state.pid, state.max_active_runs = who.host, who.pid, who.max_active_runs
+        state.started_at = who.started_at or state.started_at
+        state.last_heartbeat = now
+        state.dirty = True
+        return state
+
+    def merge_registry(
+        self, records: Iterable[tuple[str, Identity, datetime]], *, now: datetime
+    ) -> None:
+        """Workers seen in the service registry: (file, identity, last_heartbeat) each."""
+        with self._lock:
+            for path, who, seen in records:
+                state = self._workers.get(who.id)
+                if state is None:
+                    state = self._workers[who.id] = WorkerState(
+                        id=who.id, via=RegisteredVia.REGISTRY, last_heartbeat=None
+                    )
+                    state.labels, state.host, state.pid = dict(who.labels), who.host, who.pid
+                    state.max_active_runs = who.max_active_runs
+                    state.started_at = who.started_at
+                    logger.info("worker %s found in the service registry", who.id)
+                if state.registry_file != path:
+                    state.registry_file, state.dirty = path, True
+                if state.last_heartbeat is None or seen > state.last_heartbeat:
+                    state.last_heartbeat = min(seen, now)
+                    state.dirty = True
+
+    def load(self, rows: Iterable[Worker]) -> None:
+        """Seed from the database after a coordinator (re)start."""
+        with self._lock:
+            for row in rows:
+                self._workers.setdefault(
+                    row.id,
+                    WorkerState(
+                        id=row.id,
+                        host=row.host,
+                        pid=row.pid,
+                        labels=dict(row.labels),
+                        max_active_runs=row.max_active_runs,
+                        last_heartbeat=row.last_heartbeat_at,
+                        draining=row.draining,
+                        via=row.registered_via,
+                        registry_file=row.registry_file,
+                        dirty=False,
+                        labels_changed=False,
+                    ),
+                )
+
+    def set_draining(self, draining_ids: set[str]) -> None:
+        with self._lock:
+            for state in self._workers.values():
+                state.draining = state.id in draining_ids
+
+    def forget(self, worker_ids: Iterable[str]) -> None:
+        with self._lock:
+            for wid in worker_ids:
+                self._workers.pop(wid, None)
+                self._mail.pop(wid, None)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def effective_last_seen(self, state: WorkerState) -> datetime | None:
+        if state.last_heartbeat is None:
+            return None
+        return max(state.last_heartbeat, self.started_at)
+
+    def health(self, state: WorkerState, *, now: datetime) -> str:
+        return health_status(self.effective_last_seen(state), now=now, timing=self.timing)
+
+    def get(self, worker_id: str) -> WorkerState | None:
+        with self._lock:
+            return self._workers.get(worker_id)
+
+    def states(self) -> list[WorkerState]:
+        with self._lock:
+            return list(self._workers.values())
+
+    def views(self, *, now: datetime, held: Mapping[str, int]) -> list[WorkerView]:
+        """Dispatch's view: `held` counts the active attempts each worker holds."""
+        with self._lock:
+            return [
+                WorkerView(
+                    id=s.id,
+                    labels=dict(s.labels),
+                    health=self.health(s, now=now),
+                    draining=s.draining or s.stopping,
+                    free_slots=max(0, s.max_active_runs - held.get(s.id, 0)),
+                )
+                for s in self._workers.values()
+            ]
+
+    # -- mailboxes for long polls ----------------------------------------------------------
+
+    def deliver(self, worker_id: str, item: object) -> None:
+        with self._lock:
+            self._mail.setdefault(worker_id, []).append(item)
+            self._mail_ready.notify_all()
+
+    def take(self, worker_id: str, *, max_items: int, timeout: float) -> list[object]:
+        """Wait up to `timeout` seconds for mail for this worker; return at most max_items."""
+        with self._lock:
+            self._mail_ready.wait_for(
+                lambda: self._closed or bool(self._mail.get(worker_id)), timeout=timeout
+            )
+            if self._closed:
+                return []
+            box = self._mail.get(worker_id, [])
+            taken, self._mail[worker_id] = box[:max_items], box[max_items:]
+            return taken
+
+    def return_mail(self, worker_id: str, items: list[object]) -> None:
+        """Put undelivered items back (the poll that took them failed)."""
+        if items:
+            with self._lock:
+                self._mail.setdefault(worker_id, [])[:0] = items
+                self._mail_ready.notify_all()
+
+    def pending_mail(self) -> list[object]:
+        with self._lock:
+            return [item for box in self._mail.values() for item in box]
+
+    def close(self) -> None:
+        """Release every waiting poll at once (shutdown); mail stays for the next start."""
+        with self._lock:
+            self._closed = True
+            self._mail_ready.notify_all()
+
+    # -- mirror --------------------------------------------------------------------------
+
+    def take_dirty(self) -> list[WorkerState]:
+        with self._lock:
+            dirty = [s for s in self._workers.values() if s.dirty]
+            out = [dataclasses.replace(s) for s in dirty]
+            for s in dirty:
+                s.dirty = False
+                s.labels_changed = False
+            return out
+
+    def mark_dirty_again(self, states: Iterable[WorkerState]) -> None:
+        with self._lock:
+            for copy in states:
+                if live := self._workers.get(copy.id):
+                    live.dirty = True
+                    live.labels_changed = live.labels_changed or copy.labels_changed
+
+
+def flush_fleet(fleet: Fleet, *, now: datetime) -> int:
+    """Write changed workers to the database in one transaction. Returns rows written."""
+    states = fleet.take_dirty()
+    if not states:
+        return 0
+    try:
+        _write_states(states, now=now)
+    except Exception:
+        fleet.mark_dirty_again(states)
+        raise
+    return len(states)
+
+
+@transaction.atomic
+def _write_states(states: list[WorkerState], *, now: datetime) -> None:
+    existing = set(
+        Worker.objects.filter(id__in=[s.id for s in states]).values_list("id", flat=True)
+    )
+    new = [s for s in states if s.id not in existing]
+    old = [s for s in states if s.id in existing]
+    Worker.objects.bulk_create(
+        [
+            Worker(
+                id=s.id,
+                host=s.host,
+                pid=s.pid,
+                labels=s.labels,
+                max_active_runs=s.max_active_runs,
+                active_tasks=len(s.running),
+                registered_at=now,
+                last_heartbeat_at=s.last_heartbeat,
+                registered_via=s.via,
+                registry_file=s.registry_file,
+            )
+            for s in new
+        ],
+        ignore_conflicts=True,
+    )
+    rows = [
+        Worker(
+            id=s.id,
+            host=s.host,
+            pid=s.pid,
+            labels=s.labels,
+            max_active_runs=s.max_active_runs,
+            active_tasks=len(s.running),
+            last_heartbeat_at=s.last_heartbeat,
+            registry_file=s.registry_file,
+        )
+        for s in old
+    ]
+    Worker.objects.bulk_update(
+        rows,
+        [
+            "host",
+            "pid",
+            "labels",
+            "max_active_runs",
+            "active_tasks",
+            "last_heartbeat_at",
+            "registry_file",
+        ],
+        batch_size=250,
+    )
+    relabel = [s for s in states if s.labels_changed or s.id not in existing]
+    if relabel:
+        WorkerLabel.objects.filter(worker_id__in=[s.id for s in relabel]).delete()
+        WorkerLabel.objects.bulk_create(
+            WorkerLabel(worker_id=s.id, key=k, value=v)
+            for s in relabel
+            for k, v in s.labels.items()
+        )
+
+
+def set_draining(worker_id: str, *, draining: bool) -> bool:
+    """Drain (or undrain) a worker: it takes no new runs and finishes what it has.
+
+    Returns False if the worker is unknown. The coordinator picks the flag up from the row.
+    """
+    return bool(Worker.objects.filter(pk=worker_id).update(draining=draining))
+
+
+def purge_offline(*, now: datetime, timing: TimingConfig) -> list[str]:
+    """Delete workers offline for longer than the purge window (24 h by default)."""
+    cutoff = now - timedelta(seconds=timing.offline_purge_after + timing.health_offline_after)
+    ids = list(Worker.objects.filter(last_heartbeat_at__lt=cutoff).values_list("id", flat=True))
+    if ids:
+        Worker.objects.filter(id__in=ids).delete()
+        logger.info("purged %d long-offline worker(s): %s", len(ids), ", ".join(ids))
+    return ids
+
+
+def is_offline(fleet: Fleet, state: WorkerState, *, now: datetime) -> bool:
+    return fleet.health(state, now=now) == OFFLINE
