@@ -25,7 +25,7 @@ from controlplane.failover import ACTIVE, failover_once
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.reports import ApplyResult, Event, apply_events
 from dags.runs import RunError, completed_steps, create_run, get_run, request_cancel
-from dags.spec import DagFile, DagSpecError, load_dag_file, parse_dag_file
+from dags.spec import DagFile, DagSpecError, load_dag_file, parse_stored_dag_file
 from workers import registry
 from workers.models import Worker
 from workers.presence import Fleet, Identity, Running, flush_fleet, purge_offline
@@ -185,6 +185,9 @@ class Coordinator:
 
     def dispatch_step(self) -> int:
         now = utcnow()
+        # Drain flags are read on every pass: an operator's drain must win any race with a
+        # run queued right after it.
+        self.sync_draining()
         held = dict(
             Attempt.objects.filter(status__in=ACTIVE, mode=ExecutionMode.DISTRIBUTED)
             .values("worker_id")
@@ -206,6 +209,11 @@ class Coordinator:
         )
         if failover_once(fleet=self.fleet, now=now, mailbox_tokens=self._mailbox_tokens()):
             self.wake()
+
+    def sync_draining(self) -> None:
+        self.fleet.set_draining(
+            set(Worker.objects.filter(draining=True).values_list("id", flat=True))
+        )
 
     def _mailbox_tokens(self) -> set[str]:
         return {a.token for a in self.fleet.pending_mail() if isinstance(a, Attempt)}
@@ -278,7 +286,7 @@ def start_child_run(
 
 def child_dag_file(parent: DagRun, dag_name: str, *, dags_dir: Path) -> DagFile:
     """A child comes from the parent's own file, else from `<dags_dir>/<name>.yaml`."""
-    own = parse_dag_file(parent.spec, source=parent.source, default_name=parent.dag_name)
+    own = parse_stored_dag_file(parent.spec, source=parent.source)
     if own.get(dag_name) is not None:
         return own
     for suffix in (".yaml", ".yml"):

@@ -38,7 +38,7 @@ from dags.execution import (
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.reports import apply_events
 from dags.runs import completed_steps, request_cancel, start_attempt
-from dags.spec import DagSpecError, parse_dag_file
+from dags.spec import DagSpecError, parse_stored_dag_file
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def execute_attempt(
     reporter = DbReporter(run.id, attempt.token, log_dir=log_dir)
     reporter.attempt_started(at=utcnow())
     try:
-        dag_file = parse_dag_file(run.spec, source=run.source, default_name=run.dag_name)
+        dag_file = parse_stored_dag_file(run.spec, source=run.source)
     except DagSpecError as exc:
         outcome = RunOutcome(status=RunStatus.FAILED, error=f"invalid DAG: {exc}")
         reporter.run_finished(outcome, at=utcnow())

@@ -31,6 +31,7 @@ Decisions the contract leaves open:
   because a call target doubles as a file name in the DAGs dir. Names from the file stem are
   taken as they are; a call target containing `$` is resolved at run time and not checked.
 - Duplicate keys in one YAML mapping are an error (PyYAML would keep the last silently).
+- Only `true`/`false` are booleans (YAML 1.2, as the Go original): `on`, `yes`, `no` are text.
 - `parallel` items are strings, numbers, booleans or mappings; an empty literal list is an
   error (it would launch nothing and "succeed").
 """
@@ -268,6 +269,18 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 booleans, as in the Go original (yaml.v3): only true/false. PyYAML's YAML 1.1
+# would read `ON:` as a boolean key and `region: no` as False, which no operator means.
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _load_documents(text: str, problems: list[SpecProblem]) -> list[object]:
@@ -922,8 +935,11 @@ def _parallel(value: object, *, path: str, problems: list[SpecProblem]) -> Paral
     return None
 
 
-def _parallel_item(item: object) -> object | None:
-    # Items reach child params as text or JSON, so keep only JSON-able values.
+def _parallel_item(item: object, *, nested: bool = False) -> object | None:
+    """The item as JSON-able data (items reach child params as text or JSON), else None.
+
+    A top-level item is a scalar or a mapping; inside a mapping lists and nulls are fine.
+    """
     if isinstance(item, bool | int | float | str):
         return item
     if isinstance(item, date):
@@ -931,11 +947,19 @@ def _parallel_item(item: object) -> object | None:
     if isinstance(item, Mapping):
         out: dict[str, object] = {}
         for key, value in item.items():
-            normalized = None if value is None else _parallel_item(value)
-            if value is not None and normalized is None:
+            if value is None:
+                out[str(key)] = None
+                continue
+            normalized = _parallel_item(value, nested=True)
+            if normalized is None:
                 return None
             out[str(key)] = normalized
         return out
+    if nested and isinstance(item, list):
+        values = [None if v is None else _parallel_item(v, nested=True) for v in item]
+        if any(n is None and v is not None for n, v in zip(values, item, strict=True)):
+            return None
+        return values
     return None
 
 
@@ -1051,7 +1075,7 @@ def _check_call_targets(
             if not any((dags_dir / f"{target}{suffix}").is_file() for suffix in (".yaml", ".yml")):
                 problems.append(
                     SpecProblem(
-                        _at(draft.prefix, path),
+                        path,
                         f'unknown DAG "{target}": not in this file nor in {dags_dir}',
                     )
                 )
@@ -1066,9 +1090,7 @@ def _check_call_cycles(drafts: list[_Draft], problems: list[SpecProblem]) -> Non
     for cycle in _find_cycles(graph):
         draft = by_name[cycle[0]]
         path = next(p for p, t in draft.calls if t == cycle[1])
-        problems.append(
-            SpecProblem(_at(draft.prefix, path), f"DAG call cycle {' -> '.join(cycle)}")
-        )
+        problems.append(SpecProblem(path, f"DAG call cycle {' -> '.join(cycle)}"))
 
 
 # ---- small value helpers
@@ -1212,3 +1234,13 @@ def _type_name(value: object) -> str:
     if isinstance(value, date):
         return "date"
     return type(value).__name__
+
+
+def default_dag_name(source: str) -> str:
+    """The main DAG's default name: its file's stem, wherever the stored text is parsed again."""
+    return Path(source).stem or "dag"
+
+
+def parse_stored_dag_file(text: str, *, source: str) -> DagFile:
+    """Parse a DAG file stored with a run, naming its main DAG as when it was first loaded."""
+    return parse_dag_file(text, source=source, default_name=default_dag_name(source))

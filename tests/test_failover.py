@@ -174,7 +174,7 @@ def test_drain_stops_new_runs_but_finishes_running_ones(cluster: Cluster, tmp_pa
     second = c.start_run(two_step_dag(tmp_path, hold=0.1))
     assert c.wait_run(run_id, timeout=30)["status"] == "succeeded"
     wait_for(lambda: c.run_row(second)["waiting_reason"] == "matching_workers_draining",
-             timeout=10, what="the second run to wait for the drained worker")
+             timeout=10, what=f"the second run to wait for the drained worker: {c.status(second)}")
     assert c.manage("workers", "--undrain", "drainee").returncode == 0
     assert c.wait_run(second, timeout=30)["status"] == "succeeded"
 

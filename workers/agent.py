@@ -47,7 +47,7 @@ from dags.execution import (
     StepOutcome,
     execute_run,
 )
-from dags.spec import DagSpecError, parse_dag_file
+from dags.spec import DagSpecError, parse_stored_dag_file
 from workers import registry
 
 logger = logging.getLogger(__name__)
@@ -62,11 +62,6 @@ CHILD_CANCEL_WAIT_SECONDS = 30.0
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def default_dag_name(source: str) -> str:
-    """The main DAG's default name is its file's stem, wherever the file is parsed."""
-    return Path(source).stem or "dag"
 
 
 class Outbox:
@@ -438,9 +433,7 @@ class WorkerAgent:
     ) -> RunOutcome:
         source = task.source or f"{task.dag_name}.yaml"
         try:
-            dag_file = parse_dag_file(
-                task.definition, source=source, default_name=default_dag_name(source)
-            )
+            dag_file = parse_stored_dag_file(task.definition, source=source)
         except DagSpecError as exc:
             return RunOutcome(status="failed", error=f"invalid DAG: {exc}")
         dag = dag_file.get(task.dag_name) or dag_file.main

@@ -1,0 +1,122 @@
+"""REST API for workers (SPEC section 9): list, detail, drain and undrain.
+
+The JSON comes from `workers.summary.worker_summaries`, the same source as the Workers page
+and the `workers` command; the serializers below only describe it for the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound, ParseError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from workers.health import HEALTH_STATES
+from workers.labels import LabelError, parse_label_string
+from workers.models import RegisteredVia
+from workers.presence import set_draining
+from workers.summary import worker_summaries
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+class RunningTaskSerializer(serializers.Serializer):
+    dag_name = serializers.CharField()
+    dag_run_id = serializers.CharField()
+    root_dag_run_name = serializers.CharField()
+    root_dag_run_id = serializers.CharField()
+    parent_dag_run_name = serializers.CharField(help_text='"" for a root run')
+    parent_dag_run_id = serializers.CharField(help_text='"" for a root run')
+    started_at = serializers.DateTimeField()
+
+
+class WorkerSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    labels = serializers.DictField(child=serializers.CharField())
+    health_status = serializers.ChoiceField(choices=HEALTH_STATES)
+    last_heartbeat = serializers.DateTimeField(allow_null=True, help_text="RFC 3339, UTC")
+    running_tasks = RunningTaskSerializer(many=True)
+    host = serializers.CharField()
+    pid = serializers.IntegerField(allow_null=True)
+    max_active_runs = serializers.IntegerField()
+    busy = serializers.IntegerField(help_text="runs this worker is executing now")
+    draining = serializers.BooleanField()
+    registered_via = serializers.ChoiceField(choices=RegisteredVia.choices)
+
+
+class WorkerListSerializer(serializers.Serializer):
+    workers = WorkerSerializer(many=True)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _one_worker(worker_id: str) -> dict[str, Any]:
+    rows = worker_summaries(now=_now(), timing=settings.DAGU.timing, worker_id=worker_id)
+    if not rows:
+        raise NotFound(f'worker "{worker_id}" not found')
+    return rows[0]
+
+
+def _health_filter(value: str | None) -> str | None:
+    if not value:
+        return None
+    if value.upper() not in HEALTH_STATES:
+        raise ParseError(f'health: unknown state "{value}"; expected one of {", ".join(HEALTH_STATES)}')
+    return value.upper()
+
+
+class WorkerListView(APIView):
+    @extend_schema(
+        operation_id="listWorkers",
+        parameters=[
+            OpenApiParameter("health", OpenApiTypes.STR, enum=HEALTH_STATES),
+            OpenApiParameter(
+                "selector", OpenApiTypes.STR, description="only workers carrying every k=v,..."
+            ),
+        ],
+        responses={200: WorkerListSerializer, 400: ErrorSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        try:
+            selector = parse_label_string(request.query_params.get("selector", ""))
+        except LabelError as exc:
+            raise ParseError(f"selector: {exc}") from None
+        health = _health_filter(request.query_params.get("health"))
+        rows = worker_summaries(
+            now=_now(), timing=settings.DAGU.timing, selector=selector, health=health
+        )
+        return Response({"workers": rows})
+
+
+class WorkerDetailView(APIView):
+    @extend_schema(
+        operation_id="getWorker", responses={200: WorkerSerializer, 404: ErrorSerializer}
+    )
+    def get(self, request: Request, worker_id: str) -> Response:
+        return Response(_one_worker(worker_id))
+
+
+class WorkerDrainView(APIView):
+    # Subclasses flip the flag the other way; the coordinator reads it from the row.
+    draining = True
+
+    @extend_schema(request=None, responses={200: WorkerSerializer, 404: ErrorSerializer})
+    def post(self, request: Request, worker_id: str) -> Response:
+        if not set_draining(worker_id, draining=self.draining):
+            raise NotFound(f'worker "{worker_id}" not found')
+        return Response(_one_worker(worker_id))
+
+
+class WorkerUndrainView(WorkerDrainView):
+    draining = False
