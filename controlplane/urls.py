@@ -3,8 +3,55 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.permissions import IsAuthenticated
+
+from controlplane import pages
+from dags import api as dags_api
+from workers import api as workers_api
+
+# Worker ids are "<host>@<pid>" by default but operators may pick any string, so they use
+# the `path` converter; the drain/undrain routes come first so they win over the detail.
+api_urlpatterns = [
+    path("workers", workers_api.WorkerListView.as_view(), name="api-workers"),
+    path(
+        "workers/<path:worker_id>/drain",
+        workers_api.WorkerDrainView.as_view(),
+        name="api-worker-drain",
+    ),
+    path(
+        "workers/<path:worker_id>/undrain",
+        workers_api.WorkerUndrainView.as_view(),
+        name="api-worker-undrain",
+    ),
+    path("workers/<path:worker_id>", workers_api.WorkerDetailView.as_view(), name="api-worker"),
+    path("dag-runs", dags_api.DagRunListView.as_view(), name="api-dag-runs"),
+    path("dag-runs/<str:run_id>", dags_api.DagRunDetailView.as_view(), name="api-dag-run"),
+    path(
+        "dag-runs/<str:run_id>/cancel",
+        dags_api.DagRunCancelView.as_view(),
+        name="api-dag-run-cancel",
+    ),
+    path(
+        "dag-runs/<str:run_id>/retry", dags_api.DagRunRetryView.as_view(), name="api-dag-run-retry"
+    ),
+    path("dag-runs/<str:run_id>/logs", dags_api.DagRunLogsView.as_view(), name="api-dag-run-logs"),
+    path("dags", dags_api.DagListView.as_view(), name="api-dags"),
+    path("dags/<str:name>", dags_api.DagDetailView.as_view(), name="api-dag"),
+    path(
+        "schema/",
+        SpectacularAPIView.as_view(permission_classes=[IsAuthenticated]),
+        name="api-schema",
+    ),
+]
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="workers-page", permanent=False)),
+    path("workers/", pages.workers_page, name="workers-page"),
+    path("runs/", pages.runs_page, name="runs-page"),
+    path("runs/<str:run_id>/", pages.run_page, name="run-page"),
     path("admin/", admin.site.urls),
+    path("api/v2/", include(api_urlpatterns)),
 ]

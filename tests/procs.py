@@ -65,7 +65,9 @@ def migrated_template(cache_dir: Path) -> Path:
 
 
 class Cluster:
-    def __init__(self, home: Path, template: Path, *, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, template: Path, *, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         shutil.copy(template, home / DB_NAME)
@@ -85,7 +87,9 @@ class Cluster:
 
     # -- processes ------------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.home / f"{name}.log"
         self.logs[name] = log
         proc = subprocess.Popen(
@@ -100,20 +104,37 @@ class Cluster:
 
     def start_coordinator(self, name: str = "coordinator") -> subprocess.Popen[bytes]:
         proc = self.spawn(name, "coordinator")
-        wait_for(lambda: "listening" in self.log(name) or proc.poll() is not None,
-                 timeout=30, what="the coordinator to listen")
+        wait_for(
+            lambda: "listening" in self.log(name) or proc.poll() is not None,
+            timeout=30,
+            what="the coordinator to listen",
+        )
         assert proc.poll() is None, self.log(name)
         return proc
 
-    def start_worker(self, worker_id: str, labels: str = "", *, max_runs: int = 4,
-                     extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
-        args = ["worker", "--worker.id", worker_id, "--worker.max-active-runs", str(max_runs),
-                "--worker.coordinators", f"127.0.0.1:{self.port}", "--shutdown-grace", "5", *extra]
+    def start_worker(
+        self, worker_id: str, labels: str = "", *, max_runs: int = 4, extra: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        args = [
+            "worker",
+            "--worker.id",
+            worker_id,
+            "--worker.max-active-runs",
+            str(max_runs),
+            "--worker.coordinators",
+            f"127.0.0.1:{self.port}",
+            "--shutdown-grace",
+            "5",
+            *extra,
+        ]
         if labels:
             args += ["--worker.labels", labels]
         proc = self.spawn(worker_id, *args)
-        wait_for(lambda: self.worker_row(worker_id) or proc.poll() is not None,
-                 timeout=30, what=f"worker {worker_id} to register")
+        wait_for(
+            lambda: self.worker_row(worker_id) or proc.poll() is not None,
+            timeout=30,
+            what=f"worker {worker_id} to register",
+        )
         assert proc.poll() is None, self.log(worker_id)
         return proc
 
@@ -126,7 +147,9 @@ class Cluster:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-            raise AssertionError(f"{name} did not stop within {timeout}s:\n{self.log(name)}") from None
+            raise AssertionError(
+                f"{name} did not stop within {timeout}s:\n{self.log(name)}"
+            ) from None
 
     def kill(self, name: str) -> None:
         proc = self.procs[name]
@@ -157,9 +180,17 @@ class Cluster:
 
     # -- commands -------------------------------------------------------------------------
 
-    def manage(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*MANAGE, *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, check=check)
+    def manage(
+        self, *args: str, timeout: float = 120, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MANAGE, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
 
     def start_run(self, dag: Path | str, *extra: str) -> str:
         result = self.manage("start", str(dag), *extra)
@@ -188,12 +219,18 @@ class Cluster:
         rows = self.query("SELECT * FROM workers_worker WHERE id = ?", worker_id)
         return rows[0] if rows else None
 
-    def wait_run(self, run_id: str, *, status: str | tuple[str, ...] = ("succeeded", "failed", "cancelled"),
-                 timeout: float = 60) -> sqlite3.Row:
+    def wait_run(
+        self,
+        run_id: str,
+        *,
+        status: str | tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+        timeout: float = 60,
+    ) -> sqlite3.Row:
         wanted = (status,) if isinstance(status, str) else status
         return wait_for(
             lambda: (row := self.run_row(run_id)) is not None and row["status"] in wanted and row,
-            timeout=timeout, what=f"run {run_id} to be {'/'.join(wanted)}",
+            timeout=timeout,
+            what=f"run {run_id} to be {'/'.join(wanted)}",
         )
 
     def steps(self, run_id: str) -> dict[str, sqlite3.Row]:

@@ -16,8 +16,12 @@ GPU = {"gpu": "true"}
 
 
 def dag(*, selector: dict[str, str] | None = None, force_local: bool = False) -> Dag:
-    return Dag(name="d", steps=(Step(name="s", command="true"),),
-               worker_selector=selector or {}, force_local=force_local)
+    return Dag(
+        name="d",
+        steps=(Step(name="s", command="true"),),
+        worker_selector=selector or {},
+        force_local=force_local,
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,8 +51,14 @@ def test_mode_decision_table(dag_selector, force_local, step_selector, default_m
     assert (decision.mode, decision.why, dict(decision.selector)) == expected
 
 
-def w(wid: str, labels: dict[str, str], *, health: str = "HEALTHY", draining: bool = False,
-      free: int = 1) -> WorkerView:
+def w(
+    wid: str,
+    labels: dict[str, str],
+    *,
+    health: str = "HEALTHY",
+    draining: bool = False,
+    free: int = 1,
+) -> WorkerView:
     return WorkerView(wid, labels, health, draining, free)
 
 
@@ -60,7 +70,10 @@ def w(wid: str, labels: dict[str, str], *, health: str = "HEALTHY", draining: bo
         ([w("a", {"gpu": "false"})], "no_matching_worker"),
         ([w("a", {"cpu": "true"})], "no_matching_worker"),
         ([w("a", GPU, health="UNHEALTHY")], "matching_workers_unhealthy"),
-        ([w("a", GPU, draining=True), w("b", GPU, health="UNHEALTHY")], "matching_workers_draining"),
+        (
+            [w("a", GPU, draining=True), w("b", GPU, health="UNHEALTHY")],
+            "matching_workers_draining",
+        ),
         ([w("a", GPU, free=0)], "matching_workers_busy"),
         ([w("a", GPU, free=0), w("b", GPU, draining=True)], "matching_workers_busy"),
     ],

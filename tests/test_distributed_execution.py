@@ -66,12 +66,16 @@ def test_start_wait_on_a_gpu_example_names_the_gpu_worker(cluster: Cluster) -> N
 
 def test_the_concurrency_cap_is_honoured(cluster: Cluster, tmp_path: Path) -> None:
     trace = tmp_path / "trace"
-    dag = write_dag(tmp_path, "capped", f"""
+    dag = write_dag(
+        tmp_path,
+        "capped",
+        f"""
 worker_selector: {{pool: a}}
 steps:
   - name: hold
     command: echo start >> {trace}; sleep 0.4; echo end >> {trace}
-""")
+""",
+    )
     cluster.start_coordinator()
     # Queue everything first so the worker is offered more than it may take.
     runs = [cluster.start_run(dag) for _ in range(6)]
@@ -87,18 +91,25 @@ steps:
 
 
 def test_a_run_waits_for_a_matching_worker_then_completes(cluster: Cluster, tmp_path: Path) -> None:
-    dag = write_dag(tmp_path, "mars", """
+    dag = write_dag(
+        tmp_path,
+        "mars",
+        """
 worker_selector:
   region: mars-1
 steps:
   - name: land
     command: echo landed
-""")
+""",
+    )
     cluster.start_coordinator()
     cluster.start_worker("earth-1", "region=eu-west-1")
     run_id = cluster.start_run(dag)
-    wait_for(lambda: cluster.run_row(run_id)["waiting_reason"] == "no_matching_worker",
-             timeout=20, what="waiting reason no_matching_worker")
+    wait_for(
+        lambda: cluster.run_row(run_id)["waiting_reason"] == "no_matching_worker",
+        timeout=20,
+        what="waiting reason no_matching_worker",
+    )
     assert cluster.run_row(run_id)["status"] == "queued"
     cluster.start_worker("mars-1", "region=mars-1")
     row = cluster.wait_run(run_id, timeout=30)
@@ -109,17 +120,24 @@ steps:
 
 def test_cancel_kills_the_steps_process_tree(cluster: Cluster, tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild.pid"
-    dag = write_dag(tmp_path, "long", f"""
+    dag = write_dag(
+        tmp_path,
+        "long",
+        f"""
 worker_selector: {{pool: b}}
 steps:
   - name: forever
     command: sleep 300 & echo $! > {pidfile}; wait
-""")
+""",
+    )
     cluster.start_coordinator()
     cluster.start_worker("w-cancel", "pool=b")
     run_id = cluster.start_run(dag)
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=30,
-             what="the step to start its grandchild")
+    wait_for(
+        lambda: pidfile.exists() and pidfile.read_text().strip(),
+        timeout=30,
+        what="the step to start its grandchild",
+    )
     grandchild = int(pidfile.read_text())
     result = cluster.manage("cancel", run_id)
     assert result.returncode == 0, result.stderr
@@ -142,7 +160,10 @@ def _alive(pid: int) -> bool:
 
 def test_failure_retry_and_continue_on(cluster: Cluster, tmp_path: Path) -> None:
     counter = tmp_path / "tries"
-    dag = write_dag(tmp_path, "flaky", f"""
+    dag = write_dag(
+        tmp_path,
+        "flaky",
+        f"""
 worker_selector: {{pool: c}}
 steps:
   - name: flaky
@@ -157,7 +178,8 @@ steps:
     command: exit 3
   - name: never
     command: echo unreachable
-""")
+""",
+    )
     cluster.start_coordinator()
     cluster.start_worker("w-flaky", "pool=c")
     result = cluster.manage("start", str(dag), "--wait")
@@ -165,19 +187,26 @@ steps:
     steps = cluster.steps(result.stdout.splitlines()[0])
     assert counter.read_text().count("x") == 3
     assert (steps["flaky"]["status"], steps["flaky"]["retries"]) == ("succeeded", 2)
-    assert (steps["allowed-to-fail"]["status"], steps["allowed-to-fail"]["exit_code"]) == ("failed", 7)
+    assert (steps["allowed-to-fail"]["status"], steps["allowed-to-fail"]["exit_code"]) == (
+        "failed",
+        7,
+    )
     assert steps["after"]["status"] == "succeeded"
     assert (steps["fatal"]["status"], steps["fatal"]["exit_code"]) == ("failed", 3)
     assert steps["never"]["status"] == "skipped"
 
 
 def test_step_output_is_captured_in_logs(cluster: Cluster, tmp_path: Path) -> None:
-    dag = write_dag(tmp_path, "chatty", """
+    dag = write_dag(
+        tmp_path,
+        "chatty",
+        """
 worker_selector: {pool: d}
 steps:
   - name: talk
     command: echo "to stdout $DAG_RUN_ID"; echo "to stderr" >&2
-""")
+""",
+    )
     cluster.start_coordinator()
     cluster.start_worker("w-logs", "pool=d")
     run_id = cluster.start_run(dag)
@@ -189,12 +218,16 @@ steps:
 
 
 def test_a_local_run_never_touches_a_worker(cluster: Cluster, tmp_path: Path) -> None:
-    dag = write_dag(tmp_path, "local-only", """
+    dag = write_dag(
+        tmp_path,
+        "local-only",
+        """
 worker_selector: local
 steps:
   - name: here
     command: echo "ran as $WORKER_ID"
-""")
+""",
+    )
     cluster.start_coordinator()
     cluster.start_worker("w-idle", "")
     result = cluster.manage("start", str(dag), "--wait", "--json")

@@ -18,7 +18,10 @@ pytestmark = pytest.mark.processes
 
 def two_step_dag(tmp_path: Path, *, hold: float, labels: str = "pool: gpu") -> Path:
     marks = tmp_path / "marks"
-    return write_dag(tmp_path, "resumable", f"""
+    return write_dag(
+        tmp_path,
+        "resumable",
+        f"""
 worker_selector: {{{labels}}}
 steps:
   - name: prepare
@@ -27,7 +30,8 @@ steps:
     command: echo train-start >> {marks}; sleep {hold}; echo train-end >> {marks}
   - name: publish
     command: echo publish >> {marks}
-""")
+""",
+    )
 
 
 def marks(tmp_path: Path) -> list[str]:
@@ -77,20 +81,33 @@ def test_a_frozen_worker_goes_unhealthy_and_its_stale_attempt_is_cancelled(
                 seen.append(state)
             return state
 
-        wait_for(lambda: health() == "OFFLINE", timeout=30, what="the frozen worker to go OFFLINE",
-                 every=0.3)
+        wait_for(
+            lambda: health() == "OFFLINE",
+            timeout=30,
+            what="the frozen worker to go OFFLINE",
+            every=0.3,
+        )
         assert seen[-3:] == ["WARNING", "UNHEALTHY", "OFFLINE"]
-        wait_for(lambda: c.run_row(run_id)["status"] == "queued", timeout=10,
-                 what="the run to be queued again")
+        wait_for(
+            lambda: c.run_row(run_id)["status"] == "queued",
+            timeout=10,
+            what="the run to be queued again",
+        )
         c.start_worker("fresh", "pool=gpu")
     finally:
         os.kill(c.procs["frozen"].pid, signal.SIGCONT)
     row = c.wait_run(run_id, timeout=60)
     assert (row["status"], row["worker_id"]) == ("succeeded", "fresh")
-    wait_for(lambda: "superseded" in c.log("frozen") or "cancelling run" in c.log("frozen"),
-             timeout=20, what="the thawed worker to drop its stale attempt")
-    wait_for(lambda: "rejected" in c.log("coordinator"), timeout=20,
-             what="the coordinator to refuse the stale reports")
+    wait_for(
+        lambda: "superseded" in c.log("frozen"),
+        timeout=20,
+        what="the thawed worker to drop its stale attempt",
+    )
+    wait_for(
+        lambda: "rejected" in c.log("coordinator"),
+        timeout=20,
+        what="the coordinator to refuse the stale reports",
+    )
     assert c.status(run_id)["status"] == "succeeded"
 
 
@@ -130,14 +147,22 @@ def test_the_registry_dir_deleted_while_running(fast_cluster: Cluster, tmp_path:
     c = fast_cluster
     c.start_coordinator()
     c.start_worker("w", "pool=gpu")
-    wait_for(lambda: list((c.registry / "worker").glob("*.json")), timeout=10,
-             what="the worker's registry file")
+    wait_for(
+        lambda: list((c.registry / "worker").glob("*.json")),
+        timeout=10,
+        what="the worker's registry file",
+    )
     shutil.rmtree(c.registry)
     run_id = c.start_run(two_step_dag(tmp_path, hold=0.1))
     assert c.wait_run(run_id, timeout=30)["status"] == "succeeded"
-    wait_for(lambda: list((c.registry / "worker").glob("*.json"))
-             and list((c.registry / "coordinator").glob("*.json")),
-             timeout=15, what="both registry files to be recreated")
+    wait_for(
+        lambda: (
+            list((c.registry / "worker").glob("*.json"))
+            and list((c.registry / "coordinator").glob("*.json"))
+        ),
+        timeout=15,
+        what="both registry files to be recreated",
+    )
 
 
 def test_a_worker_without_registry_access_is_registered_from_heartbeats(
@@ -157,9 +182,14 @@ def test_a_worker_without_registry_access_is_registered_from_heartbeats(
 def test_a_worker_discovers_the_coordinator_from_the_registry(cluster: Cluster, tmp_path: Path):
     c = cluster
     c.start_coordinator()
-    proc = c.spawn("discoverer", "worker", "--worker.id", "discoverer", "--worker.labels", "pool=gpu")
-    wait_for(lambda: c.worker_row("discoverer") or proc.poll() is not None, timeout=30,
-             what="the worker to find the coordinator")
+    proc = c.spawn(
+        "discoverer", "worker", "--worker.id", "discoverer", "--worker.labels", "pool=gpu"
+    )
+    wait_for(
+        lambda: c.worker_row("discoverer") or proc.poll() is not None,
+        timeout=30,
+        what="the worker to find the coordinator",
+    )
     run_id = c.start_run(two_step_dag(tmp_path, hold=0.1))
     assert c.wait_run(run_id, timeout=30)["worker_id"] == "discoverer"
 
@@ -173,8 +203,11 @@ def test_drain_stops_new_runs_but_finishes_running_ones(cluster: Cluster, tmp_pa
     assert c.manage("workers", "--drain", "drainee").returncode == 0
     second = c.start_run(two_step_dag(tmp_path, hold=0.1))
     assert c.wait_run(run_id, timeout=30)["status"] == "succeeded"
-    wait_for(lambda: c.run_row(second)["waiting_reason"] == "matching_workers_draining",
-             timeout=10, what=f"the second run to wait for the drained worker: {c.status(second)}")
+    wait_for(
+        lambda: c.run_row(second)["waiting_reason"] == "matching_workers_draining",
+        timeout=10,
+        what=f"the second run to wait for the drained worker: {c.status(second)}",
+    )
     assert c.manage("workers", "--undrain", "drainee").returncode == 0
     assert c.wait_run(second, timeout=30)["status"] == "succeeded"
 

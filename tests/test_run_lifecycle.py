@@ -33,8 +33,11 @@ steps:
 
 
 def new_run(text: str = SPEC, *, at: datetime = T0) -> DagRun:
-    return create_run(parse_dag_file(text, source="train.yaml", default_name="train"),
-                      now=at, default_mode="local")
+    return create_run(
+        parse_dag_file(text, source="train.yaml", default_name="train"),
+        now=at,
+        default_mode="local",
+    )
 
 
 def gpu(wid: str = "g1", *, free: int = 2) -> WorkerView:
@@ -43,7 +46,11 @@ def gpu(wid: str = "g1", *, free: int = 2) -> WorkerView:
 
 def test_create_run_records_the_mode_decision():
     run = new_run()
-    assert (run.status, run.execution_mode, run.worker_selector) == ("queued", "distributed", {"gpu": "true"})
+    assert (run.status, run.execution_mode, run.worker_selector) == (
+        "queued",
+        "distributed",
+        {"gpu": "true"},
+    )
     assert [s.name for s in run.steps.order_by("position")] == ["one", "two"]
     decision = run.dispatch_decisions.get()
     assert (decision.event, decision.why, decision.mode) == ("created", "selector", "distributed")
@@ -52,8 +59,9 @@ def test_create_run_records_the_mode_decision():
 def test_dispatch_assigns_oldest_first_and_respects_free_slots():
     runs = [new_run(at=T0 + timedelta(seconds=i)) for i in range(3)]
     delivered: list[Attempt] = []
-    assigned = dispatch_once(now=T0 + timedelta(seconds=10), workers=[gpu(free=2)],
-                             deliver=delivered.append)
+    assigned = dispatch_once(
+        now=T0 + timedelta(seconds=10), workers=[gpu(free=2)], deliver=delivered.append
+    )
     assert assigned == 2
     assert [a.run_id for a in delivered] == [runs[0].id, runs[1].id]
     last = DagRun.objects.get(pk=runs[2].id)
@@ -73,8 +81,14 @@ def test_a_claim_can_only_be_won_once():
 
 def events_for(attempt: Attempt, *kinds_and_fields: tuple[str, dict]) -> list[Event]:
     return [
-        Event(seq=i + 1, dag_run_id=attempt.run_id, attempt_token=attempt.token, kind=kind,
-              at=T0, **fields)
+        Event(
+            seq=i + 1,
+            dag_run_id=attempt.run_id,
+            attempt_token=attempt.token,
+            kind=kind,
+            at=T0,
+            **fields,
+        )
         for i, (kind, fields) in enumerate(kinds_and_fields)
     ]
 
@@ -132,10 +146,15 @@ def test_max_redispatch_fails_the_run_instead(tmp_path: Path):
     fleet = Fleet(timing=TimingConfig(), started_at=T0)
     run = new_run()
     for n, worker in enumerate(("g1", "g2")):
-        attempt = start_attempt(DagRun.objects.get(pk=run.pk), now=T0, mode="distributed",
-                                worker_id=worker)
-        fleet.record_heartbeat(Identity(worker, "h", 1, {"gpu": "true"}, 2),
-                               running=[Running(run.id, attempt.token, T0)], stopping=False, now=T0)
+        attempt = start_attempt(
+            DagRun.objects.get(pk=run.pk), now=T0, mode="distributed", worker_id=worker
+        )
+        fleet.record_heartbeat(
+            Identity(worker, "h", 1, {"gpu": "true"}, 2),
+            running=[Running(run.id, attempt.token, T0)],
+            stopping=False,
+            now=T0,
+        )
         failover_once(fleet=fleet, now=T0 + timedelta(seconds=20 + n), mailbox_tokens=set())
     run.refresh_from_db()
     assert run.status == "failed"

@@ -40,13 +40,21 @@ steps:
 
 
 def children_of(c: Cluster, run_id: str) -> list[dict]:
-    return [dict(r) for r in c.query(
-        "SELECT id, dag_name, status, worker_id, execution_mode, root_id, parent_step, parent_item "
-        "FROM dags_dagrun WHERE parent_id = ? ORDER BY parent_step, parent_item", run_id)]
+    return [
+        dict(r)
+        for r in c.query(
+            "SELECT id, dag_name, status, worker_id, execution_mode, root_id, parent_step, "
+            "parent_item FROM dags_dagrun WHERE parent_id = ? ORDER BY parent_step, parent_item",
+            run_id,
+        )
+    ]
 
 
 def test_a_local_parent_routes_children_by_step_selectors(cluster: Cluster, tmp_path: Path):
-    dag = write_dag(tmp_path, "pipeline", """
+    dag = write_dag(
+        tmp_path,
+        "pipeline",
+        """
 steps:
   - name: train
     call: train-model
@@ -60,7 +68,9 @@ steps:
     worker_selector: {region: eu-west-1}
   - name: summary
     command: echo done
-""" + CHILDREN)
+"""
+        + CHILDREN,
+    )
     cluster.start_coordinator()
     cluster.start_worker("gpu-w", "gpu=true")
     cluster.start_worker("eu-w", "region=eu-west-1")
@@ -89,7 +99,10 @@ steps:
 def test_a_parent_on_a_worker_starts_children_through_the_coordinator(
     cluster: Cluster, tmp_path: Path
 ):
-    dag = write_dag(tmp_path, "remote-parent", """
+    dag = write_dag(
+        tmp_path,
+        "remote-parent",
+        """
 worker_selector:
   region: eu-west-1
 steps:
@@ -99,7 +112,9 @@ steps:
     output: TRAINED
   - name: book
     call: bookkeeping
-""" + CHILDREN)
+"""
+        + CHILDREN,
+    )
     cluster.start_coordinator()
     cluster.start_worker("gpu-w", "gpu=true")
     cluster.start_worker("eu-w", "region=eu-west-1")
@@ -108,7 +123,10 @@ steps:
     run_id = result.stdout.splitlines()[0]
     assert cluster.status(run_id)["worker_id"] == "eu-w"
     kids = {k["dag_name"]: k for k in children_of(cluster, run_id)}
-    assert (kids["train-model"]["worker_id"], kids["train-model"]["status"]) == ("gpu-w", "succeeded")
+    assert (kids["train-model"]["worker_id"], kids["train-model"]["status"]) == (
+        "gpu-w",
+        "succeeded",
+    )
     # `worker_selector: local` on the child runs it on the main instance, not on a worker.
     assert kids["bookkeeping"]["execution_mode"] == "local"
     assert kids["bookkeeping"]["status"] == "succeeded"
@@ -117,7 +135,10 @@ steps:
 
 
 def test_cancelling_a_parent_cancels_its_running_child(cluster: Cluster, tmp_path: Path):
-    dag = write_dag(tmp_path, "cancel-tree", """
+    dag = write_dag(
+        tmp_path,
+        "cancel-tree",
+        """
 steps:
   - name: wait-for-child
     call: slow
@@ -127,18 +148,25 @@ name: slow
 steps:
   - name: nap
     command: sleep 60
-""")
+""",
+    )
     cluster.start_coordinator()
     cluster.start_worker("gpu-w", "gpu=true")
     # A local parent executes inside its `start` process, so start it in the background.
     cluster.spawn("starter", "start", str(dag))
     parent_id = wait_for(
-        lambda: (rows := cluster.query("SELECT id FROM dags_dagrun WHERE parent_id IS NULL"))
-        and rows[0]["id"],
-        timeout=30, what="the parent run",
+        lambda: (
+            (rows := cluster.query("SELECT id FROM dags_dagrun WHERE parent_id IS NULL"))
+            and rows[0]["id"]
+        ),
+        timeout=30,
+        what="the parent run",
     )
-    wait_for(lambda: any(k["status"] == "running" for k in children_of(cluster, parent_id)),
-             timeout=30, what="the child to run")
+    wait_for(
+        lambda: any(k["status"] == "running" for k in children_of(cluster, parent_id)),
+        timeout=30,
+        what="the child to run",
+    )
     assert cluster.manage("cancel", parent_id).returncode == 0
     assert cluster.wait_run(parent_id, timeout=30)["status"] == "cancelled"
     child = children_of(cluster, parent_id)[0]

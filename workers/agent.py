@@ -377,9 +377,15 @@ class WorkerAgent:
         request = pb.ReportRequest(worker_id=self.worker_id, events=[event_to_pb(e) for e in batch])
         reply = self.client.call("Report", request, timeout=RPC_TIMEOUT_SECONDS)
         self.outbox.ack(len(batch))
+        runs = {e.attempt_token: e.dag_run_id for e in batch}
         for token in reply.rejected_attempt_tokens:
+            logger.warning(
+                "coordinator rejected the reports of run %s (attempt superseded or cancelled); "
+                "dropping them",
+                runs.get(token, "?"),
+            )
             self.outbox.discard_attempt(token)
-            self.cancel_attempt(token, reason="the coordinator rejected its reports (superseded)")
+            self.cancel_attempt(token, reason="its attempt was superseded")
         return len(batch)
 
     # -- runs ---------------------------------------------------------------------------------

@@ -72,7 +72,9 @@ def _health_filter(value: str | None) -> str | None:
     if not value:
         return None
     if value.upper() not in HEALTH_STATES:
-        raise ParseError(f'health: unknown state "{value}"; expected one of {", ".join(HEALTH_STATES)}')
+        raise ParseError(
+            f'health: unknown state "{value}"; expected one of {", ".join(HEALTH_STATES)}'
+        )
     return value.upper()
 
 
@@ -107,16 +109,28 @@ class WorkerDetailView(APIView):
         return Response(_one_worker(worker_id))
 
 
+def _drain(worker_id: str, *, draining: bool) -> Response:
+    # The coordinator reads the flag from the row; nothing else to tell it.
+    if not set_draining(worker_id, draining=draining):
+        raise NotFound(f'worker "{worker_id}" not found')
+    return Response(_one_worker(worker_id))
+
+
 class WorkerDrainView(APIView):
-    # Subclasses flip the flag the other way; the coordinator reads it from the row.
-    draining = True
-
-    @extend_schema(request=None, responses={200: WorkerSerializer, 404: ErrorSerializer})
+    @extend_schema(
+        operation_id="drainWorker",
+        request=None,
+        responses={200: WorkerSerializer, 404: ErrorSerializer},
+    )
     def post(self, request: Request, worker_id: str) -> Response:
-        if not set_draining(worker_id, draining=self.draining):
-            raise NotFound(f'worker "{worker_id}" not found')
-        return Response(_one_worker(worker_id))
+        return _drain(worker_id, draining=True)
 
 
-class WorkerUndrainView(WorkerDrainView):
-    draining = False
+class WorkerUndrainView(APIView):
+    @extend_schema(
+        operation_id="undrainWorker",
+        request=None,
+        responses={200: WorkerSerializer, 404: ErrorSerializer},
+    )
+    def post(self, request: Request, worker_id: str) -> Response:
+        return _drain(worker_id, draining=False)

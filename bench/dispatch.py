@@ -1,0 +1,502 @@
+"""Dispatch benchmark (issue 3): start-to-step latency, and sustained throughput.
+
+Real processes on loopback: `manage.py coordinator` and N `manage.py worker` (default 4,
+10 slots each, all labelled `bench=dispatch` so the runs' selector matches every one), each
+in its own process group, in a temp data dir, on ports picked at run time.
+
+Runs are created in this process the way `manage.py start` creates them (`create_run`, then
+`wake_coordinator`), so Django's start-up cost of the CLI is not in the figures.
+
+1. Latency, one run at a time: from the moment the run row is created (its `queued_at`,
+   taken just before `create_run` commits it) until the step's own process runs
+   (`date +%s.%N`, written to a file named by $DAG_RUN_ID). Also broken down by the
+   timestamps the system records: claim (Attempt.created_at), worker received the attempt
+   (Attempt.started_at), step about to spawn (StepRun.started_at).
+2. Throughput of single-step `true` runs with a standing backlog:
+   - backlog: the workers are drained, N runs are queued, the workers are undrained; rate
+     from the release to the last finish, and the steady rate (10th to 90th percentile of
+     finish times);
+   - live: N runs are created as fast as this process can while they execute; rate from the
+     first queued to the last finished, and the steady rate.
+
+Usage: .venv/bin/python bench/dispatch.py [--latency-runs 200] [--runs 1000] [--profile]
+Prints the machine and the figures; exits 0 (1 only if the cluster cannot be started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    Cluster,
+    CpuMeter,
+    bench_cluster,
+    install_exit_signals,
+    percentile,
+    print_machine,
+    print_profile,
+    print_table,
+    profile_process,
+    setup_django,
+    summarize,
+    wait_for,
+)
+
+SELECTOR = "bench=dispatch"
+LATENCY_TARGET_P50_MS = 50.0
+LATENCY_TARGET_P99_MS = 250.0
+THROUGHPUT_TARGET = 100.0
+
+LATENCY_DAG = """\
+name: bench-latency
+worker_selector:
+  bench: dispatch
+env:
+  MARKERS: {markers}
+steps:
+  - name: stamp
+    command: date +%s.%N > "$MARKERS/.$DAG_RUN_ID" && mv "$MARKERS/.$DAG_RUN_ID" "$MARKERS/$DAG_RUN_ID"
+"""
+
+THROUGHPUT_DAG = """\
+name: bench-true
+worker_selector:
+  bench: dispatch
+steps:
+  - name: "true"
+    command: "true"
+"""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Bench:
+    """What the phases share: the cluster, the resolved config, the parsed DAG files."""
+
+    cluster: Cluster
+    config: Any  # controlplane.config.Config (imported after django.setup())
+    markers: Path
+    latency_dag: Any
+    throughput_dag: Any
+    worker_ids: list[str]
+
+
+# -- set-up ------------------------------------------------------------------------------
+
+
+def start_workers(cluster: Cluster, *, count: int, max_runs: int) -> list[str]:
+    """Spawn all workers at once (each pays ~1 s of Django start-up), then wait for all."""
+    ids = [f"bench-w{i + 1}" for i in range(count)]
+    for worker_id in ids:
+        cluster.spawn(
+            worker_id,
+            "worker",
+            "--worker.id",
+            worker_id,
+            "--worker.labels",
+            f"{SELECTOR},slot={worker_id}",
+            "--worker.max-active-runs",
+            str(max_runs),
+            "--worker.coordinators",
+            f"127.0.0.1:{cluster.port}",
+            "--shutdown-grace",
+            "5",
+        )
+    for worker_id in ids:
+        proc = cluster.procs[worker_id]
+        wait_for(
+            lambda w=worker_id, p=proc: cluster.worker_row(w) or p.poll() is not None,
+            timeout=60,
+            what=f"worker {worker_id} to register",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {worker_id} exited:\n{cluster.log(worker_id)}")
+    return ids
+
+
+def prepare(cluster: Cluster, *, workers: int, max_runs: int) -> Bench:
+    cluster.start_coordinator()
+    worker_ids = start_workers(cluster, count=workers, max_runs=max_runs)
+    setup_django(cluster)
+    from controlplane.config import resolve
+    from dags.spec import parse_dag_file
+
+    markers = cluster.home / "markers"
+    markers.mkdir()
+    return Bench(
+        cluster=cluster,
+        # As `manage.py start` resolves it: no flags, the environment set for the cluster.
+        config=resolve(),
+        markers=markers,
+        latency_dag=parse_dag_file(
+            LATENCY_DAG.format(markers=markers), source="bench-latency.yaml",
+            default_name="bench-latency",
+        ),
+        throughput_dag=parse_dag_file(
+            THROUGHPUT_DAG, source="bench-true.yaml", default_name="bench-true"
+        ),
+        worker_ids=worker_ids,
+    )
+
+
+def create_and_wake(bench: Bench, dag_file: Any, *, wake: bool = True) -> tuple[str, datetime]:
+    """What `manage.py start` does for a distributed run, minus the interpreter start-up."""
+    from controlplane.rpc.client import wake_coordinator
+    from dags.runs import create_run
+
+    now = utcnow()
+    run = create_run(dag_file, now=now, default_mode="local")
+    if wake:
+        wake_coordinator(bench.config)
+    return run.id, now
+
+
+def wait_terminal(run_id: str, *, timeout: float) -> str:
+    from dags.models import TERMINAL_RUN_STATUSES, DagRun
+
+    def done() -> str | None:
+        status = DagRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+        return status if status in TERMINAL_RUN_STATUSES else None
+
+    return wait_for(done, timeout=timeout, what=f"run {run_id} to finish", every=0.005)
+
+
+# -- 1. latency --------------------------------------------------------------------------
+
+
+def measure_latency(bench: Bench, *, runs: int, warmup: int, gap: float) -> dict[str, Any]:
+    """One run at a time; returns the per-run intervals in milliseconds."""
+    from dags.models import Attempt, StepRun
+
+    created: list[tuple[str, datetime]] = []
+    failed = 0
+    for i in range(warmup + runs):
+        run_id, queued_at = create_and_wake(bench, bench.latency_dag)
+        marker = bench.markers / run_id
+        # The marker file is cheap to poll (no database read) and appears as the step runs.
+        wait_for(marker.exists, timeout=30, what=f"step of {run_id} to start", every=0.001)
+        if wait_terminal(run_id, timeout=30) != "succeeded":
+            failed += 1
+        if i >= warmup:
+            created.append((run_id, queued_at))
+        time.sleep(gap)
+
+    ids = [run_id for run_id, _ in created]
+    attempts = {
+        a.run_id: a for a in Attempt.objects.filter(run_id__in=ids, number=1).only(
+            "run_id", "created_at", "started_at"
+        )
+    }
+    steps = {
+        s.run_id: s for s in StepRun.objects.filter(run_id__in=ids).only("run_id", "started_at")
+    }
+    to_process, to_claim, to_received, to_step_row = [], [], [], []
+    for run_id, queued_at in created:
+        t0 = queued_at.timestamp()
+        stamp = float((bench.markers / run_id).read_text().strip())
+        to_process.append(1000 * (stamp - t0))
+        attempt = attempts[run_id]
+        to_claim.append(1000 * (attempt.created_at.timestamp() - t0))
+        if attempt.started_at:
+            to_received.append(1000 * (attempt.started_at.timestamp() - t0))
+        if steps[run_id].started_at:
+            to_step_row.append(1000 * (steps[run_id].started_at.timestamp() - t0))
+    return {
+        "runs": len(created),
+        "failed": failed,
+        "created -> step process ran (date +%s.%N)": summarize(to_process),
+        "created -> claimed by dispatcher (Attempt.created_at)": summarize(to_claim),
+        "created -> worker got the attempt (Attempt.started_at)": summarize(to_received),
+        "created -> step about to spawn (StepRun.started_at)": summarize(to_step_row),
+    }
+
+
+def print_latency(result: dict[str, Any]) -> None:
+    print(f"\n1. latency, {result['runs']} runs one at a time ({result['failed']} failed), ms:")
+    rows = []
+    for name, s in result.items():
+        if isinstance(s, dict):
+            rows.append(
+                [name, f"{s['p50']:.1f}", f"{s['p90']:.1f}", f"{s['p99']:.1f}", f"{s['max']:.1f}"]
+            )
+    print_table(["interval", "p50", "p90", "p99", "max"], rows)
+    main = result["created -> step process ran (date +%s.%N)"]
+    verdict = (
+        "PASS"
+        if main["p50"] <= LATENCY_TARGET_P50_MS and main["p99"] <= LATENCY_TARGET_P99_MS
+        else "MISS"
+    )
+    print(
+        f"  target p50 <= {LATENCY_TARGET_P50_MS:.0f} ms, p99 <= {LATENCY_TARGET_P99_MS:.0f} ms:"
+        f" p50 {main['p50']:.1f} ms, p99 {main['p99']:.1f} ms -> {verdict}"
+    )
+    sys.stdout.flush()
+
+
+# -- 2. throughput -----------------------------------------------------------------------
+
+
+def set_drained(bench: Bench, *, draining: bool) -> None:
+    from workers.presence import set_draining
+
+    for worker_id in bench.worker_ids:
+        set_draining(worker_id, draining=draining)
+
+
+def create_runs(bench: Bench, *, count: int, wake_every: int) -> tuple[list[str], float]:
+    """Create `count` runs as fast as possible; returns their ids and the creation time."""
+    from controlplane.rpc.client import wake_coordinator
+
+    ids = []
+    t0 = time.monotonic()
+    for i in range(count):
+        run_id, _ = create_and_wake(bench, bench.throughput_dag, wake=False)
+        ids.append(run_id)
+        if (i + 1) % wake_every == 0:
+            wake_coordinator(bench.config)
+    wake_coordinator(bench.config)
+    return ids, time.monotonic() - t0
+
+
+def wait_all_finished(ids: list[str], *, timeout: float) -> None:
+    from dags.models import TERMINAL_RUN_STATUSES, DagRun
+
+    def finished() -> bool:
+        return (
+            DagRun.objects.filter(pk__in=ids, status__in=TERMINAL_RUN_STATUSES).count()
+            == len(ids)
+        )
+
+    wait_for(finished, timeout=timeout, what=f"{len(ids)} runs to finish", every=0.25)
+
+
+def completion_figures(ids: list[str], *, start: datetime) -> dict[str, Any]:
+    """Rates from the database's own timestamps (finish times are the workers')."""
+    from django.db.models import Count
+
+    from dags.models import DagRun
+
+    rows = list(DagRun.objects.filter(pk__in=ids).values_list("finished_at", "status"))
+    finishes = sorted(f.timestamp() for f, _ in rows if f)
+    statuses = dict(
+        DagRun.objects.filter(pk__in=ids)
+        .values("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    n = len(finishes)
+    first_finish, last_finish = finishes[0], finishes[-1]
+    t10, t90 = percentile(finishes, 10), percentile(finishes, 90)
+    steady = 0.8 * n / (t90 - t10) if t90 > t10 else float("nan")
+    overall = n / (last_finish - start.timestamp())
+    # Busiest and quietest whole seconds inside the steady window show how even it was.
+    per_second: dict[int, int] = {}
+    for f in finishes:
+        if t10 <= f <= t90:
+            per_second[int(f)] = per_second.get(int(f), 0) + 1
+    inner = sorted(per_second.items())[1:-1]
+    return {
+        "runs": len(ids),
+        "statuses": statuses,
+        "overall_runs_per_s": overall,
+        "overall_seconds": last_finish - start.timestamp(),
+        "steady_runs_per_s": steady,
+        "steady_window_s": t90 - t10,
+        "first_finish_after_s": first_finish - start.timestamp(),
+        "per_second_min": min((c for _, c in inner), default=0),
+        "per_second_max": max((c for _, c in inner), default=0),
+    }
+
+
+def cpu_pids(bench: Bench) -> dict[str, int]:
+    pids = {"coordinator": bench.cluster.procs["coordinator"].pid}
+    for worker_id in bench.worker_ids:
+        pids[worker_id] = bench.cluster.procs[worker_id].pid
+    pids["bench (this process)"] = os.getpid()
+    return pids
+
+
+def measure_backlog(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any]:
+    """Queue `runs` while the workers are drained, release them at once, time the drain."""
+    from workers.models import Worker
+
+    set_drained(bench, draining=True)
+    # Workers learn of the drain from their next heartbeat reply; until then they may
+    # still take a run, which only means a few runs start before the release.
+    wait_for(
+        lambda: Worker.objects.filter(id__in=bench.worker_ids, draining=True).count()
+        == len(bench.worker_ids),
+        timeout=10,
+        what="the drain to be stored",
+    )
+    time.sleep(1.5)
+    ids, create_seconds = create_runs(bench, count=runs, wake_every=100)
+    time.sleep(1.0)  # let the dispatcher record the waiting reasons before the clock starts
+    meter = CpuMeter(cpu_pids(bench))
+    released = utcnow()
+    meter.start()
+    set_drained(bench, draining=False)
+    from controlplane.rpc.client import wake_coordinator
+
+    wake_coordinator(bench.config)
+    wait_all_finished(ids, timeout=timeout)
+    cpu = meter.read()
+    figures = completion_figures(ids, start=released)
+    figures.update(create_seconds=create_seconds, cpu_percent=cpu)
+    return figures
+
+
+def measure_live(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any]:
+    """Create runs as fast as this process can while the workers execute them."""
+    from dags.models import DagRun
+
+    meter = CpuMeter(cpu_pids(bench))
+    meter.start()
+    ids, create_seconds = create_runs(bench, count=runs, wake_every=25)
+    wait_all_finished(ids, timeout=timeout)
+    cpu = meter.read()
+    first_queued = DagRun.objects.filter(pk__in=ids).order_by("queued_at").first()
+    assert first_queued is not None
+    figures = completion_figures(ids, start=first_queued.queued_at)
+    figures.update(create_seconds=create_seconds, cpu_percent=cpu)
+    return figures
+
+
+def print_throughput(name: str, result: dict[str, Any], *, clock_from: str) -> None:
+    print(f"\n2. throughput, {name}: {result['runs']} single-step `true` runs {result['statuses']}")
+    print(
+        f"  created in {result['create_seconds']:.1f} s "
+        f"({result['runs'] / result['create_seconds']:.0f} runs/s by this process)"
+    )
+    print(
+        f"  {clock_from} to last finished: {result['overall_seconds']:.1f} s = "
+        f"{result['overall_runs_per_s']:.1f} runs/s; first finish after "
+        f"{result['first_finish_after_s']:.2f} s"
+    )
+    print(
+        f"  steady (10th-90th percentile of finishes, {result['steady_window_s']:.1f} s): "
+        f"{result['steady_runs_per_s']:.1f} runs/s; whole seconds in it: "
+        f"{result['per_second_min']}-{result['per_second_max']} runs"
+    )
+    cpu = result["cpu_percent"]
+    workers_total = sum(v for k, v in cpu.items() if k.startswith("bench-w"))
+    print(
+        "  CPU (% of one core; the machine has "
+        f"{os.cpu_count() * 100}%): coordinator {cpu['coordinator']:.0f}%, "
+        f"workers {workers_total:.0f}% in total, this process "
+        f"{cpu['bench (this process)']:.0f}%"
+    )
+    verdict = "PASS" if result["steady_runs_per_s"] >= THROUGHPUT_TARGET else "MISS"
+    print(f"  target >= {THROUGHPUT_TARGET:.0f} runs/s (steady): {verdict}")
+    sys.stdout.flush()
+
+
+# -- profile -----------------------------------------------------------------------------
+
+
+def profile_throughput(bench: Bench, *, runs: int, seconds: float) -> None:
+    """A separate backlog pass with py-spy sampling the coordinator (figures not used)."""
+    import threading
+
+    out = bench.cluster.home / "coordinator.pyspy.txt"
+    rows: list[Any] = []
+    sampler = threading.Thread(
+        target=lambda: rows.append(
+            profile_process(
+                bench.cluster.procs["coordinator"].pid, seconds=seconds, out=out, top=40
+            )
+        ),
+        daemon=True,
+    )
+    from dags.models import DagRun
+
+    ids, _ = create_runs(bench, count=runs, wake_every=50)
+    sampler.start()
+    wait_all_finished(ids, timeout=600)
+    sampler.join(timeout=seconds + 90)
+    rate = DagRun.objects.filter(pk__in=ids).count()
+    print(f"\nprofile: coordinator sampled {seconds:.0f} s during {rate} more runs")
+    print_profile(rows[0] if rows else None, title="coordinator, project and framework frames")
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--max-active-runs", type=int, default=10)
+    parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--latency-warmup", type=int, default=10)
+    parser.add_argument(
+        "--latency-gap", type=float, default=0.02, help="pause between latency runs (s)"
+    )
+    parser.add_argument("--runs", type=int, default=1000, help="runs per throughput pass")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="afterwards, sample the coordinator with py-spy during an extra backlog pass",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    install_exit_signals()
+    print_machine()
+    print(
+        f"setup: 1 coordinator, {args.workers} workers x {args.max_active_runs} slots, "
+        f"selector {SELECTOR} (matches every worker), SQLite WAL"
+    )
+    sys.stdout.flush()
+    try:
+        with bench_cluster(keep=args.keep) as cluster:
+            bench = prepare(cluster, workers=args.workers, max_runs=args.max_active_runs)
+            if not args.skip_latency:
+                print_latency(
+                    measure_latency(
+                        bench,
+                        runs=args.latency_runs,
+                        warmup=args.latency_warmup,
+                        gap=args.latency_gap,
+                    )
+                )
+            if not args.skip_throughput:
+                timeout = max(120.0, args.runs / 5)
+                print_throughput(
+                    "backlog (queued while drained, then released)",
+                    measure_backlog(bench, runs=args.runs, timeout=timeout),
+                    clock_from="release",
+                )
+                print_throughput(
+                    "live (created while executing)",
+                    measure_live(bench, runs=args.runs, timeout=timeout),
+                    clock_from="first queued",
+                )
+            if args.profile:
+                profile_throughput(
+                    bench, runs=max(args.runs, int(args.profile * 60)), seconds=args.profile
+                )
+    except (AssertionError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
