@@ -45,8 +45,9 @@ test-sqlite: install browser
 test-postgres: install
 	@url="$${TEST_DATABASE_URL:-$(PG_URL)}"; \
 	if $(PY) -c "import sys, psycopg; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$$url" 2>/dev/null; then \
-		echo "PostgreSQL lane: database-facing tests against $$url"; \
-		DAGU_HOME=$$(mktemp -d) DATABASE_URL="$$url" $(VENV)/bin/pytest -m "django_db" -p no:randomly; \
+		echo "PostgreSQL lane: database-facing and process tests against $$url"; \
+		DAGU_HOME=$$(mktemp -d) DATABASE_URL="$$url" E2E_DATABASE_URL="$$url" \
+			$(VENV)/bin/pytest -m "django_db or processes"; \
 	else \
 		echo "PostgreSQL lane SKIPPED: no server answered at $$url (set TEST_DATABASE_URL to run it)"; \
 	fi

@@ -105,8 +105,10 @@ async def run_step(
         try:
             await stubs[k % len(stubs)].Heartbeat(requests[k], timeout=RPC_DEADLINE_S)
         except Exception as exc:  # grpc.aio.AioRpcError, mostly DEADLINE_EXCEEDED
-            name = getattr(exc, "code", lambda: type(exc).__name__)()
-            key = getattr(name, "name", str(name))
+            code = getattr(exc, "code", lambda: type(exc).__name__)()
+            key = getattr(code, "name", str(code))
+            if sent < window_start:
+                key = f"{key} (warm-up)"
             errors[key] = errors.get(key, 0) + 1
         else:
             end = time.perf_counter()
@@ -263,7 +265,8 @@ def print_capacity(results: list[dict[str, Any]], *, seconds: float, warmup: flo
     best = 0
     for r in results:
         lat, late = r["latency_ms"], r["send_lateness_ms"]
-        ok = lat["p99"] <= P99_TARGET_MS and not r["errors"]
+        failed = sum(n for k, n in r["errors"].items() if "warm-up" not in k)
+        ok = lat["p99"] <= P99_TARGET_MS and not failed
         ok = ok and r["achieved_per_s"] >= 0.95 * r["target_per_s"]
         if ok:
             best = max(best, r["workers"])
@@ -276,7 +279,7 @@ def print_capacity(results: list[dict[str, Any]], *, seconds: float, warmup: flo
                 f"{lat['p99']:.1f}",
                 f"{lat['max']:.0f}",
                 f"{late['p99']:.1f}",
-                sum(r["errors"].values()),
+                f"{failed}+{sum(r['errors'].values()) - failed}",
                 r["skipped_busy"],
                 f"{r['coordinator_cpu_percent']:.0f}%",
                 f"{r['generator_cpu_percent']:.0f}%",
@@ -292,7 +295,7 @@ def print_capacity(results: list[dict[str, Any]], *, seconds: float, warmup: flo
             "p99",
             "max",
             "send late p99",
-            "errors",
+            "errors+warm-up",
             "skipped",
             "coord CPU",
             "gen CPU",
@@ -302,7 +305,7 @@ def print_capacity(results: list[dict[str, Any]], *, seconds: float, warmup: flo
     )
     verdict = "PASS" if best >= WORKERS_TARGET else "MISS"
     print(
-        f"  largest step sustained (p99 <= {P99_TARGET_MS:.0f} ms, no errors, >= 95% of the "
+        f"  largest step sustained (p99 <= {P99_TARGET_MS:.0f} ms, no errors when measured, >= 95% of the "
         f"rate): {best} workers; target >= {WORKERS_TARGET}: {verdict}"
     )
     sys.stdout.flush()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 ATTEMPT_STARTED = "attempt_started"
 STEP_STARTED = "step_started"
@@ -30,3 +33,69 @@ class Event:
     output_value: str | None = None
     error: str = ""
     outputs: Mapping[str, str] = field(default_factory=dict)
+
+
+class EventReporter:
+    """The `execute_run` reporter for one attempt: numbers the events and hands them to `sink`.
+
+    The sink is the only difference between a worker (a replayable outbox) and the main
+    instance (straight into the database). Calls come from several step threads.
+    """
+
+    def __init__(self, sink: Callable[[Event], None], *, run_id: str, token: str) -> None:
+        self.sink, self.run_id, self.token = sink, run_id, token
+        self._seq = itertools.count(1)
+        self._offsets: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        # Numbering and handing over under one lock keeps sequence numbers in sink order.
+        with self._lock:
+            self.sink(
+                Event(
+                    seq=next(self._seq),
+                    dag_run_id=self.run_id,
+                    attempt_token=self.token,
+                    kind=kind,
+                    **fields,
+                )
+            )
+
+    def attempt_started(self, *, at: datetime) -> None:
+        self._emit(ATTEMPT_STARTED, at=at)
+
+    def step_started(self, step: str, *, at: datetime, retry: int) -> None:
+        with self._lock:
+            self._offsets[step] = 0  # each try writes the step's log of this attempt anew
+        self._emit(STEP_STARTED, step=step, at=at, retry=retry)
+
+    def step_log(self, step: str, stream: str, data: bytes) -> None:
+        with self._lock:
+            offset = self._offsets.get(step, 0)
+            self._offsets[step] = offset + len(data)
+        self._emit(STEP_LOG, step=step, stream=stream, data=data, offset=offset)
+
+    def step_finished(
+        self,
+        step: str,
+        *,
+        status: str,
+        exit_code: int | None,
+        at: datetime,
+        output: str | None,
+        error: str,
+    ) -> None:
+        self._emit(
+            STEP_FINISHED,
+            step=step,
+            status=status,
+            exit_code=exit_code,
+            at=at,
+            output_value=output,
+            error=error,
+        )
+
+    def run_finished(
+        self, *, status: str, error: str, outputs: Mapping[str, str], at: datetime
+    ) -> None:
+        self._emit(RUN_FINISHED, status=status, error=error, outputs=dict(outputs), at=at)

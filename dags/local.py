@@ -8,7 +8,6 @@ thread; distributed children are queued for the coordinator and waited for.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -19,14 +18,7 @@ from pathlib import Path
 from django.db import close_old_connections, connection
 
 from controlplane.config import Config
-from dags.events import (
-    ATTEMPT_STARTED,
-    RUN_FINISHED,
-    STEP_FINISHED,
-    STEP_LOG,
-    STEP_STARTED,
-    Event,
-)
+from dags.events import EventReporter
 from dags.execution import (
     ChildRequest,
     ChildResult,
@@ -52,70 +44,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class DbReporter:
-    """Reporter for `execute_run` that applies each event to the database at once."""
-
-    def __init__(self, run_id: str, token: str, *, log_dir: Path) -> None:
-        self.run_id, self.token, self.log_dir = run_id, token, log_dir
-        self._seq = itertools.count(1)
-        self._offsets: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self.rejected = False
-
-    def _send(self, kind: str, **fields: object) -> None:
-        with self._lock:
-            event = Event(
-                seq=next(self._seq),
-                dag_run_id=self.run_id,
-                attempt_token=self.token,
-                kind=kind,
-                **fields,
-            )  # type: ignore[arg-type]
-            result = apply_events([event], log_dir=self.log_dir)
-            self.rejected = self.rejected or bool(result.rejected_tokens)
-
-    def attempt_started(self, *, at: datetime) -> None:
-        self._send(ATTEMPT_STARTED, at=at)
-
-    def step_started(self, step: str, *, at: datetime, retry: int) -> None:
-        self._send(STEP_STARTED, step=step, at=at, retry=retry)
-        with self._lock:
-            self._offsets[step] = 0  # a new attempt writes a new log file from the start
-
-    def step_log(self, step: str, stream: str, data: bytes) -> None:
-        with self._lock:
-            offset = self._offsets.get(step, 0)
-            self._offsets[step] = offset + len(data)
-        self._send(STEP_LOG, step=step, stream=stream, data=data, offset=offset)
-
-    def step_finished(
-        self,
-        step: str,
-        *,
-        status: str,
-        exit_code: int | None,
-        at: datetime,
-        output: str | None,
-        error: str,
-    ) -> None:
-        self._send(
-            STEP_FINISHED,
-            step=step,
-            status=status,
-            exit_code=exit_code,
-            at=at,
-            output_value=output,
-            error=error,
-        )
-
-    def run_finished(self, outcome: RunOutcome, *, at: datetime) -> None:
-        self._send(
-            RUN_FINISHED,
-            status=outcome.status,
-            error=outcome.error,
-            outputs=dict(outcome.outputs),
-            at=at,
-        )
+def db_reporter(run_id: str, token: str, *, log_dir: Path) -> EventReporter:
+    """A reporter whose events go straight into the database, one at a time."""
+    return EventReporter(
+        lambda event: apply_events([event], log_dir=log_dir), run_id=run_id, token=token
+    )
 
 
 class DbChildLauncher:
@@ -176,13 +109,13 @@ def execute_attempt(
 ) -> RunOutcome:
     """Run a claimed local attempt to the end, reporting into the database."""
     log_dir = Path(config.paths.log_dir)
-    reporter = DbReporter(run.id, attempt.token, log_dir=log_dir)
+    reporter = db_reporter(run.id, attempt.token, log_dir=log_dir)
     reporter.attempt_started(at=utcnow())
     try:
         dag_file = parse_stored_dag_file(run.spec, source=run.source)
     except DagSpecError as exc:
         outcome = RunOutcome(status=RunStatus.FAILED, error=f"invalid DAG: {exc}")
-        reporter.run_finished(outcome, at=utcnow())
+        finish(reporter, outcome)
         return outcome
     dag = dag_file.get(run.dag_name) or dag_file.main
     done = threading.Event()
@@ -213,8 +146,14 @@ def execute_attempt(
         outcome = RunOutcome(status=RunStatus.FAILED, error=f"executor error: {exc}")
     finally:
         done.set()
-    reporter.run_finished(outcome, at=utcnow())
+    finish(reporter, outcome)
     return outcome
+
+
+def finish(reporter: EventReporter, outcome: RunOutcome) -> None:
+    reporter.run_finished(
+        status=outcome.status, error=outcome.error, outputs=outcome.outputs, at=utcnow()
+    )
 
 
 def _watch_cancel(run_id: str, cancel: threading.Event, done: threading.Event) -> None:

@@ -51,6 +51,29 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, every: 
         time.sleep(every)
 
 
+PG_LANE = bool(os.environ.get("E2E_DATABASE_URL"))
+
+
+def create_pg_database(server_url: str) -> str:
+    """A new, empty database on the lane's PostgreSQL server; returns its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"e2e_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as pg:
+        pg.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_pg_database(url: str) -> None:
+    import psycopg
+
+    server, name = url.rsplit("/", 1)
+    with psycopg.connect(server + "/postgres", autocommit=True) as pg:
+        pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def migrated_template(cache_dir: Path) -> Path:
     """One migrated SQLite file per test session; clusters copy it."""
     template = cache_dir / DB_NAME
@@ -70,7 +93,10 @@ class Cluster:
     ) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(template, home / DB_NAME)
+        # In the PostgreSQL lane every cluster gets a fresh database on that server.
+        self.pg_url = create_pg_database(os.environ["E2E_DATABASE_URL"]) if PG_LANE else ""
+        if not self.pg_url:
+            shutil.copy(template, home / DB_NAME)
         self.port = free_port()
         self.registry = home / "service-registry"
         self.env = {
@@ -82,6 +108,9 @@ class Cluster:
             **(extra_env or {}),
         }
         self.env.pop("DATABASE_URL", None)
+        if self.pg_url:
+            self.env["DATABASE_URL"] = self.pg_url
+            subprocess.run([*MANAGE, "migrate", "-v0"], env=self.env, check=True, timeout=180)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
 
@@ -164,6 +193,11 @@ class Cluster:
                 except ProcessLookupError:
                     continue
         deadline = time.monotonic() + 10
+        self._reap(deadline)
+        if self.pg_url:
+            drop_pg_database(self.pg_url)
+
+    def _reap(self, deadline: float) -> None:
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -203,7 +237,13 @@ class Cluster:
 
     # -- direct reads (read-only, no Django in the test process) ------------------------------
 
-    def query(self, sql: str, *params: object) -> list[sqlite3.Row]:
+    def query(self, sql: str, *params: object) -> list[Any]:
+        if self.pg_url:
+            import psycopg
+            from psycopg.rows import dict_row
+
+            with psycopg.connect(self.pg_url, row_factory=dict_row) as pg:
+                return list(pg.execute(sql.replace("?", "%s"), params).fetchall())
         db = sqlite3.connect(f"file:{self.home / DB_NAME}?mode=ro", uri=True, timeout=30)
         try:
             db.row_factory = sqlite3.Row

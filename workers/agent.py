@@ -8,7 +8,6 @@ coordinator applies each sequence number once).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
@@ -31,14 +30,7 @@ from controlplane.rpc.client import (
 )
 from controlplane.rpc.events import event_to_pb, ms
 from controlplane.rpc.v1 import coordinator_pb2 as pb
-from dags.events import (
-    ATTEMPT_STARTED,
-    RUN_FINISHED,
-    STEP_FINISHED,
-    STEP_LOG,
-    STEP_STARTED,
-    Event,
-)
+from dags.events import STEP_LOG, Event, EventReporter
 from dags.execution import (
     ChildRequest,
     ChildResult,
@@ -126,71 +118,6 @@ class Outbox:
     def wait_empty(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: not self._events, timeout=timeout)
-
-
-class AttemptReporter:
-    """Reporter for `execute_run` that queues events in the outbox."""
-
-    def __init__(self, outbox: Outbox, *, run_id: str, token: str) -> None:
-        self.outbox, self.run_id, self.token = outbox, run_id, token
-        self._seq = itertools.count(1)
-        self._offsets: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def _put(self, kind: str, **fields: object) -> None:
-        with self._lock:
-            self.outbox.put(
-                Event(
-                    seq=next(self._seq),
-                    dag_run_id=self.run_id,
-                    attempt_token=self.token,
-                    kind=kind,
-                    **fields,
-                )
-            )  # type: ignore[arg-type]
-
-    def attempt_started(self, *, at: datetime) -> None:
-        self._put(ATTEMPT_STARTED, at=at)
-
-    def step_started(self, step: str, *, at: datetime, retry: int) -> None:
-        with self._lock:
-            self._offsets[step] = 0
-        self._put(STEP_STARTED, step=step, at=at, retry=retry)
-
-    def step_log(self, step: str, stream: str, data: bytes) -> None:
-        with self._lock:
-            offset = self._offsets.get(step, 0)
-            self._offsets[step] = offset + len(data)
-        self._put(STEP_LOG, step=step, stream=stream, data=data, offset=offset)
-
-    def step_finished(
-        self,
-        step: str,
-        *,
-        status: str,
-        exit_code: int | None,
-        at: datetime,
-        output: str | None,
-        error: str,
-    ) -> None:
-        self._put(
-            STEP_FINISHED,
-            step=step,
-            status=status,
-            exit_code=exit_code,
-            at=at,
-            output_value=output,
-            error=error,
-        )
-
-    def run_finished(self, outcome: RunOutcome, *, at: datetime) -> None:
-        self._put(
-            RUN_FINISHED,
-            status=outcome.status,
-            error=outcome.error,
-            outputs=dict(outcome.outputs),
-            at=at,
-        )
 
 
 class GrpcChildLauncher:
@@ -420,14 +347,16 @@ class WorkerAgent:
 
     def _execute(self, active: ActiveRun) -> None:
         task = active.task
-        reporter = AttemptReporter(self.outbox, run_id=task.dag_run_id, token=task.attempt_token)
+        reporter = EventReporter(self.outbox.put, run_id=task.dag_run_id, token=task.attempt_token)
         reporter.attempt_started(at=active.started_at)
         try:
             outcome = self._run_dag(task, reporter, active.cancel)
         except Exception as exc:  # a run must always end with a report
             logger.exception("run %s crashed", task.dag_run_id)
             outcome = RunOutcome(status="failed", error=f"worker error: {exc}")
-        reporter.run_finished(outcome, at=utcnow())
+        reporter.run_finished(
+            status=outcome.status, error=outcome.error, outputs=outcome.outputs, at=utcnow()
+        )
         with self._lock:
             self._runs.pop(task.attempt_token, None)
             self._slot_freed.notify_all()
@@ -435,7 +364,7 @@ class WorkerAgent:
         logger.info("run %s attempt %d %s", task.dag_run_id, task.attempt, outcome.status)
 
     def _run_dag(
-        self, task: pb.Task, reporter: AttemptReporter, cancel: threading.Event
+        self, task: pb.Task, reporter: EventReporter, cancel: threading.Event
     ) -> RunOutcome:
         source = task.source or f"{task.dag_name}.yaml"
         try:
@@ -501,7 +430,9 @@ class WorkerAgent:
                 self._note_connection(False, str(exc))
                 self.stop_event.wait(backoff.next_delay())
             except grpc.RpcError as exc:
-                logger.warning("poll failed: %s", exc)
+                if self.stop_event.is_set():
+                    break  # the channel was closed under a poll during shutdown
+                logger.warning("poll failed: %s: %s", exc.code().name, exc.details())
                 self.stop_event.wait(backoff.next_delay())
 
     def _report_loop(self) -> None:

@@ -47,9 +47,21 @@ class Command(ConfigCommand):
             shutil.copy(path, dags_dir / path.name)
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         grpc_port = str(config.coordinator.port)
+        # Own sessions: Ctrl-C reaches only this command, which stops the others in order.
         procs = [
-            subprocess.Popen([*manage, "start_all", "--host", options["host"],
-                              "--port", str(options["port"]), "--coordinator.port", grpc_port])
+            subprocess.Popen(
+                [
+                    *manage,
+                    "start_all",
+                    "--host",
+                    options["host"],
+                    "--port",
+                    str(options["port"]),
+                    "--coordinator.port",
+                    grpc_port,
+                ],
+                start_new_session=True,
+            )
         ]
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -57,20 +69,31 @@ class Command(ConfigCommand):
         try:
             time.sleep(2)  # let the coordinator bind and register before workers look for it
             for worker_id, labels in DEMO_WORKERS:
-                procs.append(subprocess.Popen([
-                    *manage, "worker", "--worker.id", worker_id, "--worker.labels", labels,
-                    "--worker.coordinators", f"127.0.0.1:{grpc_port}",
-                ]))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            *manage,
+                            "worker",
+                            "--worker.id",
+                            worker_id,
+                            "--worker.labels",
+                            labels,
+                            "--worker.coordinators",
+                            f"127.0.0.1:{grpc_port}",
+                        ],
+                        start_new_session=True,
+                    )
+                )
             time.sleep(2)
             self.banner(options["host"], options["port"], password, dags_dir)
             subprocess.run([*manage, "start", str(dags_dir / DEMO_DAG)], check=False)
             while not stop.is_set() and all(p.poll() is None for p in procs):
                 stop.wait(0.5)
         finally:
+            # Workers first (they finish or cancel their runs and report), then the main instance.
             for proc in reversed(procs):
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
-            for proc in procs:
                 try:
                     proc.wait(timeout=40)
                 except subprocess.TimeoutExpired:
@@ -80,16 +103,18 @@ class Command(ConfigCommand):
     def banner(self, host: str, port: int, password: str | None, dags_dir: Path) -> None:
         url = f"http://{host}:{port}"
         login = f"admin / {password}" if password else "your existing admin account"
-        self.stdout.write(self.style.SUCCESS(
-            f"\nThe control plane is up.\n"
-            f"  Workers page: {url}/workers/\n"
-            f"  Runs:         {url}/runs/\n"
-            f"  Admin:        {url}/admin/   (log in as {login})\n"
-            f"  Workers:      {', '.join(f'{w} ({lbl})' for w, lbl in DEMO_WORKERS)}\n"
-            f"  DAGs dir:     {dags_dir}\n"
-            f"A demo run of {DEMO_DAG} is starting; it is routed to demo-gpu by its labels.\n"
-            f"Ctrl-C stops everything.\n"
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\nThe control plane is up.\n"
+                f"  Workers page: {url}/workers/\n"
+                f"  Runs:         {url}/runs/\n"
+                f"  Admin:        {url}/admin/   (log in as {login})\n"
+                f"  Workers:      {', '.join(f'{w} ({lbl})' for w, lbl in DEMO_WORKERS)}\n"
+                f"  DAGs dir:     {dags_dir}\n"
+                f"A demo run of {DEMO_DAG} is starting; it is routed to demo-gpu by its labels.\n"
+                f"Ctrl-C stops everything.\n"
+            )
+        )
         self.stdout.flush()
 
 
