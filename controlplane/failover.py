@@ -66,10 +66,19 @@ def _lost_reason(
     if health in (UNHEALTHY, OFFLINE):
         last = state.last_heartbeat.isoformat() if state.last_heartbeat else "never"
         return f"worker {attempt.worker_id} is {health} (last heartbeat {last})"
+    running = {r.attempt_token for r in state.running}
+    if (
+        state.started_at is not None
+        and state.started_at > attempt.created_at
+        and attempt.token not in running
+        and attempt.token not in mailbox_tokens
+    ):
+        # A new process under the same worker id: whatever the old one ran died with it.
+        return f"worker {attempt.worker_id} restarted (process started {state.started_at:%H:%M:%S})"
     if (
         attempt.status == AttemptStatus.ASSIGNED
         and attempt.token not in mailbox_tokens
-        and attempt.token not in {r.attempt_token for r in state.running}
+        and attempt.token not in running
         and now - attempt.created_at > timedelta(seconds=ASSIGNMENT_ACK_SECONDS)
         and state.last_heartbeat is not None
         and state.last_heartbeat > attempt.created_at + timedelta(seconds=2)

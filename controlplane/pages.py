@@ -54,7 +54,7 @@ def workers_overview(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     }
 
 
-def worker_matches_search(worker: Mapping[str, Any], query: str) -> bool:
+def worker_matches_search(worker: Mapping[str, Any], *, query: str) -> bool:
     """Case-insensitive substring of the id or of any `key=value` label."""
     needle = query.strip().lower()
     if not needle:
@@ -93,7 +93,7 @@ def workers_page(request: HttpRequest) -> HttpResponse:
     context = {
         "active": "workers",
         "overview": workers_overview(rows),
-        "workers": [_worker_row(w, now=now) for w in rows if worker_matches_search(w, query)],
+        "workers": [_worker_row(w, now=now) for w in rows if worker_matches_search(w, query=query)],
         "any_workers": bool(rows),
         "q": query,
     }

@@ -147,16 +147,17 @@ class DagRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected runs", permissions=["change"])
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[DagRun]) -> None:
-        self._apply(request, queryset, request_cancel, "cancel requested")
+        self._apply(request, queryset, operation=request_cancel, done="cancel requested")
 
     @admin.action(description="Retry selected runs", permissions=["change"])
     def retry_runs(self, request: HttpRequest, queryset: QuerySet[DagRun]) -> None:
-        self._apply(request, queryset, retry_run, "queued again")
+        self._apply(request, queryset, operation=retry_run, done="queued again")
 
     def _apply(
         self,
         request: HttpRequest,
         queryset: QuerySet[DagRun],
+        *,
         operation: Callable[..., DagRun],
         done: str,
     ) -> None:

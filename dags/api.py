@@ -254,7 +254,7 @@ def dag_files(dags_dir: Path) -> list[Path]:
 
 def find_dag_path(name: str, *, dags_dir: Path) -> Path:
     """The DAG file for `name`: its file stem, else the main DAG name of a file in dags_dir."""
-    if not isinstance(name, str) or not _DAG_NAME_RE.fullmatch(name):
+    if not _DAG_NAME_RE.fullmatch(name):
         raise NotFound(f"DAG {name!r} not found: not a valid DAG name")
     try:
         # An absolute path keeps resolve_dag_path from also trying the working directory.
@@ -329,6 +329,8 @@ def dag_file_from_request(data: object) -> tuple[DagFile, str]:
         raise ParseError('request body: give exactly one of "dag" (a DAG name) or "spec" (YAML)')
     dags_dir = _dags_dir()
     if dag:
+        if not isinstance(dag, str):
+            raise ParseError("dag: expected the name of a DAG in the DAGs dir")
         path = find_dag_path(dag, dags_dir=dags_dir)
         return load_dag_file(path, dags_dir=dags_dir), str(path)
     if not isinstance(spec, str):

@@ -9,6 +9,8 @@ thread; distributed children are queued for the coordinator and waited for.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,10 +36,18 @@ from dags.spec import DagSpecError, parse_stored_dag_file
 
 logger = logging.getLogger(__name__)
 
+# Who holds a local attempt: the main instance, or one `manage.py start` process.
 LOCAL_WORKER_ID = "local"
+
+
+def cli_executor_id() -> str:
+    return f"local:{socket.gethostname()}:{os.getpid()}"
+
+
 CANCEL_CHECK_SECONDS = 0.3
 CHILD_POLL_SECONDS = 0.2
 CHILD_CANCEL_WAIT_SECONDS = 30.0
+RECOVERY_SECONDS = 5.0
 
 
 def utcnow() -> datetime:
@@ -54,8 +64,11 @@ def db_reporter(run_id: str, token: str, *, log_dir: Path) -> EventReporter:
 class DbChildLauncher:
     """Starts a sub-DAG run from a locally executed parent and waits for it."""
 
-    def __init__(self, config: Config, parent: DagRun, *, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, config: Config, parent: DagRun, *, wake: Callable[[], None], executor_id: str
+    ) -> None:
         self.config, self.parent, self.wake = config, parent, wake
+        self.executor_id = executor_id
 
     def run_child(self, request: ChildRequest, *, cancel: threading.Event) -> ChildResult:
         from controlplane.coordinator import start_child_run
@@ -75,7 +88,7 @@ class DbChildLauncher:
             return ChildResult(run_id="", status=RunStatus.FAILED, error=str(exc))
         if child.execution_mode == ExecutionMode.LOCAL and child.status == RunStatus.QUEUED:
             attempt = start_attempt(
-                child, now=utcnow(), mode=ExecutionMode.LOCAL, worker_id=LOCAL_WORKER_ID
+                child, now=utcnow(), mode=ExecutionMode.LOCAL, worker_id=self.executor_id
             )
             if attempt is not None:
                 execute_attempt(child, attempt, self.config, cancel=cancel, wake=self.wake)
@@ -134,7 +147,7 @@ def execute_attempt(
                 params=run.params,
             ),
             reporter=reporter,
-            launcher=DbChildLauncher(config, run, wake=wake),
+            launcher=DbChildLauncher(config, run, wake=wake, executor_id=attempt.worker_id),
             cancel=cancel,
             completed={
                 s.name: StepOutcome(s.status, s.exit_code, s.output_value or None)
@@ -167,6 +180,35 @@ def _watch_cancel(run_id: str, cancel: threading.Event, done: threading.Event) -
         connection.close()
 
 
+def recover_lost_local_attempts(*, now: datetime, started_at: datetime, mine: set[str]) -> int:
+    """Requeue local attempts whose executor is gone, to resume on this main instance.
+
+    Lost are the main instance's own attempts from before it (re)started, and attempts of
+    `manage.py start` processes on this host that have exited. Returns how many.
+    """
+    from controlplane.failover import ACTIVE, supersede_attempt
+    from workers.registry import pid_alive
+
+    cli_prefix = f"local:{socket.gethostname()}:"
+    lost = 0
+    attempts = Attempt.objects.filter(mode=ExecutionMode.LOCAL, status__in=ACTIVE)
+    for attempt in attempts.select_related("run"):
+        holder = attempt.worker_id
+        if holder == LOCAL_WORKER_ID:
+            if attempt.created_at >= started_at or attempt.run_id in mine:
+                continue
+            reason = "the main instance restarted while the run was executing"
+        elif holder.startswith(cli_prefix) and holder[len(cli_prefix) :].isdigit():
+            if pid_alive(int(holder[len(cli_prefix) :])):
+                continue
+            reason = f"the start command executing it (pid {holder[len(cli_prefix) :]}) exited"
+        else:
+            continue
+        if supersede_attempt(attempt, reason=reason, now=now, count_as_redispatch=False):
+            lost += 1
+    return lost
+
+
 class LocalExecutor:
     """The main instance's executor: takes queued local runs and runs them in threads."""
 
@@ -181,6 +223,8 @@ class LocalExecutor:
         self.config, self.stop, self.max_runs, self.wake = config, stop, max_runs, wake
         self._running: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._lock = threading.Lock()
+        self.started_at = utcnow()
+        self._next_recovery = 0.0
 
     def start(self) -> threading.Thread:
         from controlplane.coordinator import run_loop
@@ -192,6 +236,11 @@ class LocalExecutor:
         with self._lock:
             self._running = {k: v for k, v in self._running.items() if v[0].is_alive()}
             free = self.max_runs - len(self._running)
+            mine = set(self._running)
+        if time.monotonic() >= self._next_recovery:
+            self._next_recovery = time.monotonic() + RECOVERY_SECONDS
+            if recover_lost_local_attempts(now=utcnow(), started_at=self.started_at, mine=mine):
+                self.wake()
         if free <= 0 or self.stop.is_set():
             return 0
         queued = DagRun.objects.filter(

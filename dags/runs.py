@@ -240,6 +240,7 @@ def retry_run(run_id: str, *, now: datetime) -> DagRun:
         error="",
         worker_id="",
         waiting_reason="",
+        started_at=None,
         finished_at=None,
         queued_at=now,
         redispatch_count=0,

@@ -61,9 +61,7 @@ def dagu(settings, tmp_path: Path) -> Path:
     (dags_dir / "gpu.yaml").write_text(GPU)
     (dags_dir / "broken.yml").write_text(BROKEN)
     (dags_dir / "notes.txt").write_text("not a DAG")
-    paths = dataclasses.replace(
-        settings.DAGU.paths, dags_dir=dags_dir, log_dir=tmp_path / "logs"
-    )
+    paths = dataclasses.replace(settings.DAGU.paths, dags_dir=dags_dir, log_dir=tmp_path / "logs")
     settings.DAGU = dataclasses.replace(settings.DAGU, paths=paths)
     return tmp_path
 
@@ -191,6 +189,7 @@ def test_a_dag_name_never_reaches_the_working_directory(api, dagu, wakes, monkey
         ({}, 'give exactly one of "dag"'),
         ({"dag": "hello", "spec": HELLO}, 'give exactly one of "dag"'),
         (["hello"], "expected a JSON object"),
+        ({"dag": 5}, "dag: expected the name of a DAG"),
         ({"dag": "hello", "params": "NAME"}, 'params: "NAME" is not NAME=VALUE'),
         ({"dag": "hello", "params": {"1X": "a"}}, 'params: "1X" is not a valid parameter name'),
         ({"dag": "hello", "params": {"X": [1]}}, "params.X: expected a string"),

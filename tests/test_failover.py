@@ -223,3 +223,44 @@ def test_sigterm_stops_a_worker_gracefully(cluster: Cluster, tmp_path: Path):
     assert not list((c.registry / "worker").glob("*.json"))
     assert c.stop("coordinator") == 0
     assert not list((c.registry / "coordinator").glob("*.json"))
+
+
+def test_a_restarted_worker_loses_its_runs_to_a_new_attempt(cluster: Cluster, tmp_path: Path):
+    c = cluster
+    c.start_coordinator()
+    c.start_worker("phoenix", "pool=gpu")
+    run_id = c.start_run(two_step_dag(tmp_path, hold=30))
+    wait_for(lambda: "train-start" in marks(tmp_path), timeout=30, what="the long step to start")
+    c.kill("phoenix")
+    c.start_worker("phoenix", "pool=gpu")  # same id, new process, long before UNHEALTHY
+    wait_for(lambda: c.run_row(run_id)["attempt"] == 2, timeout=15, what="a second attempt")
+    assert c.run_row(run_id)["redispatch_count"] == 1
+    assert marks(tmp_path).count("prepare") == 1  # resumed after the finished step
+    decisions = c.status(run_id)["dispatch_decisions"]
+    assert any("restarted" in d["detail"] for d in decisions)
+
+
+def test_a_local_run_whose_start_process_died_resumes_on_the_main_instance(
+    cluster: Cluster, tmp_path: Path
+):
+    c = cluster
+    c.start_coordinator()  # runs the main instance's local executor too
+    dag = write_dag(tmp_path, "local-resume", f"""
+worker_selector: local
+steps:
+  - name: prepare
+    command: echo prepare >> {tmp_path / "marks"}
+  - name: train
+    command: echo train-start >> {tmp_path / "marks"}; sleep 30
+""")
+    c.spawn("starter", "start", str(dag))
+    wait_for(lambda: "train-start" in marks(tmp_path), timeout=30, what="the long step to start")
+    run_id = c.query("SELECT id FROM dags_dagrun")[0]["id"]
+    c.kill("starter")
+    wait_for(lambda: c.run_row(run_id)["attempt"] == 2, timeout=20, what="a second, local attempt")
+    status = c.status(run_id)
+    assert status["worker_id"] == "local"  # now held by the main instance
+    assert "exited" in status["attempts"][0]["end_reason"]
+    assert marks(tmp_path).count("prepare") == 1
+    c.manage("cancel", run_id)
+    assert c.wait_run(run_id, timeout=20)["status"] == "cancelled"

@@ -59,10 +59,10 @@ def test_overview_counts_slots_of_workers_that_are_not_offline():
 
 def test_search_matches_id_or_label_pair_case_insensitively():
     worker = summary("gpu-1@host", "HEALTHY")
-    assert worker_matches_search(worker, "")
-    assert worker_matches_search(worker, "GPU-1")
-    assert worker_matches_search(worker, "gpu=tr")
-    assert not worker_matches_search(worker, "region=")
+    assert worker_matches_search(worker, query="")
+    assert worker_matches_search(worker, query="GPU-1")
+    assert worker_matches_search(worker, query="gpu=tr")
+    assert not worker_matches_search(worker, query="region=")
 
 
 # ---- pages
@@ -151,7 +151,7 @@ def test_workers_page_renders_rows_cards_and_tasks(staff_client: Client, run: Da
     assert 'id="m-workers">2<' in html and "1 healthy" in html
     assert 'id="m-slots">1/10<' in html
     # The running child shows its parent, both linked to their run pages.
-    assert '<a href="/runs/parent1/">pipeline</a> › ' in html
+    assert '<a href="/runs/parent1/">pipeline</a> \u203a ' in html
     assert '<a class="task-run" href="/runs/child1/">train</a>' in html
     assert "controlplane/workers.js" in html
 

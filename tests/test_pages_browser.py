@@ -110,6 +110,7 @@ def test_workers_page_shows_health_and_labels_and_updates_live(site, page, tmp_p
     assert "draining" in tab.inner_text('tr[data-worker-id="cpu-1@host-b"] .wid')
     assert tab.inner_text("#m-workers") == "4"
     assert tab.inner_text("#m-healthy") == "1 healthy"
+    tab.screenshot(path=str(tmp_path / "workers.png"), full_page=True)
 
     # A heartbeat brings the offline worker back; a child run starts on the GPU worker.
     Worker.objects.filter(pk="old@host-d").update(last_heartbeat_at=datetime.now(UTC))
@@ -124,13 +125,13 @@ def test_workers_page_shows_health_and_labels_and_updates_live(site, page, tmp_p
     assert gpu_row.locator(".usage-text").inner_text() == "1/4"
     gpu_row.locator("summary").click()
     lineage = gpu_row.locator(".lineage")
-    assert lineage.inner_text() == "pipeline › train"
+    assert lineage.inner_text() == "pipeline \u203a train"
     assert lineage.locator("a.task-run").get_attribute("href") == "/runs/child-1/"
     # The expanded task list stays open across refreshes.
     tab.wait_for_timeout(1500)
     assert gpu_row.locator("details").get_attribute("open") is not None
 
-    tab.screenshot(path=str(tmp_path / "workers.png"), full_page=True)
+    tab.screenshot(path=str(tmp_path / "workers-live.png"), full_page=True)
 
     # The search box filters as you type: by label pair, then by id.
     tab.fill("#worker-search", "region=eu")
@@ -190,3 +191,11 @@ def test_run_page_follows_the_run_and_its_buttons_work(site, page, tmp_path):
     assert DagRun.objects.get(pk=run.id).status == "cancelled"
     events = tab.locator("#decisions-body tr td:nth-child(3)").all_inner_texts()
     assert events == ["created", "retry"]
+
+    # The runs list picks up a new run by itself.
+    tab.click("nav >> text=Runs")
+    tab.wait_for_selector(f'#run-rows tr[data-run-id="{run.id}"][data-status="cancelled"]')
+    later = create_run(parse_dag_file(SPEC, source="later.yaml", default_name="later"),
+                       now=datetime.now(UTC), default_mode="distributed")  # fmt: skip
+    tab.wait_for_selector(f'#run-rows tr[data-run-id="{later.id}"][data-status="queued"]')
+    tab.screenshot(path=str(tmp_path / "runs.png"), full_page=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
@@ -18,6 +19,8 @@ from dags.models import DagRun, RunStatus
 from workers.health import HEALTH_STATES, HEALTHY, OFFLINE, UNHEALTHY, WARNING, health_status
 from workers.models import Worker, WorkerLabel
 from workers.presence import set_draining
+
+logger = logging.getLogger(__name__)
 
 _HEALTH_COLOURS = {HEALTHY: "#16a34a", WARNING: "#ca8a04", UNHEALTHY: "#dc2626", OFFLINE: "#9ca3af"}
 
@@ -163,4 +166,8 @@ class WorkerAdmin(admin.ModelAdmin):
         ids = list(queryset.values_list("pk", flat=True))
         changed = [wid for wid in ids if set_draining(wid, draining=draining)]
         verb = "draining" if draining else "undrained"
+        if changed:
+            logger.info(
+                "worker(s) %s %s via the admin by %s", ", ".join(changed), verb, request.user
+            )
         self.message_user(request, f"{len(changed)} worker(s) {verb}.", messages.SUCCESS)

@@ -6,6 +6,7 @@ and the `workers` command; the serializers below only describe it for the OpenAP
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,8 @@ from workers.labels import LabelError, parse_label_string
 from workers.models import RegisteredVia
 from workers.presence import set_draining
 from workers.summary import worker_summaries
+
+logger = logging.getLogger(__name__)
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -109,10 +112,12 @@ class WorkerDetailView(APIView):
         return Response(_one_worker(worker_id))
 
 
-def _drain(worker_id: str, *, draining: bool) -> Response:
+def _drain(request: Request, worker_id: str, *, draining: bool) -> Response:
     # The coordinator reads the flag from the row; nothing else to tell it.
     if not set_draining(worker_id, draining=draining):
         raise NotFound(f'worker "{worker_id}" not found')
+    verb = "draining" if draining else "undrained"
+    logger.info("worker %s %s via the API by %s", worker_id, verb, request.user)
     return Response(_one_worker(worker_id))
 
 
@@ -123,7 +128,7 @@ class WorkerDrainView(APIView):
         responses={200: WorkerSerializer, 404: ErrorSerializer},
     )
     def post(self, request: Request, worker_id: str) -> Response:
-        return _drain(worker_id, draining=True)
+        return _drain(request, worker_id, draining=True)
 
 
 class WorkerUndrainView(APIView):
@@ -133,4 +138,4 @@ class WorkerUndrainView(APIView):
         responses={200: WorkerSerializer, 404: ErrorSerializer},
     )
     def post(self, request: Request, worker_id: str) -> Response:
-        return _drain(worker_id, draining=False)
+        return _drain(request, worker_id, draining=False)

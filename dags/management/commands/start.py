@@ -13,7 +13,7 @@ from controlplane.cli import ConfigCommand
 from controlplane.config import Config
 from controlplane.rpc.client import wake_coordinator
 from controlplane.service import install_stop_signals
-from dags.local import LOCAL_WORKER_ID, execute_attempt
+from dags.local import cli_executor_id, execute_attempt
 from dags.models import DagRun, ExecutionMode
 from dags.progress import (
     EXIT_INVALID,
@@ -83,7 +83,7 @@ def run_and_report(
     install_stop_signals(interrupted.set)
     if run.execution_mode == ExecutionMode.LOCAL:
         attempt = start_attempt(
-            run, now=_now(), mode=ExecutionMode.LOCAL, worker_id=LOCAL_WORKER_ID
+            run, now=_now(), mode=ExecutionMode.LOCAL, worker_id=cli_executor_id()
         )
         if attempt is not None:
             follower = None
