@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -52,28 +54,41 @@ def address_source(config: Config) -> Callable[[], list[str]]:
     return lambda: discover_coordinators(root)
 
 
-def explain_rpc_error(exc: grpc.RpcError, address: str) -> str:
+def explain_rpc_error(
+    exc: grpc.RpcError, address: str, *, tls: bool = False, client_cert: bool = False
+) -> str:
     """Turn transport failures into something an operator can act on."""
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else "") or ""
     low = details.lower()
     if "certificate_verify_failed" in low or "certificate verify failed" in low:
         return (
-            f"TLS handshake with coordinator {address} failed: its certificate is not "
-            f"signed by the CA in peer.client_ca_file (wrong CA?)"
+            f"TLS handshake with coordinator {address} failed: its certificate is not signed by "
+            f"the CA in peer.client_ca_file (wrong CA?), or set peer.skip_tls_verify for a "
+            f"self-signed setup"
         )
-    if "hostname" in low and ("mismatch" in low or "match" in low):
+    if "hostname verification" in low or "hostname mismatch" in low:
         return (
-            f"TLS handshake with coordinator {address} failed: the certificate does not "
-            f"name this host (name mismatch); connect by a name in the certificate"
+            f"TLS handshake with coordinator {address} failed: its certificate does not name "
+            f"{address.rsplit(':', 1)[0]} (name mismatch); connect by a name in the certificate"
         )
-    if "peer did not return a certificate" in low or "certificate required" in low:
+    if "wrong_version_number" in low or "wrong version number" in low:
         return (
-            f"coordinator {address} requires a client certificate: set peer.cert_file "
-            f"and peer.key_file"
+            f"coordinator {address} does not speak TLS: drop peer.client_ca_file/cert_file or "
+            f"enable TLS on the coordinator"
+        )
+    if tls and not client_cert and ("socket closed" in low or "connection reset" in low):
+        return (
+            f"coordinator {address} closed the TLS connection: it probably requires a client "
+            f"certificate (mutual TLS); set peer.cert_file and peer.key_file"
         )
     if "ssl" in low or "handshake" in low or "tls" in low:
         return f"TLS handshake with coordinator {address} failed: {details}"
+    if not tls and ("socket closed" in low or "connection reset" in low):
+        return (
+            f"coordinator {address} closed a plaintext connection: it probably requires TLS; "
+            f"set peer.client_ca_file (or peer.skip_tls_verify)"
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
         return f"coordinator {address} is unreachable: {details or 'connection refused'}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -81,24 +96,49 @@ def explain_rpc_error(exc: grpc.RpcError, address: str) -> str:
     return f"coordinator {address}: {code.name if code else 'error'}: {details}"
 
 
-def channel_credentials(peer: PeerConfig) -> grpc.ChannelCredentials | None:
-    """None for plaintext h2c; else TLS, with a client certificate when one is configured."""
-    if peer.insecure and not (peer.cert_file or peer.client_ca_file):
+def uses_tls(peer: PeerConfig) -> bool:
+    """Plaintext h2c unless TLS is asked for (insecure=false) or implied by TLS settings."""
+    return not peer.insecure or bool(peer.client_ca_file or peer.cert_file) or peer.skip_tls_verify
+
+
+def _read(path: str, key: str) -> bytes | None:
+    if not path:
         return None
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise ConfigError(key, path, f"cannot read: {exc.strerror}") from None
 
-    def read(path: str, key: str) -> bytes | None:
-        if not path:
-            return None
-        try:
-            return Path(path).expanduser().read_bytes()
-        except OSError as exc:
-            raise ConfigError(key, path, f"cannot read: {exc.strerror}") from None
 
+def channel_credentials(
+    peer: PeerConfig, *, trusted_pem: bytes | None = None
+) -> grpc.ChannelCredentials | None:
+    """None for plaintext h2c; else TLS, with a client certificate when one is configured."""
+    if not uses_tls(peer):
+        return None
     return grpc.ssl_channel_credentials(
-        root_certificates=read(peer.client_ca_file, "peer.client_ca_file"),
-        private_key=read(peer.key_file, "peer.key_file"),
-        certificate_chain=read(peer.cert_file, "peer.cert_file"),
+        root_certificates=trusted_pem or _read(peer.client_ca_file, "peer.client_ca_file"),
+        private_key=_read(peer.key_file, "peer.key_file"),
+        certificate_chain=_read(peer.cert_file, "peer.cert_file"),
     )
+
+
+def unverified_server_identity(address: str) -> tuple[bytes, str]:
+    """For peer.skip_tls_verify: the coordinator's own certificate and a name it carries.
+
+    gRPC Python cannot switch verification off, so we trust exactly the certificate the
+    server presents (fetched without verification) and check the name it was issued for.
+    """
+    host, port = address.rsplit(":", 1)
+    pem = ssl.get_server_certificate((host.strip("[]"), int(port)))
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as fh:
+        fh.write(pem)
+        fh.flush()
+        # The stdlib's only PEM decoder without a third-party package.
+        decoded = ssl._ssl._test_decode_cert(fh.name)  # type: ignore[attr-defined]
+    names = [value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS"]
+    names += [v for rdn in decoded.get("subject", ()) for k, v in rdn if k == "commonName"]
+    return pem.encode(), names[0] if names else host
 
 
 class CoordinatorClient:
@@ -106,7 +146,9 @@ class CoordinatorClient:
 
     def __init__(self, *, addresses: Callable[[], list[str]], peer: PeerConfig) -> None:
         self._addresses = addresses
-        self._credentials = channel_credentials(peer)
+        self._peer = peer
+        self._tls = uses_tls(peer)
+        self._credentials = None if peer.skip_tls_verify else channel_credentials(peer)
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._stub: coordinator_pb2_grpc.CoordinatorStub | None = None
@@ -130,14 +172,27 @@ class CoordinatorClient:
             if len(fresh) == len(candidates):
                 self._failed.clear()
             address = fresh[0]
-            self._channel = (
-                grpc.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
-                if self._credentials
-                else grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
-            )
+            self._channel = self._open_channel(address)
             self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
             self._address = address
             return self._stub
+
+    def _open_channel(self, address: str) -> grpc.Channel:
+        if not self._tls:
+            return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        if self._credentials is not None:
+            return grpc.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
+        try:
+            pem, name = unverified_server_identity(address)
+        except OSError as exc:
+            self._failed.add(address)
+            raise CoordinatorUnavailable(
+                f"coordinator {address}: cannot fetch its TLS certificate: {exc}"
+            ) from None
+        credentials = channel_credentials(self._peer, trusted_pem=pem)
+        assert credentials is not None
+        options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", name)]
+        return grpc.secure_channel(address, credentials, options=options)
 
     def _drop(self, address: str) -> None:
         with self._lock:
@@ -159,7 +214,10 @@ class CoordinatorClient:
             code = exc.code() if hasattr(exc, "code") else None
             if code in _RETRYABLE:
                 self._drop(address)
-                raise CoordinatorUnavailable(explain_rpc_error(exc, address)) from None
+                message = explain_rpc_error(
+                    exc, address, tls=self._tls, client_cert=bool(self._peer.cert_file)
+                )
+                raise CoordinatorUnavailable(message) from None
             raise
 
     def close(self) -> None:

@@ -64,6 +64,12 @@ def _read(path: str, key: str) -> bytes:
 def server_credentials(peer: PeerConfig) -> grpc.ServerCredentials | None:
     """TLS when cert and key are set; client_ca_file additionally requires client certs."""
     if not (peer.cert_file and peer.key_file):
+        if not peer.insecure:
+            raise ConfigError(
+                "peer.insecure",
+                "configuration",
+                "is false, but there is no peer.cert_file and peer.key_file to serve TLS with",
+            )
         return None
     cert = _read(peer.cert_file, "peer.cert_file")
     key = _read(peer.key_file, "peer.key_file")
