@@ -1,0 +1,58 @@
+"""Bad input to the real commands: one line naming what is wrong and where, exit status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.procs import Cluster, wait_for
+
+pytestmark = pytest.mark.processes
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_a_bad_port_names_the_key_and_its_source(cluster: Cluster):
+    line = one_error_line(cluster.manage("coordinator", "--coordinator.port", "http"))
+    assert "coordinator.port" in line and "--coordinator.port" in line and '"http"' in line
+
+
+def test_bad_worker_labels_are_refused(cluster: Cluster):
+    line = one_error_line(cluster.manage("worker", "--worker.labels", "gpu=true,gpu"))
+    assert 'invalid label "gpu": expected key=value' in line
+
+
+def test_an_unwritable_registry_dir_stops_the_coordinator_clearly(cluster: Cluster, tmp_path: Path):
+    blocked = tmp_path / "registry-is-a-file"
+    blocked.write_text("")
+    line = one_error_line(cluster.manage("coordinator", "--service-registry-dir", str(blocked)))
+    assert "paths.service_registry_dir" in line and str(blocked) in line
+
+
+def test_an_unknown_mode_in_the_environment(cluster: Cluster):
+    cluster.env["DAGU_DEFAULT_EXECUTION_MODE"] = "everywhere"
+    line = one_error_line(cluster.manage("workers"))
+    assert "default_execution_mode" in line and "DAGU_DEFAULT_EXECUTION_MODE" in line
+
+
+def test_a_worker_without_a_coordinator_says_so_and_keeps_trying(cluster: Cluster):
+    proc = cluster.spawn("lonely", "worker", "--worker.id", "lonely")
+    wait_for(
+        lambda: "no coordinator address" in cluster.log("lonely"),
+        timeout=20,
+        what="the worker to explain that no coordinator is known",
+    )
+    assert proc.poll() is None  # still running, retrying with backoff
+    assert cluster.stop("lonely") == 0
+
+
+def test_status_of_an_unknown_run(cluster: Cluster):
+    line = one_error_line(cluster.manage("status", "no-such-run"))
+    assert "no-such-run" in line
