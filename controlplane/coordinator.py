@@ -24,8 +24,8 @@ from controlplane.dispatch import dispatch_once
 from controlplane.failover import ACTIVE, failover_once
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.reports import ApplyResult, Event, apply_events
-from dags.runs import RunError, completed_steps, create_run, get_run, request_cancel
-from dags.spec import DagFile, DagSpecError, load_dag_file, parse_stored_dag_file
+from dags.runs import RunError, completed_steps, get_run, request_cancel, start_child_run
+from dags.spec import DagSpecError
 from workers import registry
 from workers.models import Worker
 from workers.presence import Fleet, Identity, Running, flush_fleet, purge_offline
@@ -252,48 +252,6 @@ class Coordinator:
 
     def load_fleet(self) -> None:
         self.fleet.load(Worker.objects.all())
-
-
-def start_child_run(
-    parent: DagRun,
-    *,
-    step: str,
-    item_index: int | None,
-    dag_name: str,
-    params: Mapping[str, str],
-    selector: Mapping[str, str],
-    config: Config,
-    now: datetime,
-) -> DagRun:
-    existing = DagRun.objects.filter(
-        parent=parent, parent_step=step, parent_item=item_index
-    ).first()
-    if existing:
-        return existing
-    dag_file = child_dag_file(parent, dag_name, dags_dir=Path(config.paths.dags_dir))
-    return create_run(
-        dag_file,
-        dag_name=dag_name,
-        params=params,
-        now=now,
-        default_mode=config.default_execution_mode,
-        parent=parent,
-        parent_step=step,
-        parent_item=item_index,
-        step_selector=selector,
-    )
-
-
-def child_dag_file(parent: DagRun, dag_name: str, *, dags_dir: Path) -> DagFile:
-    """A child comes from the parent's own file, else from `<dags_dir>/<name>.yaml`."""
-    own = parse_stored_dag_file(parent.spec, source=parent.source)
-    if own.get(dag_name) is not None:
-        return own
-    for suffix in (".yaml", ".yml"):
-        path = dags_dir / f"{dag_name}{suffix}"
-        if path.exists():
-            return load_dag_file(path)
-    raise RunError(f'sub-DAG "{dag_name}" is neither in {parent.source} nor in {dags_dir}')
 
 
 def run_loop(

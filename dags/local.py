@@ -31,7 +31,7 @@ from dags.execution import (
 )
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.reports import apply_events
-from dags.runs import completed_steps, request_cancel, start_attempt
+from dags.runs import completed_steps, request_cancel, start_attempt, start_child_run
 from dags.spec import DagSpecError, parse_stored_dag_file
 
 logger = logging.getLogger(__name__)
@@ -71,8 +71,6 @@ class DbChildLauncher:
         self.executor_id = executor_id
 
     def run_child(self, request: ChildRequest, *, cancel: threading.Event) -> ChildResult:
-        from controlplane.coordinator import start_child_run
-
         try:
             child = start_child_run(
                 self.parent,

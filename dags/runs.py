@@ -10,11 +10,13 @@ import logging
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from django.db import transaction
 from django.db.models import F
 
+from controlplane.config import Config
 from controlplane.dispatch import ModeDecision, decide_execution_mode
 from controlplane.models import DecisionEvent, DispatchDecision
 from dags.models import (
@@ -27,7 +29,7 @@ from dags.models import (
     StepRun,
     StepStatus,
 )
-from dags.spec import Dag, DagFile, resolve_params
+from dags.spec import Dag, DagFile, load_dag_file, parse_stored_dag_file, resolve_params
 
 logger = logging.getLogger(__name__)
 
@@ -325,3 +327,45 @@ def run_as_dict(run: DagRun) -> dict[str, Any]:
             for d in run.dispatch_decisions.order_by("decided_at", "id")
         ],
     }
+
+
+def start_child_run(
+    parent: DagRun,
+    *,
+    step: str,
+    item_index: int | None,
+    dag_name: str,
+    params: Mapping[str, str],
+    selector: Mapping[str, str],
+    config: Config,
+    now: datetime,
+) -> DagRun:
+    existing = DagRun.objects.filter(
+        parent=parent, parent_step=step, parent_item=item_index
+    ).first()
+    if existing:
+        return existing
+    dag_file = child_dag_file(parent, dag_name, dags_dir=Path(config.paths.dags_dir))
+    return create_run(
+        dag_file,
+        dag_name=dag_name,
+        params=params,
+        now=now,
+        default_mode=config.default_execution_mode,
+        parent=parent,
+        parent_step=step,
+        parent_item=item_index,
+        step_selector=selector,
+    )
+
+
+def child_dag_file(parent: DagRun, dag_name: str, *, dags_dir: Path) -> DagFile:
+    """A child comes from the parent's own file, else from `<dags_dir>/<name>.yaml`."""
+    own = parse_stored_dag_file(parent.spec, source=parent.source)
+    if own.get(dag_name) is not None:
+        return own
+    for suffix in (".yaml", ".yml"):
+        path = dags_dir / f"{dag_name}{suffix}"
+        if path.exists():
+            return load_dag_file(path)
+    raise RunError(f'sub-DAG "{dag_name}" is neither in {parent.source} nor in {dags_dir}')
