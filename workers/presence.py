@@ -259,6 +259,22 @@ def flush_fleet(fleet: Fleet, *, now: datetime) -> int:
     return len(states)
 
 
+def _row(state: WorkerState, *, now: datetime) -> Worker:
+    """The row for a worker state; bulk_update writes only the mirrored fields of it."""
+    return Worker(
+        id=state.id,
+        host=state.host,
+        pid=state.pid,
+        labels=state.labels,
+        max_active_runs=state.max_active_runs,
+        active_tasks=len(state.running),
+        registered_at=now,
+        last_heartbeat_at=state.last_heartbeat,
+        registered_via=state.via,
+        registry_file=state.registry_file,
+    )
+
+
 @transaction.atomic
 def _write_states(states: list[WorkerState], *, now: datetime) -> None:
     existing = set(
@@ -266,37 +282,8 @@ def _write_states(states: list[WorkerState], *, now: datetime) -> None:
     )
     new = [s for s in states if s.id not in existing]
     old = [s for s in states if s.id in existing]
-    Worker.objects.bulk_create(
-        [
-            Worker(
-                id=s.id,
-                host=s.host,
-                pid=s.pid,
-                labels=s.labels,
-                max_active_runs=s.max_active_runs,
-                active_tasks=len(s.running),
-                registered_at=now,
-                last_heartbeat_at=s.last_heartbeat,
-                registered_via=s.via,
-                registry_file=s.registry_file,
-            )
-            for s in new
-        ],
-        ignore_conflicts=True,
-    )
-    rows = [
-        Worker(
-            id=s.id,
-            host=s.host,
-            pid=s.pid,
-            labels=s.labels,
-            max_active_runs=s.max_active_runs,
-            active_tasks=len(s.running),
-            last_heartbeat_at=s.last_heartbeat,
-            registry_file=s.registry_file,
-        )
-        for s in old
-    ]
+    Worker.objects.bulk_create([_row(s, now=now) for s in new], ignore_conflicts=True)
+    rows = [_row(s, now=now) for s in old]
     Worker.objects.bulk_update(
         rows,
         [
