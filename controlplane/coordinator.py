@@ -79,7 +79,8 @@ class Coordinator:
         state = self.fleet.record_poll(who, now=utcnow())
         if free_slots <= 0 or state.draining or state.stopping:
             return []
-        self.wake()
+        # No wake-up here: slots free up through reports and workers appear through
+        # heartbeats, and both wake the dispatcher; waking per poll would only make it spin.
         items = self.fleet.take(who.id, max_items=free_slots, timeout=min(wait, MAX_POLL_WAIT))
         close_old_connections()
         return [task for item in items if (task := self._task_for(item)) is not None]
