@@ -8,9 +8,11 @@ to the gpu worker, and prints where to look. Ctrl-C stops everything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +40,12 @@ class Command(ConfigCommand):
         parser.add_argument("--port", type=int, default=8080)
 
     def handle_config(self, config: Config, **options: Any) -> None:
+        for key, host, port in (
+            ("--port", options["host"], options["port"]),
+            ("coordinator.port", config.coordinator.host, config.coordinator.port),
+        ):
+            if port_in_use(host, port):
+                self.exit_with_error(f"{key}: {host}:{port} is already in use; pick another port")
         call_command("migrate", interactive=False, verbosity=0)
         password = ensure_admin()
         examples = Path(settings.BASE_DIR) / "examples"
@@ -67,7 +75,9 @@ class Command(ConfigCommand):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: stop.set())
         try:
-            time.sleep(2)  # let the coordinator bind and register before workers look for it
+            if not wait_listening(procs[0], options["host"], options["port"]):
+                self.stderr.write("error: the main instance did not start (see its error above)")
+                sys.exit(2)
             for worker_id, labels in DEMO_WORKERS:
                 procs.append(
                     subprocess.Popen(
@@ -116,6 +126,22 @@ class Command(ConfigCommand):
             )
         )
         self.stdout.flush()
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
+
+
+def wait_listening(proc: subprocess.Popen[bytes], host: str, port: int) -> bool:
+    """Wait until the web port answers (the coordinator binds before it); False if it died."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return True
+        time.sleep(0.2)
+    return proc.poll() is None
 
 
 def ensure_admin() -> str | None:
