@@ -185,6 +185,12 @@ class Coordinator:
     # -- loops -----------------------------------------------------------------------------
 
     def dispatch_step(self) -> int:
+        if not DagRun.objects.filter(
+            status=RunStatus.QUEUED,
+            execution_mode=ExecutionMode.DISTRIBUTED,
+            cancel_requested=False,
+        ).exists():
+            return 0  # the common idle case: one indexed query, no fleet snapshot
         now = utcnow()
         # Drain flags are read on every pass: an operator's drain must win any race with a
         # run queued right after it.

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from controlplane.config import TimingConfig
 from controlplane.dispatch import WorkerView
@@ -275,6 +275,33 @@ def _row(state: WorkerState, *, now: datetime) -> Worker:
     )
 
 
+def _update_rows(rows: list[Worker], names: tuple[str, ...]) -> None:
+    """One prepared UPDATE executed for every row.
+
+    Django's bulk_update builds a CASE expression per field in Python, which at a thousand
+    workers a second cost most of a core; a prepared statement costs the database a few
+    milliseconds. Values are prepared by each field, so SQLite and PostgreSQL both work.
+    """
+    if not rows:
+        return
+    meta = Worker._meta
+    fields = [meta.get_field(name) for name in names]
+    pk = meta.pk
+    assert pk is not None
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(
+        quote(meta.db_table),
+        ", ".join(f"{quote(f.column)} = %s" for f in fields),
+        quote(pk.column),
+    )
+    params = [
+        [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields] + [row.pk]
+        for row in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
 @transaction.atomic
 def _write_states(states: list[WorkerState], *, now: datetime) -> None:
     existing = set(
@@ -283,10 +310,9 @@ def _write_states(states: list[WorkerState], *, now: datetime) -> None:
     new = [s for s in states if s.id not in existing]
     old = [s for s in states if s.id in existing]
     Worker.objects.bulk_create([_row(s, now=now) for s in new], ignore_conflicts=True)
-    rows = [_row(s, now=now) for s in old]
-    Worker.objects.bulk_update(
-        rows,
-        [
+    _update_rows(
+        [_row(s, now=now) for s in old],
+        (
             "host",
             "pid",
             "labels",
@@ -294,8 +320,7 @@ def _write_states(states: list[WorkerState], *, now: datetime) -> None:
             "active_tasks",
             "last_heartbeat_at",
             "registry_file",
-        ],
-        batch_size=250,
+        ),
     )
     relabel = [s for s in states if s.labels_changed or s.id not in existing]
     if relabel:
