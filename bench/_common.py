@@ -10,7 +10,6 @@ that Ctrl-C does, so no coordinator or worker outlives the script.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -30,6 +29,9 @@ if str(ROOT) not in sys.path:
     # The scripts run as `python bench/x.py`; the project (and tests.procs) live one level up.
     sys.path.insert(0, str(ROOT))
 
+# The figures are for SQLite; the test harness would switch to PostgreSQL if this were set.
+os.environ.pop("E2E_DATABASE_URL", None)
+
 from tests.procs import Cluster, free_port, migrated_template, wait_for  # noqa: E402
 
 __all__ = [
@@ -43,7 +45,7 @@ __all__ = [
     "percentile",
     "print_machine",
     "print_table",
-    "profile_process",
+    "record_profile",
     "setup_django",
     "summarize",
     "wait_for",
@@ -96,6 +98,7 @@ def machine_info() -> dict[str, str]:
             versions[dist] = version(dist)
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "code": code_version(),
         "cores": str(os.cpu_count()),
         "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
         "cpu": cpu_model,
@@ -104,7 +107,40 @@ def machine_info() -> dict[str, str]:
         "sqlite": sqlite3.sqlite_version,
         "libraries": ", ".join(f"{k} {v}" for k, v in versions.items()),
         "load average (1/5/15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "speed check": f"{cpu_check_ms():.0f} ms for a fixed pure-Python loop (lower is faster)",
     }
+
+
+def cpu_check_ms() -> float:
+    """A fixed single-core workload, so runs on a shared, noisy machine can be compared."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i % 7
+        best = min(best, time.perf_counter() - t)
+    return 1000 * best
+
+
+def code_version() -> str:
+    """The commit measured, and whether the work tree differed from it (figures depend on it)."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10
+        )
+        return result.stdout.rstrip("\n") if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
+    changed = [
+        line[3:]
+        for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+        if not line[3:].startswith(("bench/", "docs/", "tests/"))
+    ]
+    if changed:
+        return f"{commit} + uncommitted changes in {', '.join(changed)}"
+    return commit
 
 
 def print_machine(info: Mapping[str, str] | None = None) -> None:
@@ -146,7 +182,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
-        print("  " + "  ".join(c.rjust(w) if n else c.ljust(w) for c, w in zip(row, widths)))
+        print(
+            "  "
+            + "  ".join(c.rjust(w) if n else c.ljust(w) for c, w in zip(row, widths, strict=True))
+        )
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
     sys.stdout.flush()
@@ -198,6 +237,8 @@ def install_exit_signals() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, leave)
+    # A shell starts background jobs with SIGINT ignored; a benchmark should still stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextlib.contextmanager
@@ -245,104 +286,136 @@ def py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def profile_process(
-    pid: int, *, seconds: float, out: Path, top: int = 25, project_only: bool = True
-) -> list[tuple[str, float, float]] | None:
-    """Sample `pid` with py-spy for `seconds`; return (function, inclusive %, self %) rows.
+def record_profile(pid: int, *, seconds: float, out: Path, flags: Sequence[str]) -> str | None:
+    """Sample `pid` with py-spy for `seconds` (collapsed stacks); None if py-spy is missing.
 
-    Idle threads (waiting on a lock, a socket or a sleep) are not sampled, so the shares are
-    of the time the process was actually busy. None when py-spy is not installed or fails.
+    `--gil` samples only the thread holding the GIL (where the Python CPU goes);
+    `--idle --threads` samples every thread, waiting ones too (where the wall time goes).
     """
     tool = py_spy()
     if tool is None:
         return None
+    duration = str(max(1, round(seconds)))
     result = subprocess.run(
-        [
-            tool,
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(max(1, round(seconds))),
-            "--rate",
-            "200",
-            "--format",
-            "raw",
-            "--nonblocking",
-            "--output",
-            str(out),
-        ],
+        [tool, "record", "--pid", str(pid), "--duration", duration, "--rate", "250",
+         "--format", "raw", "--nonblocking", "--output", str(out), *flags],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
-    )
+    )  # fmt: skip
     if result.returncode != 0 or not out.exists():
         print(f"  py-spy failed: {result.stderr.strip().splitlines()[-1:] or '?'}")
         return None
-    return summarize_stacks(out.read_text(), top=top, project_only=project_only)
+    return out.read_text()
 
 
-def summarize_stacks(
-    collapsed: str, *, top: int, project_only: bool
-) -> list[tuple[str, float, float]]:
-    """Aggregate py-spy's collapsed stacks into inclusive and self shares per function."""
-    inclusive: Counter[str] = Counter()
-    own: Counter[str] = Counter()
-    total = 0
+# What a coordinator thread is doing, told by a frame on its stack (first match wins).
+COORDINATOR_ROLES = (
+    ("Report (controlplane/rpc/servicer.py", "Report RPC"),
+    ("Poll (controlplane/rpc/servicer.py", "Poll RPC"),
+    ("Heartbeat (controlplane/rpc/servicer.py", "Heartbeat RPC"),
+    ("Wake (controlplane/rpc/servicer.py", "Wake RPC"),
+    ("dispatch_step (controlplane/coordinator.py", "dispatch loop"),
+    ("housekeeping_step (controlplane/coordinator.py", "housekeeping loop"),
+    ("registry_step (controlplane/coordinator.py", "registry loop"),
+    ("_serve (grpc/_server.py", "gRPC server loop"),
+    ("_unary_response_in_pool (grpc/_server.py", "gRPC call plumbing"),
+    ("(waitress/", "web server"),
+)
+_PROJECT_DIRS = ("(controlplane/", "(dags/", "(workers/")
+
+
+_LOOP_THREADS = {"dispatch": "dispatch loop", "housekeeping": "housekeeping loop"}
+
+
+def _stacks(collapsed: str) -> Iterator[tuple[str, list[str], int]]:
+    """(thread name or "", frames, count) per collapsed line."""
     for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        frames = [_frame_name(f) for f in stack.split(";")]
-        frames = [f for f in frames if f]
-        for name in set(frames):
-            inclusive[name] += count
-        if frames:
-            own[frames[-1]] += count
-    if not total:
-        return []
-    keep: Callable[[str], bool] = (
-        (lambda name: name.split(" ", 1)[0].startswith(_PROJECT_PREFIXES))
-        if project_only
-        else (lambda name: True)
-    )
-    rows = [
-        (name, 100 * n / total, 100 * own.get(name, 0) / total)
-        for name, n in inclusive.most_common()
-        if keep(name)
-    ]
-    return rows[:top]
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            frames = stack.split(";")
+            thread = ""
+            if frames and frames[0].startswith("thread ("):
+                # --threads puts "thread (tid): name" first.
+                thread = frames[0].partition(": ")[2].strip('"')
+                frames = frames[1:]
+            if frames:  # a thread caught with no Python frame (starting or exiting)
+                yield thread, frames, int(count)
 
 
-_PROJECT_PREFIXES = ("controlplane/", "dags/", "workers/", "django/", "grpc/", "sqlite3")
+def _role(thread: str, frames: list[str]) -> str:
+    # A loop thread waiting for its next round has no step function on its stack: its
+    # name still says whose idle time it is.
+    if thread in _LOOP_THREADS:
+        return _LOOP_THREADS[thread]
+    stack = ";".join(frames)
+    return next((name for key, name in COORDINATOR_ROLES if key in stack), "other")
 
 
-def _frame_name(frame: str) -> str:
-    # py-spy raw frames look like "function (path/to/file.py:123)" or "function (file.py)".
-    frame = frame.strip()
-    if not frame or frame.startswith("process ") or frame.startswith("thread "):
-        return ""
-    func, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    path = where.rsplit(":", 1)[0]
-    for marker in ("/site-packages/", str(ROOT) + "/", "/lib/python3.11/"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            break
-    return f"{path} {func}"
+def _project_path(frames: list[str]) -> str:
+    """The two innermost project frames: which of our functions the sample is under."""
+    ours = [f.split(" (", 1)[0] for f in frames if any(d in f for d in _PROJECT_DIRS)]
+    return " > ".join(ours[-2:]) or frames[-1].split(" (", 1)[0]
 
 
-def print_profile(rows: list[tuple[str, float, float]] | None, *, title: str) -> None:
-    if rows is None:
-        print(f"{title}: py-spy not available (pip install py-spy into .venv to profile)")
+def _wait_kind(frames: list[str]) -> str:
+    """What a sampled thread was doing at the leaf, in the terms the docs use."""
+    leaf = frames[-1]
+    func = leaf.split(" (", 1)[0]
+    if any("_start_transaction_under_autocommit" in f for f in frames[-3:]):
+        # SQLite's busy handler inside BEGIN IMMEDIATE, or a process-wide writer queue
+        # taken just before it: either way, waiting to write.
+        return "waiting for the write lock (BEGIN IMMEDIATE)"
+    if func in ("_commit", "commit"):
+        return "COMMIT"
+    if "sqlite3/base.py" in leaf and func == "execute":
+        return "in SQLite (statement, incl. lock waits of autocommit writes)"
+    if leaf.startswith(("wait (threading.py", "wait_for (threading.py")):
+        return "idle (waiting for work)"
+    return "Python (ORM, gRPC, our code)"
+
+
+def role_breakdown(
+    collapsed: str, *, detail: Callable[[list[str]], str], top: int = 6
+) -> list[tuple[str, int, list[tuple[str, int]]]]:
+    """Samples per coordinator role, each with its `top` details: (role, n, [(detail, n)])."""
+    roles: Counter[str] = Counter()
+    details: dict[str, Counter[str]] = {}
+    for thread, frames, count in _stacks(collapsed):
+        role = _role(thread, frames)
+        roles[role] += count
+        details.setdefault(role, Counter())[detail(frames)] += count
+    return [(role, n, details[role].most_common(top)) for role, n in roles.most_common()]
+
+
+def print_cpu_profile(collapsed: str | None, *, seconds: float) -> None:
+    """Where the coordinator's Python CPU goes (py-spy --gil)."""
+    if collapsed is None:
+        print("  py-spy not available (pip install py-spy into .venv to profile)")
         return
-    print(f"{title} (share of busy samples; inclusive / self):")
-    for name, inc, own in rows:
-        print(f"  {inc:5.1f}% {own:5.1f}%  {name}")
+    rows = role_breakdown(collapsed, detail=_project_path)
+    total = sum(n for _, n, _ in rows) or 1
+    held = 100 * total / (250 * seconds)
+    print(f"  CPU: the GIL was held {held:.0f}% of the time; shares of those samples:")
+    for role, n, top in rows:
+        if 100 * n / total < 0.5:
+            continue
+        print(f"    {100 * n / total:5.1f}%  {role}")
+        for name, m in top[:4]:
+            print(f"           {100 * m / total:5.1f}%  {name}")
     sys.stdout.flush()
 
 
-def dump_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str))
+def print_wall_profile(collapsed: str | None, *, roles: Sequence[str], seconds: float) -> None:
+    """Where the wall time of some coordinator threads goes (py-spy --idle --threads)."""
+    if collapsed is None:
+        print("  py-spy not available (pip install py-spy into .venv to profile)")
+        return
+    per_thread = 250 * seconds
+    for role, n, top in role_breakdown(collapsed, detail=_wait_kind):
+        if role not in roles:
+            continue
+        print(f"  wall time of {role} ({n / per_thread:.1f} threads on average):")
+        for kind, m in top:
+            print(f"    {100 * m / n:5.1f}%  {kind}")
+    sys.stdout.flush()

@@ -19,7 +19,7 @@ Runs are created in this process the way `manage.py start` creates them (`create
    - live: N runs are created as fast as this process can while they execute; rate from the
      first queued to the last finished, and the steady rate.
 
-Usage: .venv/bin/python bench/dispatch.py [--latency-runs 200] [--runs 1000] [--profile]
+Usage: .venv/bin/python bench/dispatch.py [--latency-runs 200] [--runs 1000] [--profile SECONDS]
 Prints the machine and the figures; exits 0 (1 only if the cluster cannot be started).
 """
 
@@ -40,10 +40,11 @@ from _common import (
     bench_cluster,
     install_exit_signals,
     percentile,
+    print_cpu_profile,
     print_machine,
-    print_profile,
     print_table,
-    profile_process,
+    print_wall_profile,
+    record_profile,
     setup_django,
     summarize,
     wait_for,
@@ -62,7 +63,9 @@ env:
   MARKERS: {markers}
 steps:
   - name: stamp
-    command: date +%s.%N > "$MARKERS/.$DAG_RUN_ID" && mv "$MARKERS/.$DAG_RUN_ID" "$MARKERS/$DAG_RUN_ID"
+    command: >-
+      date +%s.%N > "$MARKERS/.$DAG_RUN_ID" &&
+      mv "$MARKERS/.$DAG_RUN_ID" "$MARKERS/$DAG_RUN_ID"
 """
 
 THROUGHPUT_DAG = """\
@@ -139,7 +142,8 @@ def prepare(cluster: Cluster, *, workers: int, max_runs: int) -> Bench:
         config=resolve(),
         markers=markers,
         latency_dag=parse_dag_file(
-            LATENCY_DAG.format(markers=markers), source="bench-latency.yaml",
+            LATENCY_DAG.format(markers=markers),
+            source="bench-latency.yaml",
             default_name="bench-latency",
         ),
         throughput_dag=parse_dag_file(
@@ -193,7 +197,8 @@ def measure_latency(bench: Bench, *, runs: int, warmup: int, gap: float) -> dict
 
     ids = [run_id for run_id, _ in created]
     attempts = {
-        a.run_id: a for a in Attempt.objects.filter(run_id__in=ids, number=1).only(
+        a.run_id: a
+        for a in Attempt.objects.filter(run_id__in=ids, number=1).only(
             "run_id", "created_at", "started_at"
         )
     }
@@ -272,9 +277,8 @@ def wait_all_finished(ids: list[str], *, timeout: float) -> None:
     from dags.models import TERMINAL_RUN_STATUSES, DagRun
 
     def finished() -> bool:
-        return (
-            DagRun.objects.filter(pk__in=ids, status__in=TERMINAL_RUN_STATUSES).count()
-            == len(ids)
+        return DagRun.objects.filter(pk__in=ids, status__in=TERMINAL_RUN_STATUSES).count() == len(
+            ids
         )
 
     wait_for(finished, timeout=timeout, what=f"{len(ids)} runs to finish", every=0.25)
@@ -284,7 +288,7 @@ def completion_figures(ids: list[str], *, start: datetime) -> dict[str, Any]:
     """Rates from the database's own timestamps (finish times are the workers')."""
     from django.db.models import Count
 
-    from dags.models import DagRun
+    from dags.models import Attempt, DagRun
 
     rows = list(DagRun.objects.filter(pk__in=ids).values_list("finished_at", "status"))
     finishes = sorted(f.timestamp() for f, _ in rows if f)
@@ -305,6 +309,16 @@ def completion_figures(ids: list[str], *, start: datetime) -> dict[str, Any]:
         if t10 <= f <= t90:
             per_second[int(f)] = per_second.get(int(f), 0) + 1
     inner = sorted(per_second.items())[1:-1]
+    # Where a run's time goes once it is claimed; by Little's law the runs in flight are
+    # rate x (claim -> finished), which tells whether the 40 slots or the pipeline limit.
+    spans = list(
+        Attempt.objects.filter(run_id__in=ids, number=1).values_list(
+            "created_at", "started_at", "finished_at"
+        )
+    )
+    to_worker = [1000 * (s - c).total_seconds() for c, s, _ in spans if s]
+    on_worker = [1000 * (f - s).total_seconds() for _, s, f in spans if s and f]
+    claim_to_end = [1000 * (f - c).total_seconds() for c, _, f in spans if f]
     return {
         "runs": len(ids),
         "statuses": statuses,
@@ -315,6 +329,9 @@ def completion_figures(ids: list[str], *, start: datetime) -> dict[str, Any]:
         "first_finish_after_s": first_finish - start.timestamp(),
         "per_second_min": min((c for _, c in inner), default=0),
         "per_second_max": max((c for _, c in inner), default=0),
+        "claim_to_worker_ms": summarize(to_worker),
+        "on_worker_ms": summarize(on_worker),
+        "claim_to_finish_ms": summarize(claim_to_end),
     }
 
 
@@ -334,8 +351,10 @@ def measure_backlog(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any
     # Workers learn of the drain from their next heartbeat reply; until then they may
     # still take a run, which only means a few runs start before the release.
     wait_for(
-        lambda: Worker.objects.filter(id__in=bench.worker_ids, draining=True).count()
-        == len(bench.worker_ids),
+        lambda: (
+            Worker.objects.filter(id__in=bench.worker_ids, draining=True).count()
+            == len(bench.worker_ids)
+        ),
         timeout=10,
         what="the drain to be stored",
     )
@@ -388,6 +407,17 @@ def print_throughput(name: str, result: dict[str, Any], *, clock_from: str) -> N
         f"{result['steady_runs_per_s']:.1f} runs/s; whole seconds in it: "
         f"{result['per_second_min']}-{result['per_second_max']} runs"
     )
+    hop, run, span = (
+        result["claim_to_worker_ms"],
+        result["on_worker_ms"],
+        result["claim_to_finish_ms"],
+    )
+    in_flight = result["steady_runs_per_s"] * span["mean"] / 1000
+    print(
+        f"  per run, p50 (mean): claimed -> worker has it {hop['p50']:.0f} ({hop['mean']:.0f}) ms, "
+        f"worker start -> finished {run['p50']:.0f} ({run['mean']:.0f}) ms; "
+        f"runs in flight ~{in_flight:.0f}"
+    )
     cpu = result["cpu_percent"]
     workers_total = sum(v for k, v in cpu.items() if k.startswith("bench-w"))
     print(
@@ -405,28 +435,33 @@ def print_throughput(name: str, result: dict[str, Any], *, clock_from: str) -> N
 
 
 def profile_throughput(bench: Bench, *, runs: int, seconds: float) -> None:
-    """A separate backlog pass with py-spy sampling the coordinator (figures not used)."""
+    """Two extra live passes with py-spy on the coordinator (their rates are not reported):
+    one samples the GIL holder (CPU), one every thread including waits (wall time)."""
     import threading
 
-    out = bench.cluster.home / "coordinator.pyspy.txt"
-    rows: list[Any] = []
-    sampler = threading.Thread(
-        target=lambda: rows.append(
-            profile_process(
-                bench.cluster.procs["coordinator"].pid, seconds=seconds, out=out, top=40
+    pid = bench.cluster.procs["coordinator"].pid
+    for flags, name in ((["--gil"], "cpu"), (["--idle", "--threads"], "wall")):
+        out = bench.cluster.home / f"coordinator-{name}.pyspy.txt"
+        found: list[str | None] = []
+        ids, _ = create_runs(bench, count=runs, wake_every=50)
+        time.sleep(1.0)  # into the steady part of the pass
+        sampler = threading.Thread(
+            target=lambda o=out, f=flags, into=found: into.append(
+                record_profile(pid, seconds=seconds, out=o, flags=f)
+            ),
+            daemon=True,
+        )
+        sampler.start()
+        wait_all_finished(ids, timeout=600)
+        sampler.join(timeout=seconds + 90)
+        collapsed = found[0] if found else None
+        print(f"\nprofile ({name}): coordinator sampled {seconds:.0f} s during {runs} runs")
+        if name == "cpu":
+            print_cpu_profile(collapsed, seconds=seconds)
+        else:
+            print_wall_profile(
+                collapsed, roles=("dispatch loop", "Report RPC", "Poll RPC"), seconds=seconds
             )
-        ),
-        daemon=True,
-    )
-    from dags.models import DagRun
-
-    ids, _ = create_runs(bench, count=runs, wake_every=50)
-    sampler.start()
-    wait_all_finished(ids, timeout=600)
-    sampler.join(timeout=seconds + 90)
-    rate = DagRun.objects.filter(pk__in=ids).count()
-    print(f"\nprofile: coordinator sampled {seconds:.0f} s during {rate} more runs")
-    print_profile(rows[0] if rows else None, title="coordinator, project and framework frames")
 
 
 # -- main --------------------------------------------------------------------------------
@@ -490,11 +525,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if args.profile:
                 profile_throughput(
-                    bench, runs=max(args.runs, int(args.profile * 60)), seconds=args.profile
+                    bench, runs=max(args.runs, int(args.profile * 120)), seconds=args.profile
                 )
     except (AssertionError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted; every process was stopped", file=sys.stderr)
+        return 130
     return 0
 
 

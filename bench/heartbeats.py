@@ -16,6 +16,7 @@
    then `registry.scan(root, "worker")` and `registry.cleanup(...)` timed (p50 of 20).
 
 Usage: .venv/bin/python bench/heartbeats.py [--steps 250,500,1000,1500,2000] [--skip-api]
+       [--profile SECONDS --profile-at WORKERS]
 Prints the machine and the figures; exits 0 (1 only if a cluster cannot be started).
 """
 
@@ -31,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -44,9 +46,10 @@ from _common import (
     bench_cluster,
     free_port,
     install_exit_signals,
-    percentile,
+    print_cpu_profile,
     print_machine,
     print_table,
+    record_profile,
     summarize,
     wait_for,
 )
@@ -91,6 +94,7 @@ async def run_step(
     latencies: list[float] = []
     lateness: list[float] = []
     errors: dict[str, int] = {}
+    details: dict[str, str] = {}  # the first message per error kind
     skipped = 0
     done_in_window = 0
     t0 = time.perf_counter()
@@ -105,11 +109,13 @@ async def run_step(
         try:
             await stubs[k % len(stubs)].Heartbeat(requests[k], timeout=RPC_DEADLINE_S)
         except Exception as exc:  # grpc.aio.AioRpcError, mostly DEADLINE_EXCEEDED
-            code = getattr(exc, "code", lambda: type(exc).__name__)()
-            key = getattr(code, "name", str(code))
+            code = exc.code() if hasattr(exc, "code") else None
+            key = code.name if code is not None else type(exc).__name__
             if sent < window_start:
                 key = f"{key} (warm-up)"
             errors[key] = errors.get(key, 0) + 1
+            if hasattr(exc, "details"):
+                details.setdefault(key, f"{exc.details()} after {time.perf_counter() - sent:.1f} s")
         else:
             end = time.perf_counter()
             if window_start <= sent < window_end:
@@ -148,6 +154,7 @@ async def run_step(
         "latency_ms": summarize(latencies),
         "send_lateness_ms": summarize(lateness),
         "errors": errors,
+        "error_details": details,
         "skipped_busy": skipped,
         "generator_cpu_percent": 100 * (time.process_time() - cpu0) / (time.perf_counter() - t0),
     }
@@ -181,7 +188,7 @@ def load_main(args: argparse.Namespace) -> int:
     asyncio.run(
         generate(
             args.load,
-            steps=[int(s) for s in args.steps.split(",")],
+            steps=args.steps,
             seconds=args.step_seconds,
             warmup=args.warmup,
             channels=args.channels,
@@ -229,9 +236,19 @@ def load_generator(
 
 
 def measure_capacity(
-    *, steps: list[int], seconds: float, warmup: float, channels: int
+    *,
+    steps: list[int],
+    seconds: float,
+    warmup: float,
+    channels: int,
+    profile_at: int = 0,
+    profile_seconds: float = 0,
 ) -> list[dict[str, Any]]:
+    """Returns one result per step; with `profile_seconds`, py-spy samples the coordinator
+    (GIL holder) during the step of `profile_at` workers and its summary is printed."""
     results: list[dict[str, Any]] = []
+    profiles: list[str | None] = []
+    sampler: threading.Thread | None = None
     with bench_cluster() as cluster:
         coordinator = cluster.start_coordinator()
         with load_generator(
@@ -245,6 +262,22 @@ def measure_capacity(
                 if event["event"] == "step-start":
                     meter.start()
                     print(f"  step: {event['workers']} workers ...", flush=True)
+                    if profile_seconds and event["workers"] == profile_at:
+                        sampler = threading.Thread(
+                            target=lambda: (
+                                time.sleep(warmup),
+                                profiles.append(
+                                    record_profile(
+                                        coordinator.pid,
+                                        seconds=profile_seconds,
+                                        out=cluster.home / "coordinator-cpu.pyspy.txt",
+                                        flags=["--gil"],
+                                    )
+                                ),
+                            ),
+                            daemon=True,
+                        )
+                        sampler.start()
                 elif event["event"] == "step-end":
                     cpu = meter.read()
                     event["coordinator_cpu_percent"] = cpu["coordinator"]
@@ -253,6 +286,10 @@ def measure_capacity(
                     break
             if coordinator.poll() is not None:
                 print(f"coordinator exited:\n{cluster.log('coordinator')[-2000:]}")
+        if sampler is not None:
+            sampler.join(timeout=profile_seconds + 90)
+            print(f"\nprofile: coordinator during the {profile_at}-worker step")
+            print_cpu_profile(profiles[0] if profiles else None, seconds=profile_seconds)
     return results
 
 
@@ -303,10 +340,13 @@ def print_capacity(results: list[dict[str, Any]], *, seconds: float, warmup: flo
         ],
         rows,
     )
+    for r in results:
+        if r["errors"]:
+            print(f"  errors at {r['workers']} workers: {r['errors']}; e.g. {r['error_details']}")
     verdict = "PASS" if best >= WORKERS_TARGET else "MISS"
     print(
-        f"  largest step sustained (p99 <= {P99_TARGET_MS:.0f} ms, no errors when measured, >= 95% of the "
-        f"rate): {best} workers; target >= {WORKERS_TARGET}: {verdict}"
+        f"  largest step sustained (p99 <= {P99_TARGET_MS:.0f} ms, no errors when measured, "
+        f">= 95% of the rate): {best} workers; target >= {WORKERS_TARGET}: {verdict}"
     )
     sys.stdout.flush()
 
@@ -314,7 +354,7 @@ def print_capacity(results: list[dict[str, Any]], *, seconds: float, warmup: flo
 # -- 2. the workers API ------------------------------------------------------------------
 
 
-def api_token(cluster: Cluster, username: str) -> str:
+def api_token(cluster: Cluster, *, username: str) -> str:
     """The user's token from `create_api_token`, else a DRF token made through `shell`."""
     result = cluster.manage("create_api_token", username, timeout=120)
     if result.returncode == 0 and result.stdout.strip():
@@ -371,15 +411,16 @@ def time_requests(
 def measure_api(*, workers: int, requests: int, channels: int, hold: float) -> dict[str, Any]:
     with bench_cluster() as cluster:
         web_port = start_web(cluster)
-        token = api_token(cluster, "bench")
+        token = api_token(cluster, username="bench")
         with load_generator(
             cluster, steps=[workers], seconds=hold, warmup=1, channels=channels
         ) as gen:
             # Rows are flushed once a second by the coordinator's housekeeping loop.
             wait_for(
-                lambda: cluster.query("SELECT COUNT(*) AS n FROM workers_worker")[0]["n"]
-                >= workers
-                or gen.poll() is not None,
+                lambda: (
+                    cluster.query("SELECT COUNT(*) AS n FROM workers_worker")[0]["n"] >= workers
+                    or gen.poll() is not None
+                ),
                 timeout=60,
                 what=f"{workers} Worker rows",
             )
@@ -474,9 +515,7 @@ def measure_registry(*, files: int, repeats: int) -> dict[str, Any]:
             assert len(result.entries) == files, (len(result.entries), result.skipped[:3])
         for _ in range(repeats):
             t = time.perf_counter()
-            removed = registry.cleanup(
-                root, now=datetime.now(UTC), stale_after=30, this_host=host
-            )
+            removed = registry.cleanup(root, now=datetime.now(UTC), stale_after=30, this_host=host)
             cleanups.append(1000 * (time.perf_counter() - t))
             assert not removed
         # And the worst case: every file stale, all removed in one pass.
@@ -518,9 +557,24 @@ def print_registry(result: dict[str, Any]) -> None:
 # -- main --------------------------------------------------------------------------------
 
 
+def worker_steps(text: str) -> list[int]:
+    """`--steps`: positive worker counts separated by commas."""
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected positive worker counts separated by commas, e.g. 250,500; got {text!r}"
+        )
+    return steps
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", default="250,500,1000,1500,2000", help="workers per step")
+    parser.add_argument(
+        "--steps", type=worker_steps, default="250,500,1000,1500,2000", help="workers per step"
+    )
     parser.add_argument("--step-seconds", type=float, default=12.0)
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured start of a step")
     parser.add_argument("--channels", type=int, default=8, help="gRPC channels of the generator")
@@ -531,6 +585,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-capacity", action="store_true")
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--skip-registry", action="store_true")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="sample the coordinator with py-spy (--gil) during the --profile-at step",
+    )
+    parser.add_argument("--profile-at", type=int, default=1000, metavar="WORKERS")
     parser.add_argument("--load", metavar="HOST:PORT", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -543,10 +605,15 @@ def main(argv: list[str] | None = None) -> int:
     print_machine()
     try:
         if not args.skip_capacity:
-            steps = [int(s) for s in args.steps.split(",")]
+            steps = args.steps
             print(f"\n1. capacity: steps {steps}, generator with {args.channels} channels")
             results = measure_capacity(
-                steps=steps, seconds=args.step_seconds, warmup=args.warmup, channels=args.channels
+                steps=steps,
+                seconds=args.step_seconds,
+                warmup=args.warmup,
+                channels=args.channels,
+                profile_at=args.profile_at,
+                profile_seconds=args.profile,
             )
             print_capacity(results, seconds=args.step_seconds, warmup=args.warmup)
         if not args.skip_api:
@@ -559,10 +626,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         if not args.skip_registry:
-            print_registry(measure_registry(files=args.registry_files, repeats=args.registry_repeats))
+            print_registry(
+                measure_registry(files=args.registry_files, repeats=args.registry_repeats)
+            )
     except (AssertionError, RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted; every process was stopped", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -104,39 +104,51 @@ def dispatch_once(
     same attempt to two workers. Runs nobody can take get their waiting reason updated (and
     a decision recorded when the reason changes). Returns how many runs were assigned.
     """
+    from django.db import transaction
+
     from dags.models import DagRun, ExecutionMode, RunStatus
 
-    queued = list(
-        DagRun.objects.filter(
-            status=RunStatus.QUEUED,
-            execution_mode=ExecutionMode.DISTRIBUTED,
-            cancel_requested=False,
-        ).order_by("queued_at", "id")[:limit]
-    )
-    if not queued:
-        return 0
     views = {w.id: w for w in workers}
-    assigned = 0
-    for run in queued:
-        worker, matched = choose_worker(run.worker_selector, list(views.values()))
-        if worker is None:
-            _record_waiting(
-                run,
-                waiting_reason(run.worker_selector, list(views.values())),
-                now=now,
-                considered=len(views),
-                matched=matched,
+    claimed: list[Attempt] = []
+    # One transaction for the whole pass: with SQLite's single write lock, the number of
+    # write transactions per run is what bounds throughput. Mailboxes are filled only after
+    # the commit, so no worker can see an attempt that might still roll back.
+    with transaction.atomic():
+        queued = list(
+            DagRun.objects.filter(
+                status=RunStatus.QUEUED,
+                execution_mode=ExecutionMode.DISTRIBUTED,
+                cancel_requested=False,
             )
-            continue
-        attempt = _assign(run, worker, now=now, considered=len(views), matched=matched)
-        if attempt is None:
-            continue
-        views[worker.id] = WorkerView(
-            worker.id, worker.labels, worker.health, worker.draining, worker.free_slots - 1
+            .defer("spec")
+            .order_by("queued_at", "id")[:limit]
         )
+        for run in queued:
+            pool = list(views.values())
+            if run.waiting_reason == "matching_workers_busy" and not any(
+                w.free_slots for w in pool
+            ):
+                continue  # nothing can change for it until a slot frees up
+            worker, matched = choose_worker(run.worker_selector, pool)
+            if worker is None:
+                _record_waiting(
+                    run,
+                    waiting_reason(run.worker_selector, pool),
+                    now=now,
+                    considered=len(pool),
+                    matched=matched,
+                )
+                continue
+            attempt = _assign(run, worker, now=now, considered=len(pool), matched=matched)
+            if attempt is None:
+                continue
+            views[worker.id] = WorkerView(
+                worker.id, worker.labels, worker.health, worker.draining, worker.free_slots - 1
+            )
+            claimed.append(attempt)
+    for attempt in claimed:
         deliver(attempt)
-        assigned += 1
-    return assigned
+    return len(claimed)
 
 
 def _assign(

@@ -95,7 +95,7 @@ def _database() -> dict[str, object]:
         return db
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     return {
-        "ENGINE": "django.db.backends.sqlite3",
+        "ENGINE": "controlplane.sqlite",  # django.db.backends.sqlite3 + a writer queue
         "NAME": DATA_DIR / "controlplane.sqlite3",
         # Threads keep their connection; WAL lets the web UI read while the coordinator writes.
         "CONN_MAX_AGE": 600,

@@ -61,6 +61,8 @@ class DagRun(models.Model):
         max_length=32, choices=WaitingReason.choices, blank=True, default=""
     )
     execution_mode = models.CharField(max_length=16, choices=ExecutionMode.choices)
+    # Why that mode: "forced_local", "selector" or "default_mode" (see controlplane.dispatch).
+    mode_reason = models.CharField(max_length=16, default="default_mode")
     worker_selector = models.JSONField(default=dict, blank=True)
     root = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="descendants"
@@ -148,9 +150,7 @@ class StepRun(models.Model):
     run = models.ForeignKey(DagRun, on_delete=models.CASCADE, related_name="steps")
     name = models.CharField(max_length=255)
     position = models.PositiveIntegerField(default=0)
-    status = models.CharField(
-        max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING
-    )
+    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
     exit_code = models.IntegerField(null=True, blank=True)
     attempt = models.PositiveIntegerField(default=0)
     retries = models.PositiveIntegerField(default=0)

@@ -83,6 +83,7 @@ def create_run(
         params=resolve_params(dag, params or {}),
         status=RunStatus.QUEUED,
         execution_mode=decision.mode,
+        mode_reason=decision.why,
         worker_selector=dict(decision.selector),
         root=(parent.root or parent) if parent else None,
         parent=parent,
@@ -136,7 +137,7 @@ def record_decision(
         attempt=run.attempt,
         event=event,
         mode=decision.mode if decision else run.execution_mode,
-        why=decision.why if decision else _why_of(run),
+        why=decision.why if decision else run.mode_reason,
         selector=dict(decision.selector) if decision else run.worker_selector,
         workers_considered=workers_considered,
         workers_matched=workers_matched,
@@ -147,14 +148,11 @@ def record_decision(
     )
 
 
-def _why_of(run: DagRun) -> str:
-    first = run.dispatch_decisions.order_by("id").values_list("why", flat=True).first()
-    return first or "default_mode"
-
-
 def start_attempt(run: DagRun, *, now: datetime, mode: str, worker_id: str = "") -> Attempt | None:
     """Claim the queued run for a new attempt. Compare-and-set: None if someone else won."""
-    with transaction.atomic():
+    # No savepoint: a lost race raises nothing, and the dispatcher calls this inside its
+    # pass-wide transaction.
+    with transaction.atomic(savepoint=False):
         won = DagRun.objects.filter(
             pk=run.pk, status=RunStatus.QUEUED, attempt=run.attempt, cancel_requested=False
         ).update(
@@ -165,7 +163,9 @@ def start_attempt(run: DagRun, *, now: datetime, mode: str, worker_id: str = "")
         )
         if not won:
             return None
-        run.refresh_from_db(fields=["status", "attempt", "worker_id", "waiting_reason"])
+        # The compare-and-set fixed these values; no need to read them back.
+        run.status, run.attempt = RunStatus.RUNNING, run.attempt + 1
+        run.worker_id, run.waiting_reason = worker_id, ""
         return Attempt.objects.create(
             run=run,
             number=run.attempt,
