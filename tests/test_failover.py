@@ -245,14 +245,18 @@ def test_a_local_run_whose_start_process_died_resumes_on_the_main_instance(
 ):
     c = cluster
     c.start_coordinator()  # runs the main instance's local executor too
-    dag = write_dag(tmp_path, "local-resume", f"""
+    dag = write_dag(
+        tmp_path,
+        "local-resume",
+        f"""
 worker_selector: local
 steps:
   - name: prepare
     command: echo prepare >> {tmp_path / "marks"}
   - name: train
     command: echo train-start >> {tmp_path / "marks"}; sleep 30
-""")
+""",
+    )
     c.spawn("starter", "start", str(dag))
     wait_for(lambda: "train-start" in marks(tmp_path), timeout=30, what="the long step to start")
     run_id = c.query("SELECT id FROM dags_dagrun")[0]["id"]
