@@ -24,7 +24,6 @@ from dags.models import (
     Attempt,
     AttemptStatus,
     DagRun,
-    ExecutionMode,
     RunStatus,
     StepRun,
     StepStatus,
@@ -255,10 +254,6 @@ def retry_run(run_id: str, *, now: datetime) -> DagRun:
     run.refresh_from_db()
     record_decision(run, event=DecisionEvent.RETRY, now=now, detail="retried by an operator")
     return run
-
-
-def is_local(run: DagRun) -> bool:
-    return run.execution_mode == ExecutionMode.LOCAL
 
 
 def run_as_dict(run: DagRun) -> dict[str, Any]:

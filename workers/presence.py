@@ -19,7 +19,7 @@ from django.db import connection, transaction
 
 from controlplane.config import TimingConfig
 from controlplane.dispatch import WorkerView
-from workers.health import OFFLINE, health_status
+from workers.health import health_status
 from workers.models import RegisteredVia, Worker, WorkerLabel
 
 logger = logging.getLogger(__name__)
@@ -210,13 +210,6 @@ class Fleet:
             taken, self._mail[worker_id] = box[:max_items], box[max_items:]
             return taken
 
-    def return_mail(self, worker_id: str, items: list[object]) -> None:
-        """Put undelivered items back (the poll that took them failed)."""
-        if items:
-            with self._lock:
-                self._mail.setdefault(worker_id, [])[:0] = items
-                self._mail_ready.notify_all()
-
     def pending_mail(self) -> list[object]:
         with self._lock:
             return [item for box in self._mail.values() for item in box]
@@ -348,7 +341,3 @@ def purge_offline(*, now: datetime, timing: TimingConfig) -> list[str]:
         Worker.objects.filter(id__in=ids).delete()
         logger.info("purged %d long-offline worker(s): %s", len(ids), ", ".join(ids))
     return ids
-
-
-def is_offline(fleet: Fleet, state: WorkerState, *, now: datetime) -> bool:
-    return fleet.health(state, now=now) == OFFLINE

@@ -77,7 +77,3 @@ def server_credentials(peer: PeerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
     )
-
-
-def mark_not_serving(health_servicer: health.HealthServicer) -> None:
-    health_servicer.enter_graceful_shutdown()
