@@ -13,22 +13,25 @@ admin.site.index_title = "Administration"
 admin.site.site_url = "/workers/"
 
 
+# What a decision says, in the order operators read it; the run inline shows the same.
+DECISION_COLUMNS = (
+    "decided_at",
+    "attempt",
+    "event",
+    "mode",
+    "why",
+    "selector",
+    "workers_considered",
+    "workers_matched",
+    "chosen_worker",
+    "waiting_reason",
+    "detail",
+)
+
+
 @admin.register(DispatchDecision)
 class DispatchDecisionAdmin(admin.ModelAdmin):
-    list_display = (
-        "decided_at",
-        "run",
-        "attempt",
-        "event",
-        "mode",
-        "why",
-        "selector",
-        "workers_considered",
-        "workers_matched",
-        "chosen_worker",
-        "waiting_reason",
-        "detail",
-    )
+    list_display = (DECISION_COLUMNS[0], "run", *DECISION_COLUMNS[1:])
     list_filter = ("event", "mode", "why", "waiting_reason")
     search_fields = ("run__id", "run__dag_name", "chosen_worker")
     list_select_related = ("run",)

@@ -113,10 +113,9 @@ class Coordinator:
         self, who: Identity, *, running: list[Running], stopping: bool
     ) -> tuple[list[str], bool]:
         """Record liveness; return (attempt tokens the worker must cancel, draining)."""
-        known_before = self.fleet.get(who.id) is not None
         state = self.fleet.record_heartbeat(who, running=running, stopping=stopping, now=utcnow())
-        if not known_before:
-            self.wake()  # a new worker may be the match queued runs are waiting for
+        if state.heartbeats == 1:
+            self.wake()  # a newly reachable worker may be the match queued runs wait for
         return self.tokens_to_cancel([r.attempt_token for r in running]), state.draining
 
     def tokens_to_cancel(self, tokens: list[str]) -> list[str]:

@@ -53,9 +53,8 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
         registrant.start()
     except registry.RegistryError as exc:
         server.stop(0)
-        raise ConfigError(
-            "paths.service_registry_dir", str(config.paths.service_registry_dir), str(exc)
-        ) from None
+        key = "paths.service_registry_dir"
+        raise ConfigError(key, config.sources.get(key, "default"), str(exc)) from None
     server.start()
     local = LocalExecutor(config, stop=stop, wake=core.wake)
     running = RunningCoordinator(core, server, port, health_servicer, stop, registrant, local)

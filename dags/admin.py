@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from controlplane.admin import DECISION_COLUMNS
 from controlplane.models import DispatchDecision
 from dags.models import Attempt, DagRun, StepRun
 from dags.runs import RunError, request_cancel, retry_run
@@ -67,19 +68,7 @@ class AttemptInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 class DispatchDecisionInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = DispatchDecision
-    fields = (
-        "decided_at",
-        "attempt",
-        "event",
-        "mode",
-        "why",
-        "selector",
-        "workers_considered",
-        "workers_matched",
-        "chosen_worker",
-        "waiting_reason",
-        "detail",
-    )
+    fields = DECISION_COLUMNS
     readonly_fields = fields
     extra = 0
 

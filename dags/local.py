@@ -82,7 +82,7 @@ class DbChildLauncher:
                 config=self.config,
                 now=utcnow(),
             )
-        except (DagSpecError, Exception) as exc:
+        except Exception as exc:  # a child that cannot start fails the step, not the parent
             return ChildResult(run_id="", status=RunStatus.FAILED, error=str(exc))
         if child.execution_mode == ExecutionMode.LOCAL and child.status == RunStatus.QUEUED:
             attempt = start_attempt(

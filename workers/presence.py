@@ -48,6 +48,7 @@ class WorkerState:
     registry_file: str = ""
     dirty: bool = True
     labels_changed: bool = True
+    heartbeats: int = 0  # gRPC heartbeats received by this coordinator
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Fleet:
     ) -> WorkerState:
         with self._lock:
             state = self._touch(who, now=now)
+            state.heartbeats += 1
             state.running = tuple(running)
             state.stopping = stopping
             return state

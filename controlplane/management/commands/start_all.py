@@ -43,11 +43,9 @@ class Command(ConfigCommand):
                 ident="controlplane",
             )
         except OSError as exc:
-            raise ConfigError(
-                "--port",
-                str(options["port"]),
-                f"cannot listen on {options['host']}: {exc.strerror}",
-            ) from None
+            address = f"{options['host']}:{options['port']}"
+            problem = f"cannot listen on {address}: {exc.strerror}"
+            raise ConfigError("web port", "--port", problem) from None
         running = start_coordinator(config, stop=stop)
         scheduler = CronScheduler(config, now=datetime.now(UTC), on_queued=running.core.wake)
         scheduler_thread = run_loop(
