@@ -137,6 +137,8 @@ class ConfigCommand(BaseCommand):
     """
 
     config_sections: ClassVar[tuple[str, ...]] = ()
+    # Commands that read or write runs and workers; the worker agent sets this False.
+    needs_database: ClassVar[bool] = True
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_config_arguments(parser, sections=self.config_sections)
@@ -150,6 +152,8 @@ class ConfigCommand(BaseCommand):
             config = config_from_options(options)
             if "peer" in self.config_sections:
                 check_peer_files(config)
+            if self.needs_database:
+                check_database(config)
             return self.handle_config(config, **options)
         except (ConfigError, LabelError) as exc:
             self.exit_with_error(str(exc))
@@ -160,3 +164,25 @@ class ConfigCommand(BaseCommand):
     def exit_with_error(self, message: str) -> NoReturn:
         self.stderr.write(f"error: {message}")
         sys.exit(2)
+
+
+def check_database(config: Config) -> None:
+    """The database answers and is migrated, or one ConfigError saying which is not so."""
+    from django.db import DEFAULT_DB_ALIAS, connections
+    from django.db.migrations.executor import MigrationExecutor
+    from django.db.utils import OperationalError
+
+    source = config.sources.get("database_url", "default") if config.database_url else "default"
+    connection = connections[DEFAULT_DB_ALIAS]
+    try:
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError("database", source, f"cannot connect: {first}") from None
+    if pending:
+        raise ConfigError(
+            "database",
+            source,
+            f"{len(pending)} migration(s) not applied; run `python manage.py migrate` first",
+        )

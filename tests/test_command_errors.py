@@ -56,3 +56,25 @@ def test_a_worker_without_a_coordinator_says_so_and_keeps_trying(cluster: Cluste
 def test_status_of_an_unknown_run(cluster: Cluster):
     line = one_error_line(cluster.manage("status", "no-such-run"))
     assert "no-such-run" in line
+
+
+def test_an_unmigrated_database_is_reported_not_a_traceback(tmp_path: Path):
+    import os
+    import subprocess
+
+    from tests.procs import MANAGE
+
+    env = {**os.environ, "DAGU_HOME": str(tmp_path / "fresh")}
+    env.pop("DATABASE_URL", None)
+    for command in (["coordinator"], ["workers"], ["status", "x"]):
+        result = subprocess.run(
+            [*MANAGE, *command], env=env, capture_output=True, text=True, timeout=60
+        )
+        line = one_error_line(result)
+        assert "database" in line and "manage.py migrate" in line
+
+
+def test_an_unreachable_database_is_reported_not_a_traceback(cluster: Cluster):
+    cluster.env["DATABASE_URL"] = "postgres://nobody@127.0.0.1:1/none"
+    line = one_error_line(cluster.manage("workers"))
+    assert "database (from DATABASE_URL): cannot connect" in line

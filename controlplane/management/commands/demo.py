@@ -34,6 +34,7 @@ DEMO_DAG = "gpu-cpu-routing.yaml"
 class Command(ConfigCommand):
     help = "Start the whole system on the embedded defaults with two demo workers."
     config_sections = ("coordinator", "paths")
+    needs_database = False  # it migrates the database itself
 
     def add_command_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")

@@ -14,6 +14,7 @@ from workers.agent import WorkerAgent
 class Command(ConfigCommand):
     help = "Run a worker: register, heartbeat, long-poll the coordinator, execute runs."
     config_sections = ("worker", "peer", "paths")
+    needs_database = False  # a worker host has no database; it talks gRPC only
 
     def add_command_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
