@@ -1039,6 +1039,7 @@ def test_config_from_options_layers_only_passed_flags_over_env(tmp_path):
 class ProbeCommand(ConfigCommand):
     help = "test command"
     config_sections = ("coordinator", "worker", "peer")
+    needs_database = False  # a probe of config handling only
 
     def add_command_arguments(self, parser):
         parser.add_argument("--selector", default="")
