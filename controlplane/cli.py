@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from controlplane.config import Config, ConfigError, check_peer_files, env_vars, resolve
@@ -140,6 +142,12 @@ class ConfigCommand(BaseCommand):
     # Commands that read or write runs and workers; the worker agent sets this False.
     needs_database: ClassVar[bool] = True
 
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        # manage.py reads --config and --data-dir from argv before settings load; an
+        # abbreviation such as `--data X` would reach the command but not the database.
+        kwargs.setdefault("allow_abbrev", False)
+        return super().create_parser(prog_name, subcommand, **kwargs)
+
     def add_arguments(self, parser: CommandParser) -> None:
         add_config_arguments(parser, sections=self.config_sections)
         self.add_command_arguments(parser)
@@ -154,7 +162,8 @@ class ConfigCommand(BaseCommand):
                 check_peer_files(config)
             if self.needs_database:
                 check_database(config)
-            return self.handle_config(config, **options)
+            with process_config(config):
+                return self.handle_config(config, **options)
         except (ConfigError, LabelError) as exc:
             self.exit_with_error(str(exc))
 
@@ -164,6 +173,22 @@ class ConfigCommand(BaseCommand):
     def exit_with_error(self, message: str) -> NoReturn:
         self.stderr.write(f"error: {message}")
         sys.exit(2)
+
+
+@contextmanager
+def process_config(config: Config) -> Iterator[Config]:
+    """Make `config` the one every part of this process reads, as `settings.DAGU`.
+
+    settings.py resolves at import, before a command has parsed its flags; without this
+    `start_all --dags X` would schedule from X while its API listed the default dir.
+    Restored on exit so an in-process `call_command` leaves nothing behind.
+    """
+    previous = settings.DAGU
+    settings.DAGU = config
+    try:
+        yield config
+    finally:
+        settings.DAGU = previous
 
 
 def check_database(config: Config) -> None:

@@ -144,6 +144,14 @@ def _parse_port(value: object) -> int:
     return port
 
 
+def _parse_listen_port(value: object) -> int:
+    # 0 asks the OS for a free port; the coordinator reports the one it got (its first log
+    # line and its registry file), so nobody has to pick a port that may be taken meanwhile.
+    if _as_int(value) == 0:
+        return 0
+    return _parse_port(value)
+
+
 def _parse_positive_int(value: object) -> int:
     number = _as_int(value)
     if number is None or number < 1:
@@ -319,7 +327,9 @@ class _Setting:
 
 _SETTINGS: tuple[_Setting, ...] = (
     _Setting("coordinator.host", _parse_host, ("COORDINATOR_HOST",), flag="--coordinator.host"),
-    _Setting("coordinator.port", _parse_port, ("COORDINATOR_PORT",), flag="--coordinator.port"),
+    _Setting(
+        "coordinator.port", _parse_listen_port, ("COORDINATOR_PORT",), flag="--coordinator.port"
+    ),
     _Setting(
         "coordinator.advertise",
         _parse_text_or_default,
@@ -729,6 +739,12 @@ def _worker_coordinators(
             )
     host = picked.get(host_key, coordinator.host)
     port = picked.get(port_key, coordinator.port)
+    if port == 0:
+        raise ConfigError(
+            host_key,
+            sources[host_key],
+            "needs worker.coordinator_port: coordinator.port is 0 (any free port)",
+        )
     sources["worker.coordinators"] = sources[single_key]
     return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
 

@@ -12,8 +12,10 @@ from controlplane.config import resolve
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# One resolution at import time (defaults < config.yaml < env). Commands resolve again
-# with their own flags; only the paths and the database are needed this early.
+# Resolved at import (defaults < config.yaml < env; manage.py has already exported
+# --config/--data-dir), which is all the database and paths below need. A command that takes
+# config flags installs its full resolution in place of this one for the whole process
+# (controlplane.cli.process_config), so read `settings.DAGU` when needed, never copy it at import.
 DAGU = resolve()
 DATA_DIR = DAGU.paths.data_dir
 

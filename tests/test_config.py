@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
+from django.conf import settings
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from controlplane.cli import (
     FLAG_KEYS,
@@ -485,8 +487,9 @@ worker:
     [
         ("DAGU_COORDINATOR_PORT", "abc",
          'coordinator.port (from DAGU_COORDINATOR_PORT): "abc" is not a valid port (1-65535)'),
-        ("DAGU_COORDINATOR_PORT", "0",
-         'coordinator.port (from DAGU_COORDINATOR_PORT): "0" is not a valid port (1-65535)'),
+        ("DAGU_WORKER_COORDINATOR_PORT", "0",
+         'worker.coordinator_port (from DAGU_WORKER_COORDINATOR_PORT): '
+         '"0" is not a valid port (1-65535)'),
         ("DAGU_COORDINATOR_PORT", "65536",
          'coordinator.port (from DAGU_COORDINATOR_PORT): "65536" is not a valid port (1-65535)'),
         ("DAGU_COORDINATOR_PORT", "-1",
@@ -860,20 +863,38 @@ def test_timing_thresholds_may_all_move_together():
 
 # --- peer files ------------------------------------------------------------------------------
 
+PEER_FILE_KEYS = ("peer.cert_file", "peer.key_file", "peer.client_ca_file")
+
+
+def test_coordinator_port_0_means_any_free_port_but_only_for_listening():
+    assert resolve(env={"DAGU_COORDINATOR_PORT": "0"}).coordinator.port == 0
+    with pytest.raises(ConfigError) as excinfo:
+        resolve(env={"DAGU_COORDINATOR_PORT": "0", "DAGU_WORKER_COORDINATOR_HOST": "h"})
+    assert str(excinfo.value) == (
+        "worker.coordinator_host (from DAGU_WORKER_COORDINATOR_HOST): needs "
+        "worker.coordinator_port: coordinator.port is 0 (any free port)"
+    )
+
 
 def test_check_peer_files_accepts_readable_files(tmp_path):
-    for name in ("cert.pem", "key.pem", "ca.pem"):
-        (tmp_path / name).write_text("x")
-    config = resolve(
-        env={},
-        flags={
-            "peer.cert_file": str(tmp_path / "cert.pem"),
-            "peer.key_file": str(tmp_path / "key.pem"),
-            "peer.client_ca_file": str(tmp_path / "ca.pem"),
-        },
-    )
-    check_peer_files(config)
-    check_peer_files(resolve(env={}))
+    files = {key: tmp_path / f"{key}.pem" for key in PEER_FILE_KEYS}
+    for path in files.values():
+        path.write_text("x")
+    config = resolve(env={}, flags={key: str(path) for key, path in files.items()})
+    assert [getattr(config.peer, key.partition(".")[2]) for key in PEER_FILE_KEYS] == [
+        str(files[key]) for key in PEER_FILE_KEYS
+    ]
+    assert check_peer_files(config) is None
+    # Each file was really looked at: the same config with any one of them gone is refused,
+    # naming that file's key.
+    for key, path in files.items():
+        gone = path.rename(path.with_suffix(".gone"))
+        with pytest.raises(ConfigError) as excinfo:
+            check_peer_files(config)
+        assert (excinfo.value.key, excinfo.value.source) == (key, flag_source(key))
+        gone.rename(path)
+    assert check_peer_files(config) is None
+    assert check_peer_files(resolve(env={})) is None  # plaintext: nothing to check
 
 
 def test_check_peer_files_refuses_an_unreadable_file(tmp_path):
@@ -1102,3 +1123,29 @@ def test_config_command_reports_env_errors_too(clean_env, capsys, monkeypatch):
 def test_label_error_and_config_error_are_distinct_types():
     # ConfigCommand catches both; LabelError reaches it from handle_config code directly.
     assert not issubclass(LabelError, ConfigError)
+
+
+class PathsProbeCommand(ConfigCommand):
+    """Reports what the rest of the process (views, pages, clients) reads while it runs."""
+
+    config_sections = ("coordinator", "paths")
+    needs_database = False
+
+    def handle_config(self, config, **options):
+        seen = settings.DAGU
+        self.stdout.write(f"{seen.paths.dags_dir} {seen.paths.service_registry_dir}")
+        assert seen is config
+
+
+def test_a_commands_flags_are_what_the_whole_process_reads(clean_env, capsys, tmp_path):
+    before = settings.DAGU
+    dags, registry = tmp_path / "flagged-dags", tmp_path / "flagged-registry"
+    call_command(PathsProbeCommand(), "--dags", str(dags), "--service-registry-dir", str(registry))
+    assert capsys.readouterr().out.strip() == f"{dags} {registry}"
+    assert settings.DAGU is before  # put back for whatever runs next in this process
+
+
+def test_config_flags_cannot_be_abbreviated(clean_env, capsys, tmp_path):
+    # `--data X` would pass argparse but not manage.py's early export: two data dirs.
+    with pytest.raises(CommandError, match="unrecognized arguments: --data "):
+        call_command(PathsProbeCommand(), "--data", str(tmp_path))
