@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +36,8 @@ FAST_TIMING = {
 
 
 def free_port() -> int:
+    """A port that was free a moment ago: racy, so only for `demo`, which hands fixed ports to
+    its children. Servers under test bind port 0 and report theirs (see `listening_port`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -49,6 +52,12 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, every: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+def listening_port(log: str, prefix: str) -> int | None:
+    """The port from the last `PREFIX HOST:PORT` line a server printed, if any yet."""
+    found = re.findall(rf"^{re.escape(prefix)} \S*:(\d+)\b", log, flags=re.MULTILINE)
+    return int(found[-1]) if found else None
 
 
 PG_LANE = bool(os.environ.get("E2E_DATABASE_URL"))
@@ -97,12 +106,13 @@ class Cluster:
         self.pg_url = create_pg_database(os.environ["E2E_DATABASE_URL"]) if PG_LANE else ""
         if not self.pg_url:
             shutil.copy(template, home / DB_NAME)
-        self.port = free_port()
+        # The coordinator's gRPC port: bound as 0 and read back when it starts.
+        self.port: int | None = None
         self.registry = home / "service-registry"
         self.env = {
             **os.environ,
             "DAGU_HOME": str(home),
-            "DAGU_COORDINATOR_PORT": str(self.port),
+            "DAGU_COORDINATOR_PORT": "0",
             "DAGU_COORDINATOR_ADVERTISE": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
@@ -132,14 +142,27 @@ class Cluster:
         return proc
 
     def start_coordinator(self, name: str = "coordinator") -> subprocess.Popen[bytes]:
-        proc = self.spawn(name, "coordinator")
-        wait_for(
-            lambda: "listening" in self.log(name) or proc.poll() is not None,
+        # A restart takes the port back, as an operator's would: workers know the address.
+        again = ("--coordinator.port", str(self.port)) if self.port else ()
+        proc = self.spawn(name, "coordinator", *again)
+        self.port = self._wait_port(name, proc, "coordinator listening on", "the coordinator")
+        return proc
+
+    def start_main(self, name: str = "main", *args: str) -> int:
+        """`start_all` on a free web port; returns that port (self.port is its gRPC port)."""
+        proc = self.spawn(name, "start_all", "--port", "0", *args)
+        web = self._wait_port(name, proc, "web UI and API on", "start_all")
+        self.port = self._wait_port(name, proc, "coordinator on", "start_all's coordinator")
+        return web
+
+    def _wait_port(self, name: str, proc: subprocess.Popen[bytes], prefix: str, what: str) -> int:
+        port = wait_for(
+            lambda: listening_port(self.log(name), prefix) or proc.poll() is not None,
             timeout=30,
-            what="the coordinator to listen",
+            what=f"{what} to listen",
         )
         assert proc.poll() is None, self.log(name)
-        return proc
+        return int(port)
 
     def start_worker(
         self, worker_id: str, labels: str = "", *, max_runs: int = 4, extra: tuple[str, ...] = ()

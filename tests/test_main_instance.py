@@ -10,13 +10,16 @@ import urllib.request
 
 import pytest
 
-from tests.procs import Cluster, free_port, wait_for
+from tests.procs import Cluster, free_port, wait_for, write_dag
 
 pytestmark = pytest.mark.processes
 
 
-def get(url: str, token: str | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url)
+def get(url: str, token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -27,18 +30,9 @@ def get(url: str, token: str | None = None) -> tuple[int, dict]:
 
 
 def test_start_all_serves_the_workers_api_with_bearer_tokens(cluster: Cluster):
-    web = free_port()
-    proc = cluster.spawn("main", "start_all", "--port", str(web))
-    wait_for(
-        lambda: "web UI and API" in cluster.log("main") or proc.poll() is not None,
-        timeout=30,
-        what="start_all to listen",
-    )
-    assert proc.poll() is None, cluster.log("main")
+    web = cluster.start_main()
     cluster.start_worker("api-w", "gpu=true,region=eu-west-1")
-    created = cluster.manage("create_api_token", "ops", "--create-user")
-    assert created.returncode == 0, created.stderr
-    token = created.stdout.strip().splitlines()[-1]
+    token = api_token(cluster)
     url = f"http://127.0.0.1:{web}/api/v2/workers"
     status, body = get(url)
     assert status == 401 and "detail" in body
@@ -54,8 +48,41 @@ def test_start_all_serves_the_workers_api_with_bearer_tokens(cluster: Cluster):
     assert cluster.stop("main") == 0
 
 
+def api_token(cluster: Cluster) -> str:
+    created = cluster.manage("create_api_token", "ops", "--create-user")
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip().splitlines()[-1]
+
+
+def test_start_all_serves_the_dags_and_registry_its_flags_name(cluster: Cluster, tmp_path):
+    dags, registry = tmp_path / "flagged-dags", tmp_path / "flagged-registry"
+    dags.mkdir()
+    (cluster.home / "dags").mkdir()
+    write_dag(dags, "flagged", "steps:\n  - name: hello\n    command: echo from-the-flagged-dir\n")
+    write_dag(cluster.home / "dags", "default-dir", "steps:\n  - name: a\n    command: 'true'\n")
+    web = cluster.start_main("main", "--dags", str(dags), "--service-registry-dir", str(registry))
+    token = api_token(cluster)
+    api = f"http://127.0.0.1:{web}/api/v2"
+    status, body = get(f"{api}/dags", token)
+    assert status == 200, body
+    assert [d["name"] for d in body["dags"]] == ["flagged"]
+    assert get(f"{api}/dags/flagged", token)[0] == 200
+    status, body = get(f"{api}/dag-runs", token, {"dag": "flagged"})
+    assert status == 201, body
+    run_id = body["dag_run_id"]
+    assert cluster.wait_run(run_id, timeout=30)["status"] == "succeeded"
+    logs = get(f"{api}/dag-runs/{run_id}/logs", token)[1]
+    assert "from-the-flagged-dir" in json.dumps(logs)
+    # The coordinator registered where the flag says, and nowhere else.
+    assert list((registry / "coordinator").glob("*.json"))
+    assert not cluster.registry.exists()
+    assert cluster.stop("main") == 0
+
+
 def test_make_run_brings_up_the_demo_and_routes_its_run_by_labels(cluster: Cluster):
+    # `demo` hands fixed ports to the processes it starts, so this test picks them.
     web = free_port()
+    cluster.env["DAGU_COORDINATOR_PORT"] = str(free_port())
     proc = cluster.spawn("demo", "demo", "--port", str(web))
     wait_for(
         lambda: "Ctrl-C stops everything" in cluster.log("demo") or proc.poll() is not None,
