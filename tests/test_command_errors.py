@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import Cluster, wait_for
+from tests.procs import DB_NAME, Cluster, wait_for, write_dag
 
 pytestmark = pytest.mark.processes
 
@@ -78,3 +78,31 @@ def test_an_unreachable_database_is_reported_not_a_traceback(cluster: Cluster):
     cluster.env["DATABASE_URL"] = "postgres://nobody@127.0.0.1:1/none"
     line = one_error_line(cluster.manage("workers"))
     assert "database (from DATABASE_URL): cannot connect" in line
+
+
+@pytest.mark.parametrize("damage", ["not-sqlite", "malformed"])
+def test_a_corrupt_sqlite_file_is_reported_in_one_line(damage: str, cluster: Cluster, tmp_path):
+    if cluster.pg_url:
+        pytest.skip("an SQLite file's damage; the PostgreSQL lane has no such file")
+    path = cluster.home / DB_NAME
+    if damage == "not-sqlite":
+        path.write_bytes(b"this is not a database\n" * 400)
+        expected = "is not an SQLite database"
+    else:
+        # The header survives; the schema page and everything after it do not.
+        data = bytearray(path.read_bytes())
+        data[100:] = bytes(range(256)) * ((len(data) - 100) // 256) + b"\0" * (
+            (len(data) - 100) % 256
+        )
+        path.write_bytes(bytes(data))
+        expected = "is damaged (database disk image is malformed)"
+    dag = write_dag(tmp_path, "any", "steps:\n  - name: a\n    command: 'true'\n")
+    for command in (
+        ["coordinator"],
+        ["workers"],
+        ["status", "x"],
+        ["start", str(dag)],
+        ["migrate"],
+    ):
+        line = one_error_line(cluster.manage(*command))
+        assert line.startswith(f"error: database (from {path}): the file {expected}"), command
