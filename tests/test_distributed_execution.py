@@ -65,7 +65,9 @@ def test_start_wait_on_a_gpu_example_names_the_gpu_worker(cluster: Cluster) -> N
 
 
 def test_the_concurrency_cap_is_honoured(cluster: Cluster, tmp_path: Path) -> None:
-    trace = tmp_path / "trace"
+    trace, gate = tmp_path / "trace", tmp_path / "gate"
+    # Each run holds its slot until the test opens the gate, so "two at once" does not depend
+    # on two sleeps happening to overlap on a busy machine.
     dag = write_dag(
         tmp_path,
         "capped",
@@ -73,18 +75,38 @@ def test_the_concurrency_cap_is_honoured(cluster: Cluster, tmp_path: Path) -> No
 worker_selector: {{pool: a}}
 steps:
   - name: hold
-    command: echo start >> {trace}; sleep 0.4; echo end >> {trace}
+    command: echo start >> {trace}; while [ ! -e {gate} ]; do sleep 0.05; done; echo end >> {trace}
 """,
     )
     cluster.start_coordinator()
     # Queue everything first so the worker is offered more than it may take.
     runs = [cluster.start_run(dag) for _ in range(6)]
     cluster.start_worker("capped-1", "pool=a", max_runs=2)
+
+    def trace_lines() -> list[str]:
+        return trace.read_text().split() if trace.exists() else []
+
+    wait_for(lambda: trace_lines().count("start") == 2, timeout=30, what="two runs to start")
+    # The other four were offered to the full worker and refused.
+    wait_for(
+        lambda: (
+            all(
+                cluster.run_row(r)["waiting_reason"] == "matching_workers_busy"
+                for r in runs
+                if cluster.run_row(r)["status"] == "queued"
+            )
+            and sum(cluster.run_row(r)["status"] == "queued" for r in runs) == 4
+        ),
+        timeout=30,
+        what="the other runs to wait for a free slot",
+    )
+    assert trace_lines() == ["start", "start"]
+    gate.touch()
     for run_id in runs:
         assert cluster.wait_run(run_id, timeout=60)["status"] == "succeeded"
     # Replay the trace: the number of runs between a start and its end never exceeds 2.
     depth = peak = 0
-    for line in trace.read_text().split():
+    for line in trace_lines():
         depth += 1 if line == "start" else -1
         peak = max(peak, depth)
     assert peak == 2

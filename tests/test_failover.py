@@ -7,11 +7,14 @@ import json
 import os
 import shutil
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from controlplane.config import resolve
 from tests.procs import Cluster, wait_for, write_dag
+from workers.health import OFFLINE, UNHEALTHY, WARNING, health_status
 
 pytestmark = pytest.mark.processes
 
@@ -32,6 +35,14 @@ steps:
     command: echo publish >> {marks}
 """,
     )
+
+
+def as_utc(value: str | datetime | None) -> datetime | None:
+    """A timestamp column as read back: text without a zone from SQLite, aware from PG."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def marks(tmp_path: Path) -> list[str]:
@@ -72,22 +83,28 @@ def test_a_frozen_worker_goes_unhealthy_and_its_stale_attempt_is_cancelled(
     wait_for(lambda: "train-start" in marks(tmp_path), timeout=30, what="the long step to start")
     os.kill(c.procs["frozen"].pid, signal.SIGSTOP)
     try:
-        seen = []
+        # Health is the age of the row's last heartbeat, as `workers` computes it. Sampling
+        # that command (1-2 s per process under load) skipped the 1.5 s WARNING window on a
+        # busy machine; a read of the row takes a millisecond, so every state is seen.
+        timing = resolve(env=c.env).timing
+        seen: list[str] = []
 
         def health() -> str:
-            rows = json.loads(c.manage("workers", "--json", check=True).stdout)["workers"]
-            state = next(w["health_status"] for w in rows if w["id"] == "frozen")
+            last = as_utc(c.worker_row("frozen")["last_heartbeat_at"])
+            state = health_status(last, now=datetime.now(UTC), timing=timing)
             if not seen or seen[-1] != state:
                 seen.append(state)
             return state
 
         wait_for(
-            lambda: health() == "OFFLINE",
+            lambda: health() == OFFLINE,
             timeout=30,
             what="the frozen worker to go OFFLINE",
-            every=0.3,
+            every=0.02,
         )
-        assert seen[-3:] == ["WARNING", "UNHEALTHY", "OFFLINE"]
+        assert seen[-3:] == [WARNING, UNHEALTHY, OFFLINE]
+        rows = json.loads(c.manage("workers", "--json", check=True).stdout)["workers"]
+        assert next(w["health_status"] for w in rows if w["id"] == "frozen") == OFFLINE
         wait_for(
             lambda: c.run_row(run_id)["status"] == "queued",
             timeout=10,
