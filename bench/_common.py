@@ -32,14 +32,13 @@ if str(ROOT) not in sys.path:
 # The figures are for SQLite; the test harness would switch to PostgreSQL if this were set.
 os.environ.pop("E2E_DATABASE_URL", None)
 
-from tests.procs import Cluster, free_port, migrated_template, wait_for  # noqa: E402
+from tests.procs import Cluster, migrated_template, wait_for  # noqa: E402
 
 __all__ = [
     "ROOT",
     "Cluster",
     "CpuMeter",
     "bench_cluster",
-    "free_port",
     "install_exit_signals",
     "machine_info",
     "percentile",

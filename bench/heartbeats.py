@@ -44,7 +44,6 @@ from _common import (
     Cluster,
     CpuMeter,
     bench_cluster,
-    free_port,
     install_exit_signals,
     print_cpu_profile,
     print_machine,
@@ -370,16 +369,8 @@ def api_token(cluster: Cluster, *, username: str) -> str:
 
 
 def start_web(cluster: Cluster) -> int:
-    port = free_port()
-    proc = cluster.spawn("start_all", "start_all", "--port", str(port))
-    wait_for(
-        lambda: "web UI and API on" in cluster.log("start_all") or proc.poll() is not None,
-        timeout=60,
-        what="start_all to listen",
-    )
-    if proc.poll() is not None:
-        raise RuntimeError(f"start_all exited:\n{cluster.log('start_all')[-2000:]}")
-    return port
+    """start_all on free ports; returns the web port (cluster.port is its coordinator's)."""
+    return cluster.start_main("start_all")
 
 
 def time_requests(
