@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from workers.labels import LabelError, parse_labels
+from workers.yamlload import YamlError, load_one
 
 logger = logging.getLogger(__name__)
 
@@ -442,9 +441,10 @@ def _read_config_file(path: Path, *, key_source: str) -> dict[str, Any]:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError("config", key_source, f"cannot read {path}: {reason}") from None
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", source, f"invalid YAML: {_yaml_problem(exc)}") from None
+        # The loader DAG files use, so `no` or `on` mean the same text in both.
+        document = load_one(text)
+    except YamlError as exc:
+        raise ConfigError("config", source, str(exc)) from None
     if document is None:
         return {}
     if not isinstance(document, Mapping):
@@ -495,14 +495,6 @@ def _hint(name: object, *, section: str) -> str:
             if other and name in spellings:
                 return f'; did you mean "{other}.{name}"?'
     return ""
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    mark = getattr(exc, "problem_mark", None)
-    if mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(problem)
 
 
 # --- resolution ------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ Decisions the contract leaves open:
 - Explicit DAG names and `call` targets are restricted to letters, digits, `_`, `-` and `.`,
   because a call target doubles as a file name in the DAGs dir. Names from the file stem are
   taken as they are; a call target containing `$` is resolved at run time and not checked.
-- Duplicate keys in one YAML mapping are an error (PyYAML would keep the last silently).
-- Only `true`/`false` are booleans (YAML 1.2, as the Go original): `on`, `yes`, `no` are text.
+- YAML is read by `workers.yamlload`, as config files are: duplicate keys are an error,
+  only `true`/`false` are booleans (`on`, `yes`, `no` are text), alias bombs and recursive
+  aliases are refused with one line.
 - `parallel` items are strings, numbers, booleans or mappings; an empty literal list is an
   error (it would launch nothing and "succeed").
 """
@@ -39,6 +40,7 @@ Decisions the contract leaves open:
 from __future__ import annotations
 
 import difflib
+import graphlib
 import math
 import os
 import re
@@ -49,10 +51,10 @@ from datetime import date
 from pathlib import Path
 from types import MappingProxyType
 
-import yaml
 from croniter import croniter
 
 from workers.labels import LabelError, normalize_label_map
+from workers.yamlload import YamlError, load_all
 
 __all__ = [
     "KIND_COMMAND",
@@ -251,59 +253,14 @@ def resolve_params(dag: Dag, overrides: Mapping[str, str]) -> dict[str, str]:
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DAG_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (merge keys excepted)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
-        seen: dict[tuple[str, str], yaml.Node] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-                continue
-            key = (key_node.tag, key_node.value)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f'duplicate key "{key_node.value}"', key_node.start_mark
-                )
-            seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)
-
-
-# YAML 1.2 booleans, as in the Go original (yaml.v3): only true/false. PyYAML's YAML 1.1
-# would read `ON:` as a boolean key and `region: no` as False, which no operator means.
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_StrictLoader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
 
 
 def _load_documents(text: str, problems: list[SpecProblem]) -> list[object]:
     try:
-        # _StrictLoader is a SafeLoader: plain data only, never arbitrary Python objects.
-        documents = list(yaml.load_all(text, Loader=_StrictLoader))
-    except yaml.MarkedYAMLError as exc:
-        problems.append(SpecProblem("", _yaml_error_message(exc)))
+        return load_all(text)
+    except YamlError as exc:
+        problems.append(SpecProblem("", str(exc)))
         return []
-    except yaml.YAMLError as exc:
-        problems.append(SpecProblem("", f"invalid YAML: {exc}"))
-        return []
-    # `---` at the start or end of a file yields empty documents; they hold no DAG.
-    return [doc for doc in documents if doc is not None]
-
-
-def _yaml_error_message(exc: yaml.MarkedYAMLError) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    what = exc.problem or "syntax error"
-    if exc.context:
-        what = f"{what} ({exc.context})"
-    return f"invalid YAML{where}: {what}"
 
 
 # ---- documents and DAGs
@@ -1015,29 +972,31 @@ def _check_dependencies(
 
 
 def _find_cycles(graph: Mapping[str, tuple[str, ...]]) -> list[list[str]]:
-    """One cycle per strongly connected knot, as `[a, b, ..., a]`, in a stable order."""
+    """Cycles as `[a, b, ..., a]` (a -> b: a depends on b), one per knot, in graph order.
+
+    graphlib finds a cycle without recursion, so a 1,200-step chain is fine; each found
+    cycle's nodes are dropped and the search repeats until the rest sorts.
+    """
+    order = {node: i for i, node in enumerate(graph)}
+    remaining = {node: tuple(graph.get(node, ())) for node in graph}
     cycles: list[list[str]] = []
-    done: set[str] = set()
-    for start in graph:
-        if start in done:
-            continue
-        stack: list[str] = []
-        on_stack: set[str] = set()
-
-        def visit(node: str, stack: list[str] = stack, on_stack: set[str] = on_stack) -> None:
-            stack.append(node)
-            on_stack.add(node)
-            for nxt in graph.get(node, ()):
-                if nxt in on_stack:
-                    cycles.append([*stack[stack.index(nxt) :], nxt])
-                elif nxt not in done:
-                    visit(nxt)
-            stack.pop()
-            on_stack.discard(node)
-            done.add(node)
-
-        visit(start)
-    return cycles
+    while True:
+        try:
+            graphlib.TopologicalSorter(remaining).prepare()
+        except graphlib.CycleError as exc:
+            # graphlib lists each node before the one depending on it: reverse for arrows.
+            found: list[str] = list(reversed(exc.args[1]))[:-1]
+            first = min(range(len(found)), key=lambda i: order.get(found[i], len(order)))
+            cycle = found[first:] + found[:first]
+            cycles.append([*cycle, cycle[0]])
+            dropped = set(cycle)
+            remaining = {
+                node: tuple(d for d in deps if d not in dropped)
+                for node, deps in remaining.items()
+                if node not in dropped
+            }
+        else:
+            return sorted(cycles, key=lambda c: order.get(c[0], len(order)))
 
 
 # ---- cross-document checks

@@ -414,7 +414,7 @@ def test_invalid_yaml_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(ConfigError) as excinfo:
         resolve(env={}, config_file=path)
     message = str(excinfo.value)
-    assert message.startswith(f"config (from config file {path}): invalid YAML: ")
+    assert message.startswith(f"config (from config file {path}): invalid YAML at line 3, ")
     assert "line 3" in message
     assert "\n" not in message
 
