@@ -24,7 +24,11 @@ Decisions the contract leaves open:
 - A step needs `command`, `script` or `call`/`run`. `command` next to `script` is the
   interpreter the script is run with (as in Dagu), so that pair is allowed; `call` with
   either is an error.
-- A `call` step without `name` is named after the DAG it calls; any other step must have one.
+- A step without `name` is named `step-N`, N its 1-based position in the DAG's `steps`
+  (`step-N-2`, ... when an explicit name already uses it); call steps too, so two calls of
+  one DAG never clash and a `call: ${VAR}` step has a stable name.
+- A DAG with a top-level `command:` and no `steps` is a one-step DAG (its step `step-1`);
+  with `steps` the command is ignored, with a warning in `DagFile.warnings`.
 - `params` and `env` names must be shell-style names (`[A-Za-z_][A-Za-z0-9_]*`): they become
   environment variables of the steps. A name given twice in one list or string is an error.
 - Explicit DAG names and `call` targets are restricted to letters, digits, `_`, `-` and `.`,
@@ -39,6 +43,7 @@ Decisions the contract leaves open:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import graphlib
 import math
@@ -85,15 +90,26 @@ KIND_PARALLEL = "parallel"
 class SpecProblem:
     path: str  # YAML path, e.g. "steps[2].worker_selector"; "" for the document itself
     message: str
+    # How to get what the author likely meant; shown as a line of its own after the problem.
+    hint: str = ""
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+    def lines(self) -> list[str]:
+        """The problem, then its hint if it has one: each a line for an operator."""
+        if not self.hint:
+            return [str(self)]
+        return [str(self), str(SpecProblem(self.path, f"hint: {self.hint}"))]
 
 
 class DagSpecError(Exception):
     def __init__(self, problems: list[SpecProblem]) -> None:
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
+
+    def lines(self) -> list[str]:
+        return [line for problem in self.problems for line in problem.lines()]
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,8 @@ class DagFile:
     source: str  # path or a label such as "<api>"
     text: str  # the whole file, stored with each run so children resolve from it
     dags: tuple[Dag, ...]
+    # Things that are ignored rather than wrong; `message` starts with "warning: ".
+    warnings: tuple[SpecProblem, ...] = ()
 
     @property
     def main(self) -> Dag:
@@ -184,13 +202,16 @@ def parse_dag_file(
     DAG that is not in this file must have a `<dags_dir>/<name>.yaml` (or `.yml`).
     """
     problems: list[SpecProblem] = []
+    warnings: list[SpecProblem] = []
     documents = _load_documents(text, problems)
     if problems:
         raise DagSpecError(problems)
     if not documents:
         raise DagSpecError([SpecProblem("", "no DAG defined: the file is empty")])
     drafts = [
-        _parse_document(raw, index=i, default_name=default_name, problems=problems)
+        _parse_document(
+            raw, index=i, default_name=default_name, problems=problems, warnings=warnings
+        )
         for i, raw in enumerate(documents)
     ]
     _check_dag_names(drafts, problems)
@@ -198,7 +219,9 @@ def parse_dag_file(
     _check_call_cycles(drafts, problems)
     if problems:
         raise DagSpecError(problems)
-    return DagFile(source=source, text=text, dags=tuple(d.dag for d in drafts))
+    return DagFile(
+        source=source, text=text, dags=tuple(d.dag for d in drafts), warnings=tuple(warnings)
+    )
 
 
 def load_dag_file(path: str | os.PathLike[str], *, dags_dir: Path | None = None) -> DagFile:
@@ -267,6 +290,7 @@ def _load_documents(text: str, problems: list[SpecProblem]) -> list[object]:
 
 _DAG_KEYS = (
     "name",
+    "command",
     "description",
     "schedule",
     "params",
@@ -325,7 +349,12 @@ class _Draft:
 
 
 def _parse_document(
-    raw: object, *, index: int, default_name: str, problems: list[SpecProblem]
+    raw: object,
+    *,
+    index: int,
+    default_name: str,
+    problems: list[SpecProblem],
+    warnings: list[SpecProblem],
 ) -> _Draft:
     prefix = "" if index == 0 else f"[{index}]"
     draft = _Draft(index=index, prefix=prefix, dag=Dag(name="", steps=()), name_given=False)
@@ -348,7 +377,20 @@ def _parse_document(
     selector, force_local = _dag_selector(
         raw_selector, path=_at(prefix, selector_key), problems=problems
     )
-    steps, calls, uses_graph = _parse_steps(raw.get("steps"), prefix=prefix, problems=problems)
+    if "command" in raw and raw.get("steps") is not None:
+        warnings.append(
+            SpecProblem(_at(prefix, "command"), "warning: ignored because steps are given")
+        )
+        steps, calls, uses_graph = _parse_steps(raw["steps"], prefix=prefix, problems=problems)
+    elif "command" in raw:
+        # A one-step DAG: the command is its step, named as an unnamed first step would be.
+        command = _command(raw["command"], path=_at(prefix, "command"), problems=problems)
+        if raw["command"] is None:
+            problems.append(SpecProblem(_at(prefix, "command"), "must not be empty"))
+        steps = (Step(name=_generated_step_name(1, set()), command=command),) if command else ()
+        calls, uses_graph = [], False
+    else:
+        steps, calls, uses_graph = _parse_steps(raw.get("steps"), prefix=prefix, problems=problems)
     draft.calls = calls
     draft.dag = Dag(
         name=name,
@@ -539,6 +581,7 @@ def _parse_steps(
 
     steps: list[Step] = []
     step_paths: list[str] = []
+    positions: list[int] = []
     calls: list[tuple[str, str]] = []
     uses_graph = False
     seen: dict[str, str] = {}
@@ -565,10 +608,30 @@ def _parse_steps(
                 seen[step.name] = step_path
         steps.append(step)
         step_paths.append(step_path)
+        positions.append(i + 1)
+
+    # Unnamed steps are named after their position once every explicit name is known, so
+    # an explicit `step-2` keeps its name and the unnamed second step becomes `step-2-2`.
+    taken = set(seen)
+    for i, (step, position) in enumerate(zip(steps, positions, strict=True)):
+        if not step.name:
+            name = _generated_step_name(position, taken)
+            taken.add(name)
+            steps[i] = dataclasses.replace(step, name=name)
 
     if uses_graph:
         _check_dependencies(steps, step_paths, path=path, problems=problems)
     return tuple(steps), calls, uses_graph
+
+
+def _generated_step_name(position: int, taken: set[str]) -> str:
+    """`step-N` for the step at 1-based `position`, else the first free `step-N-K`."""
+    name = f"step-{position}"
+    suffix = 2
+    while name in taken:
+        name = f"step-{position}-{suffix}"
+        suffix += 1
+    return name
 
 
 def _parse_step(
@@ -678,9 +741,13 @@ def _parse_step(
                 SpecProblem(
                     selector_path,
                     f'executor type "{executor_type}" does not support worker_selector field',
+                    hint=f"to route this step, put {selector_key} at the DAG level, or move "
+                    "the step into a sub-DAG called with call: and put "
+                    f"{selector_key} on that call step",
                 )
             )
 
+    # Without `name` the step stays unnamed here; _parse_steps gives it `step-N`.
     name_path = _at(path, "name")
     name = ""
     raw_name = raw.get("name")
@@ -689,11 +756,6 @@ def _parse_step(
             name = raw_name
         else:
             problems.append(SpecProblem(name_path, "must be a non-empty string"))
-    elif kind in _SUBDAG_KINDS and call is not None:
-        # The step is named after its child; blame the step itself if that name clashes.
-        name, name_path = call, path
-    else:
-        problems.append(SpecProblem(path, "name is required"))
 
     step = Step(
         name=name,
