@@ -97,6 +97,13 @@ class TimingConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    # Sub-DAG calls nested deeper than this fail the calling step: a DAG that (through
+    # other files) calls itself would otherwise spawn runs and threads without end.
+    max_subdag_depth: int = 16
+
+
+@dataclass(frozen=True)
 class Config:
     coordinator: CoordinatorConfig
     worker: WorkerConfig
@@ -109,6 +116,7 @@ class Config:
     sources: Mapping[str, str] = field(default_factory=dict)
     # The config.yaml that was read, if any.
     config_file: Path | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 def default_data_dir() -> Path:
@@ -384,6 +392,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("timing.health_unhealthy_after", _parse_seconds, ("HEALTH_UNHEALTHY_AFTER",)),
     _Setting("timing.health_offline_after", _parse_seconds, ("HEALTH_OFFLINE_AFTER",)),
     _Setting("timing.offline_purge_after", _parse_seconds, ("OFFLINE_PURGE_AFTER",)),
+    _Setting("limits.max_subdag_depth", _parse_positive_int, ("LIMITS_MAX_SUBDAG_DEPTH",)),
 )
 _BY_KEY: dict[str, _Setting] = {s.key: s for s in _SETTINGS}
 SETTING_KEYS: tuple[str, ...] = tuple(_BY_KEY)
@@ -660,6 +669,9 @@ def resolve(
         database_url=picked.get("database_url", ""),
         sources=sources,
         config_file=located[0] if located is not None else None,
+        limits=LimitsConfig(
+            max_subdag_depth=picked.get("limits.max_subdag_depth", LimitsConfig.max_subdag_depth)
+        ),
     )
 
 

@@ -217,6 +217,8 @@ def parse_dag_file(
     _check_dag_names(drafts, problems)
     _check_call_targets(drafts, dags_dir=dags_dir, problems=problems)
     _check_call_cycles(drafts, problems)
+    if dags_dir is not None and not problems:
+        _check_cross_file_cycles(drafts, source=source, dags_dir=dags_dir, problems=problems)
     if problems:
         raise DagSpecError(problems)
     return DagFile(
@@ -228,6 +230,9 @@ def load_dag_file(path: str | os.PathLike[str], *, dags_dir: Path | None = None)
     """Read and parse a DAG file; the main DAG's default name is the file stem."""
     path = Path(path)
     try:
+        # A FIFO or device in the DAGs dir would block or stream forever.
+        if path.exists() and not path.is_file():
+            raise DagSpecError([SpecProblem("", "cannot read file: not a regular file")])
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         problem = f"cannot read file: not UTF-8 text (byte {exc.start})"
@@ -276,6 +281,9 @@ def resolve_params(dag: Dag, overrides: Mapping[str, str]) -> dict[str, str]:
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DAG_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_DAG_NAME_LENGTH = 200  # with ".yaml", well inside every filesystem's name limit
+# `$VAR` or `${VAR}`, as steps' commands and params expand them.
+VAR_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 def _load_documents(text: str, problems: list[SpecProblem]) -> list[object]:
@@ -426,14 +434,22 @@ def _dag_name(value: object, *, path: str, problems: list[SpecProblem]) -> str |
     if not isinstance(value, str) or not value.strip():
         problems.append(SpecProblem(path, "must be a non-empty string"))
         return None
-    if not _DAG_NAME_RE.fullmatch(value):
-        problems.append(SpecProblem(path, _bad_dag_name_message(value)))
+    problem = dag_name_problem(value)
+    if problem:
+        problems.append(SpecProblem(path, problem))
         return None
     return value
 
 
-def _bad_dag_name_message(name: str) -> str:
-    return f'invalid DAG name "{name}": use letters, digits, "_", "-" and "."'
+def dag_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a DAG, or None. A call target doubles as a file name in the
+    DAGs dir, so these rules are what keeps a call inside it (checked again at run time
+    for targets written with variables)."""
+    if len(name) > MAX_DAG_NAME_LENGTH:
+        return f'invalid DAG name "{name[:40]}...": longer than {MAX_DAG_NAME_LENGTH} characters'
+    if not _DAG_NAME_RE.fullmatch(name) or name in (".", ".."):
+        return f'invalid DAG name "{name}": use letters, digits, "_", "-" and "."'
+    return None
 
 
 def _schedule(value: object, *, path: str, problems: list[SpecProblem]) -> tuple[str, ...]:
@@ -826,8 +842,19 @@ def _call_target(value: object, *, path: str, problems: list[SpecProblem]) -> st
         problems.append(SpecProblem(path, "must be the name of a DAG"))
         return None
     target = value.strip()
-    if "$" not in target and not _DAG_NAME_RE.fullmatch(target):
-        problems.append(SpecProblem(path, _bad_dag_name_message(target)))
+    if "$" not in target:
+        problem = dag_name_problem(target)
+    elif dag_name_problem(VAR_REF.sub("x", target)):
+        # Variables are expanded at run time and the result is checked again then; what
+        # is written around them must already fit (`/tmp/x$` or `${DIR}/x` never will).
+        problem = (
+            f'invalid DAG name "{target}": outside its variables, use letters, digits, '
+            '"_", "-" and "."'
+        )
+    else:
+        problem = None
+    if problem:
+        problems.append(SpecProblem(path, problem))
         return None
     return target
 
@@ -1093,13 +1120,25 @@ def _check_call_targets(
                 continue
             if dags_dir is None:
                 continue  # the DAGs dir decides at run time
-            if not any((dags_dir / f"{target}{suffix}").is_file() for suffix in (".yaml", ".yml")):
+            if find_in_dags_dir(target, dags_dir) is None:
                 problems.append(
                     SpecProblem(
                         path,
                         f'unknown DAG "{target}": not in this file nor in {dags_dir}',
                     )
                 )
+
+
+def find_in_dags_dir(name: str, dags_dir: Path) -> Path | None:
+    """`<dags_dir>/<name>.yaml` (or `.yml`) if it is a file; `name` must be a valid name."""
+    for suffix in (".yaml", ".yml"):
+        path = dags_dir / f"{name}{suffix}"
+        try:
+            if path.is_file():
+                return path
+        except OSError:  # a name too long for the filesystem names no file
+            return None
+    return None
 
 
 def _check_call_cycles(drafts: list[_Draft], problems: list[SpecProblem]) -> None:
@@ -1112,6 +1151,102 @@ def _check_call_cycles(drafts: list[_Draft], problems: list[SpecProblem]) -> Non
         draft = by_name[cycle[0]]
         path = next(p for p, t in draft.calls if t == cycle[1])
         problems.append(SpecProblem(path, f"DAG call cycle {' -> '.join(cycle)}"))
+
+
+# A DAG whose calls reach more files than this is checked only that far; the run-time
+# nesting limit still stops whatever cycle lies beyond.
+MAX_CALLED_FILES = 200
+_Node = tuple[str, str]  # (file, DAG name)
+
+
+def _check_cross_file_cycles(
+    drafts: list[_Draft], *, source: str, dags_dir: Path, problems: list[SpecProblem]
+) -> None:
+    """Call cycles through DAG files in the DAGs dir (`ping` calls `pong`, which calls
+    `ping`), followed as runs resolve calls: the caller's own file first, then
+    `<dags_dir>/<name>.yaml`. Cycles inside this file are _check_call_cycles' business."""
+    here = _file_key(Path(source))
+    calls_in: dict[str, dict[str, list[str]]] = {
+        here: {d.dag.name: [t for _, t in d.calls] for d in drafts if d.dag.name}
+    }
+    graph: dict[_Node, list[_Node]] = {}
+    todo: list[_Node] = [(here, name) for name in calls_in[here]]
+    while todo:
+        node = todo.pop()
+        if node in graph:
+            continue
+        file, name = node
+        graph[node] = []
+        for target in calls_in[file].get(name, []):
+            if "$" in target:
+                continue  # resolved at run time, where the nesting limit applies
+            if target in calls_in[file]:
+                callee: _Node = (file, target)
+            else:
+                path = find_in_dags_dir(target, dags_dir)
+                if path is None:
+                    continue
+                key = _file_key(path)
+                if key not in calls_in:
+                    if len(calls_in) >= MAX_CALLED_FILES:
+                        continue
+                    calls_in[key] = _calls_of(path)
+                if target not in calls_in[key]:
+                    continue
+                callee = (key, target)
+            graph[node].append(callee)
+            todo.append(callee)
+
+    def label(node: _Node) -> str:
+        return f"{node[1]} ({source if node[0] == here else node[0]})"
+
+    labels = {label(n): n for n in graph}
+    cycles = _find_cycles({label(n): tuple(label(c) for c in cs) for n, cs in graph.items()})
+    for cycle in cycles:
+        nodes = [labels[text] for text in cycle]
+        if all(file == here for file, _ in nodes):
+            continue
+        path = _blame(drafts, graph, set(nodes), here=here)
+        what = (
+            "DAG call cycle" if any(f == here for f, _ in nodes) else "calls into a DAG call cycle"
+        )
+        problems.append(SpecProblem(path, f"{what} across files {' -> '.join(cycle)}"))
+
+
+def _file_key(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return str(path)
+
+
+def _calls_of(path: Path) -> dict[str, list[str]]:
+    """{DAG name: call targets} of a file in the DAGs dir; {} if it cannot be read."""
+    try:
+        dag_file = load_dag_file(path)
+    except DagSpecError:
+        return {}
+    return {d.name: [s.call for s in d.steps if s.call] for d in dag_file.dags}
+
+
+def _blame(
+    drafts: list[_Draft], graph: Mapping[_Node, list[_Node]], cycle: set[_Node], *, here: str
+) -> str:
+    """The path of the first call in this file from which the cycle is reachable."""
+    for draft in drafts:
+        callees = graph.get((here, draft.dag.name), [])
+        for call_path, target in draft.calls:
+            todo = [c for c in callees if c[1] == target]
+            seen = set(todo)
+            while todo:
+                node = todo.pop()
+                if node in cycle:
+                    return call_path
+                for nxt in graph.get(node, []):
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        todo.append(nxt)
+    return ""
 
 
 # ---- small value helpers
