@@ -950,7 +950,10 @@ def test_step_level_selector_must_be_a_map():
 
 
 def test_call_of_a_dag_in_the_same_file_needs_no_dags_dir():
-    parse(one_step("name: go\ncall: child") + CHILD, dags_dir=None)
+    dag_file = parse(one_step("name: go\ncall: child") + CHILD, dags_dir=None)
+    step = dag_file.main.step("go")
+    assert (step.kind, step.call) == (KIND_DAG, "child")
+    assert dag_file.get("child") is dag_file.dags[1]
 
 
 def test_unknown_call_target_is_an_error_when_the_dags_dir_is_known(tmp_path):
@@ -971,15 +974,22 @@ def test_unknown_call_target_in_a_later_dag_names_its_document(tmp_path):
 @pytest.mark.parametrize("suffix", [".yaml", ".yml"])
 def test_call_target_in_the_dags_dir_is_found(tmp_path, suffix):
     (tmp_path / f"elsewhere{suffix}").write_text("steps: [{name: a, command: echo}]\n")
-    parse(one_step("name: go\ncall: elsewhere"), dags_dir=tmp_path)
+    dag_file = parse(one_step("name: go\ncall: elsewhere"), dags_dir=tmp_path)
+    assert dag_file.main.step("go").call == "elsewhere"
+    assert dag_file.get("elsewhere") is None  # it stays in its own file
+    assert problems(one_step("name: go\ncall: missing"), dags_dir=tmp_path) == [
+        f'steps[0].call: unknown DAG "missing": not in this file nor in {tmp_path}'
+    ]
 
 
 def test_call_target_is_not_checked_without_a_dags_dir():
-    parse(one_step("name: go\ncall: elsewhere"))
+    step = parse(one_step("name: go\ncall: elsewhere")).main.step("go")
+    assert (step.kind, step.call) == (KIND_DAG, "elsewhere")
 
 
 def test_call_target_with_a_variable_is_left_to_run_time(tmp_path):
-    parse(one_step("name: go\ncall: ${CHILD}"), dags_dir=tmp_path)
+    step = parse(one_step("name: go\ncall: ${CHILD}"), dags_dir=tmp_path).main.step("go")
+    assert (step.kind, step.call) == (KIND_DAG, "${CHILD}")
 
 
 def test_call_target_must_be_a_plain_dag_name():
