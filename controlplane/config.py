@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from workers.labels import LabelError, parse_labels
+from workers.yamlload import YamlError, load_one
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +97,13 @@ class TimingConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    # Sub-DAG calls nested deeper than this fail the calling step: a DAG that (through
+    # other files) calls itself would otherwise spawn runs and threads without end.
+    max_subdag_depth: int = 16
+
+
+@dataclass(frozen=True)
 class Config:
     coordinator: CoordinatorConfig
     worker: WorkerConfig
@@ -110,6 +116,7 @@ class Config:
     sources: Mapping[str, str] = field(default_factory=dict)
     # The config.yaml that was read, if any.
     config_file: Path | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 def default_data_dir() -> Path:
@@ -395,6 +402,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("timing.health_unhealthy_after", _parse_seconds, ("HEALTH_UNHEALTHY_AFTER",)),
     _Setting("timing.health_offline_after", _parse_seconds, ("HEALTH_OFFLINE_AFTER",)),
     _Setting("timing.offline_purge_after", _parse_seconds, ("OFFLINE_PURGE_AFTER",)),
+    _Setting("limits.max_subdag_depth", _parse_positive_int, ("LIMITS_MAX_SUBDAG_DEPTH",)),
 )
 _BY_KEY: dict[str, _Setting] = {s.key: s for s in _SETTINGS}
 SETTING_KEYS: tuple[str, ...] = tuple(_BY_KEY)
@@ -452,9 +460,10 @@ def _read_config_file(path: Path, *, key_source: str) -> dict[str, Any]:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError("config", key_source, f"cannot read {path}: {reason}") from None
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", source, f"invalid YAML: {_yaml_problem(exc)}") from None
+        # The loader DAG files use, so `no` or `on` mean the same text in both.
+        document = load_one(text)
+    except YamlError as exc:
+        raise ConfigError("config", source, str(exc)) from None
     if document is None:
         return {}
     if not isinstance(document, Mapping):
@@ -505,14 +514,6 @@ def _hint(name: object, *, section: str) -> str:
             if other and name in spellings:
                 return f'; did you mean "{other}.{name}"?'
     return ""
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    mark = getattr(exc, "problem_mark", None)
-    if mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(problem)
 
 
 # --- resolution ------------------------------------------------------------------------------
@@ -678,6 +679,9 @@ def resolve(
         database_url=picked.get("database_url", ""),
         sources=sources,
         config_file=located[0] if located is not None else None,
+        limits=LimitsConfig(
+            max_subdag_depth=picked.get("limits.max_subdag_depth", LimitsConfig.max_subdag_depth)
+        ),
     )
 
 

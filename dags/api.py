@@ -156,7 +156,9 @@ class RunCreatedSerializer(serializers.Serializer):
 
 class SpecErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
-    errors = serializers.ListField(child=serializers.CharField(), help_text="PATH: MESSAGE")
+    errors = serializers.ListField(
+        child=serializers.CharField(), help_text="PATH: MESSAGE, or PATH: hint: HOW TO FIX"
+    )
 
 
 class StepLogSerializer(serializers.Serializer):
@@ -177,7 +179,12 @@ class DagSerializer(serializers.Serializer):
     schedule = serializers.ListField(child=serializers.CharField())
     worker_selector = serializers.JSONField(help_text='a label map, "local", or null if invalid')
     valid = serializers.BooleanField()
-    errors = serializers.ListField(child=serializers.CharField())
+    errors = serializers.ListField(
+        child=serializers.CharField(), help_text="PATH: MESSAGE, each followed by its hint line"
+    )
+    warnings = serializers.ListField(
+        child=serializers.CharField(), help_text="PATH: warning: MESSAGE (the DAG is still valid)"
+    )
 
 
 class DagListSerializer(serializers.Serializer):
@@ -282,7 +289,8 @@ def describe_dag_file(path: Path, *, dags_dir: Path) -> tuple[dict[str, Any], Da
             "schedule": [],
             "worker_selector": None,
             "valid": False,
-            "errors": [str(p) for p in exc.problems],
+            "errors": exc.lines(),
+            "warnings": [],
         }
         return entry, None
     main = dag_file.main
@@ -294,6 +302,7 @@ def describe_dag_file(path: Path, *, dags_dir: Path) -> tuple[dict[str, Any], Da
         "worker_selector": "local" if main.force_local else dict(main.worker_selector),
         "valid": True,
         "errors": [],
+        "warnings": [str(w) for w in dag_file.warnings],
     }
     return entry, dag_file
 
@@ -343,9 +352,9 @@ def dag_file_from_request(data: object) -> tuple[DagFile, str]:
 
 
 def spec_error_response(exc: DagSpecError) -> Response:
-    errors = [str(p) for p in exc.problems]
+    errors = exc.lines()
     return Response(
-        {"detail": f"invalid DAG spec: {len(errors)} problem(s)", "errors": errors},
+        {"detail": f"invalid DAG spec: {len(exc.problems)} problem(s)", "errors": errors},
         status=status.HTTP_400_BAD_REQUEST,
     )
 

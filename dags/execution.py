@@ -41,7 +41,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from dags.spec import KIND_COMMAND, KIND_DAG, KIND_PARALLEL, Dag, Parallel, Step
+from dags.spec import (
+    KIND_COMMAND,
+    KIND_DAG,
+    KIND_PARALLEL,
+    Dag,
+    Parallel,
+    Step,
+    dag_name_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -398,6 +406,7 @@ class _StepRunner:
     def __init__(self, run: _Run, step: Step) -> None:
         self.run_state = run
         self.step = step
+        self.call_target = step.call or ""  # a sub-DAG step's DAG, variables expanded
 
     def run(self) -> None:
         run = self.run_state
@@ -536,6 +545,11 @@ class _StepRunner:
             return _StepResult(FAILED, error="sub-DAG steps need a coordinator")
         if not self.step.call:
             return _StepResult(FAILED, error="sub-DAG step has no DAG to call")
+        # `call: ${VAR}` names its DAG from params and env now, under the file's name rules.
+        self.call_target = expand_vars(self.step.call, env)
+        problem = dag_name_problem(self.call_target)
+        if problem:
+            return _StepResult(FAILED, error=f'call "{self.step.call}": {problem}')
         done = threading.Event()
         # Launchers wait on a plain Event, so something must set it on abort or timeout.
         watcher = threading.Thread(
@@ -598,7 +612,7 @@ class _StepRunner:
         request = ChildRequest(
             step=self.step.name,
             item_index=item_index,
-            dag_name=self.step.call or "",
+            dag_name=self.call_target,
             params=params,
             worker_selector=self.step.worker_selector,
         )

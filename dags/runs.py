@@ -28,7 +28,15 @@ from dags.models import (
     StepRun,
     StepStatus,
 )
-from dags.spec import Dag, DagFile, load_dag_file, parse_stored_dag_file, resolve_params
+from dags.spec import (
+    Dag,
+    DagFile,
+    dag_name_problem,
+    find_in_dags_dir,
+    load_dag_file,
+    parse_stored_dag_file,
+    resolve_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -340,6 +348,7 @@ def start_child_run(
     ).first()
     if existing:
         return existing
+    check_nesting(parent, dag_name, limit=config.limits.max_subdag_depth)
     dag_file = child_dag_file(parent, dag_name, dags_dir=Path(config.paths.dags_dir))
     return create_run(
         dag_file,
@@ -354,13 +363,31 @@ def start_child_run(
     )
 
 
+def check_nesting(parent: DagRun, dag_name: str, *, limit: int) -> None:
+    """Refuse a child nested deeper than `limit` sub-DAG levels below its root run."""
+    depth, run = 1, parent
+    while run.parent_id is not None and depth <= limit:
+        depth += 1
+        run = run.parent  # type: ignore[assignment]
+    if depth > limit:
+        raise RunError(
+            f'sub-DAG "{dag_name}" not started: it would nest deeper than '
+            f"limits.max_subdag_depth ({limit}) sub-DAG levels; does a DAG call itself?"
+        )
+
+
 def child_dag_file(parent: DagRun, dag_name: str, *, dags_dir: Path) -> DagFile:
-    """A child comes from the parent's own file, else from `<dags_dir>/<name>.yaml`."""
+    """A child comes from the parent's own file, else from `<dags_dir>/<name>.yaml`.
+
+    The name comes from a worker (or a `call: ${VAR}` expanded at run time), so it gets
+    the name rules of DAG files again before it can touch the filesystem."""
     own = parse_stored_dag_file(parent.spec, source=parent.source)
     if own.get(dag_name) is not None:
         return own
-    for suffix in (".yaml", ".yml"):
-        path = dags_dir / f"{dag_name}{suffix}"
-        if path.exists():
-            return load_dag_file(path)
+    problem = dag_name_problem(dag_name)
+    if problem:
+        raise RunError(f"sub-DAG not started: {problem}")
+    path = find_in_dags_dir(dag_name, dags_dir)
+    if path is not None:
+        return load_dag_file(path)
     raise RunError(f'sub-DAG "{dag_name}" is neither in {parent.source} nor in {dags_dir}')

@@ -24,21 +24,28 @@ Decisions the contract leaves open:
 - A step needs `command`, `script` or `call`/`run`. `command` next to `script` is the
   interpreter the script is run with (as in Dagu), so that pair is allowed; `call` with
   either is an error.
-- A `call` step without `name` is named after the DAG it calls; any other step must have one.
+- A step without `name` is named `step-N`, N its 1-based position in the DAG's `steps`
+  (`step-N-2`, ... when an explicit name already uses it); call steps too, so two calls of
+  one DAG never clash and a `call: ${VAR}` step has a stable name.
+- A DAG with a top-level `command:` and no `steps` is a one-step DAG (its step `step-1`);
+  with `steps` the command is ignored, with a warning in `DagFile.warnings`.
 - `params` and `env` names must be shell-style names (`[A-Za-z_][A-Za-z0-9_]*`): they become
   environment variables of the steps. A name given twice in one list or string is an error.
 - Explicit DAG names and `call` targets are restricted to letters, digits, `_`, `-` and `.`,
   because a call target doubles as a file name in the DAGs dir. Names from the file stem are
   taken as they are; a call target containing `$` is resolved at run time and not checked.
-- Duplicate keys in one YAML mapping are an error (PyYAML would keep the last silently).
-- Only `true`/`false` are booleans (YAML 1.2, as the Go original): `on`, `yes`, `no` are text.
+- YAML is read by `workers.yamlload`, as config files are: duplicate keys are an error,
+  only `true`/`false` are booleans (`on`, `yes`, `no` are text), alias bombs and recursive
+  aliases are refused with one line.
 - `parallel` items are strings, numbers, booleans or mappings; an empty literal list is an
   error (it would launch nothing and "succeed").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import graphlib
 import math
 import os
 import re
@@ -49,10 +56,10 @@ from datetime import date
 from pathlib import Path
 from types import MappingProxyType
 
-import yaml
 from croniter import croniter
 
 from workers.labels import LabelError, normalize_label_map
+from workers.yamlload import YamlError, load_all
 
 __all__ = [
     "KIND_COMMAND",
@@ -83,15 +90,26 @@ KIND_PARALLEL = "parallel"
 class SpecProblem:
     path: str  # YAML path, e.g. "steps[2].worker_selector"; "" for the document itself
     message: str
+    # How to get what the author likely meant; shown as a line of its own after the problem.
+    hint: str = ""
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+    def lines(self) -> list[str]:
+        """The problem, then its hint if it has one: each a line for an operator."""
+        if not self.hint:
+            return [str(self)]
+        return [str(self), str(SpecProblem(self.path, f"hint: {self.hint}"))]
 
 
 class DagSpecError(Exception):
     def __init__(self, problems: list[SpecProblem]) -> None:
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
+
+    def lines(self) -> list[str]:
+        return [line for problem in self.problems for line in problem.lines()]
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,8 @@ class DagFile:
     source: str  # path or a label such as "<api>"
     text: str  # the whole file, stored with each run so children resolve from it
     dags: tuple[Dag, ...]
+    # Things that are ignored rather than wrong; `message` starts with "warning: ".
+    warnings: tuple[SpecProblem, ...] = ()
 
     @property
     def main(self) -> Dag:
@@ -182,27 +202,37 @@ def parse_dag_file(
     DAG that is not in this file must have a `<dags_dir>/<name>.yaml` (or `.yml`).
     """
     problems: list[SpecProblem] = []
+    warnings: list[SpecProblem] = []
     documents = _load_documents(text, problems)
     if problems:
         raise DagSpecError(problems)
     if not documents:
         raise DagSpecError([SpecProblem("", "no DAG defined: the file is empty")])
     drafts = [
-        _parse_document(raw, index=i, default_name=default_name, problems=problems)
+        _parse_document(
+            raw, index=i, default_name=default_name, problems=problems, warnings=warnings
+        )
         for i, raw in enumerate(documents)
     ]
     _check_dag_names(drafts, problems)
     _check_call_targets(drafts, dags_dir=dags_dir, problems=problems)
     _check_call_cycles(drafts, problems)
+    if dags_dir is not None and not problems:
+        _check_cross_file_cycles(drafts, source=source, dags_dir=dags_dir, problems=problems)
     if problems:
         raise DagSpecError(problems)
-    return DagFile(source=source, text=text, dags=tuple(d.dag for d in drafts))
+    return DagFile(
+        source=source, text=text, dags=tuple(d.dag for d in drafts), warnings=tuple(warnings)
+    )
 
 
 def load_dag_file(path: str | os.PathLike[str], *, dags_dir: Path | None = None) -> DagFile:
     """Read and parse a DAG file; the main DAG's default name is the file stem."""
     path = Path(path)
     try:
+        # A FIFO or device in the DAGs dir would block or stream forever.
+        if path.exists() and not path.is_file():
+            raise DagSpecError([SpecProblem("", "cannot read file: not a regular file")])
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         problem = f"cannot read file: not UTF-8 text (byte {exc.start})"
@@ -251,65 +281,24 @@ def resolve_params(dag: Dag, overrides: Mapping[str, str]) -> dict[str, str]:
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DAG_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (merge keys excepted)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
-        seen: dict[tuple[str, str], yaml.Node] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-                continue
-            key = (key_node.tag, key_node.value)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f'duplicate key "{key_node.value}"', key_node.start_mark
-                )
-            seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)
-
-
-# YAML 1.2 booleans, as in the Go original (yaml.v3): only true/false. PyYAML's YAML 1.1
-# would read `ON:` as a boolean key and `region: no` as False, which no operator means.
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_StrictLoader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+MAX_DAG_NAME_LENGTH = 200  # with ".yaml", well inside every filesystem's name limit
+# `$VAR` or `${VAR}`, as steps' commands and params expand them.
+VAR_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 def _load_documents(text: str, problems: list[SpecProblem]) -> list[object]:
     try:
-        # _StrictLoader is a SafeLoader: plain data only, never arbitrary Python objects.
-        documents = list(yaml.load_all(text, Loader=_StrictLoader))
-    except yaml.MarkedYAMLError as exc:
-        problems.append(SpecProblem("", _yaml_error_message(exc)))
+        return load_all(text)
+    except YamlError as exc:
+        problems.append(SpecProblem("", str(exc)))
         return []
-    except yaml.YAMLError as exc:
-        problems.append(SpecProblem("", f"invalid YAML: {exc}"))
-        return []
-    # `---` at the start or end of a file yields empty documents; they hold no DAG.
-    return [doc for doc in documents if doc is not None]
-
-
-def _yaml_error_message(exc: yaml.MarkedYAMLError) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    what = exc.problem or "syntax error"
-    if exc.context:
-        what = f"{what} ({exc.context})"
-    return f"invalid YAML{where}: {what}"
 
 
 # ---- documents and DAGs
 
 _DAG_KEYS = (
     "name",
+    "command",
     "description",
     "schedule",
     "params",
@@ -368,7 +357,12 @@ class _Draft:
 
 
 def _parse_document(
-    raw: object, *, index: int, default_name: str, problems: list[SpecProblem]
+    raw: object,
+    *,
+    index: int,
+    default_name: str,
+    problems: list[SpecProblem],
+    warnings: list[SpecProblem],
 ) -> _Draft:
     prefix = "" if index == 0 else f"[{index}]"
     draft = _Draft(index=index, prefix=prefix, dag=Dag(name="", steps=()), name_given=False)
@@ -391,7 +385,20 @@ def _parse_document(
     selector, force_local = _dag_selector(
         raw_selector, path=_at(prefix, selector_key), problems=problems
     )
-    steps, calls, uses_graph = _parse_steps(raw.get("steps"), prefix=prefix, problems=problems)
+    if "command" in raw and raw.get("steps") is not None:
+        warnings.append(
+            SpecProblem(_at(prefix, "command"), "warning: ignored because steps are given")
+        )
+        steps, calls, uses_graph = _parse_steps(raw["steps"], prefix=prefix, problems=problems)
+    elif "command" in raw:
+        # A one-step DAG: the command is its step, named as an unnamed first step would be.
+        command = _command(raw["command"], path=_at(prefix, "command"), problems=problems)
+        if raw["command"] is None:
+            problems.append(SpecProblem(_at(prefix, "command"), "must not be empty"))
+        steps = (Step(name=_generated_step_name(1, set()), command=command),) if command else ()
+        calls, uses_graph = [], False
+    else:
+        steps, calls, uses_graph = _parse_steps(raw.get("steps"), prefix=prefix, problems=problems)
     draft.calls = calls
     draft.dag = Dag(
         name=name,
@@ -427,14 +434,22 @@ def _dag_name(value: object, *, path: str, problems: list[SpecProblem]) -> str |
     if not isinstance(value, str) or not value.strip():
         problems.append(SpecProblem(path, "must be a non-empty string"))
         return None
-    if not _DAG_NAME_RE.fullmatch(value):
-        problems.append(SpecProblem(path, _bad_dag_name_message(value)))
+    problem = dag_name_problem(value)
+    if problem:
+        problems.append(SpecProblem(path, problem))
         return None
     return value
 
 
-def _bad_dag_name_message(name: str) -> str:
-    return f'invalid DAG name "{name}": use letters, digits, "_", "-" and "."'
+def dag_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a DAG, or None. A call target doubles as a file name in the
+    DAGs dir, so these rules are what keeps a call inside it (checked again at run time
+    for targets written with variables)."""
+    if len(name) > MAX_DAG_NAME_LENGTH:
+        return f'invalid DAG name "{name[:40]}...": longer than {MAX_DAG_NAME_LENGTH} characters'
+    if not _DAG_NAME_RE.fullmatch(name) or name in (".", ".."):
+        return f'invalid DAG name "{name}": use letters, digits, "_", "-" and "."'
+    return None
 
 
 def _schedule(value: object, *, path: str, problems: list[SpecProblem]) -> tuple[str, ...]:
@@ -582,6 +597,7 @@ def _parse_steps(
 
     steps: list[Step] = []
     step_paths: list[str] = []
+    positions: list[int] = []
     calls: list[tuple[str, str]] = []
     uses_graph = False
     seen: dict[str, str] = {}
@@ -608,10 +624,30 @@ def _parse_steps(
                 seen[step.name] = step_path
         steps.append(step)
         step_paths.append(step_path)
+        positions.append(i + 1)
+
+    # Unnamed steps are named after their position once every explicit name is known, so
+    # an explicit `step-2` keeps its name and the unnamed second step becomes `step-2-2`.
+    taken = set(seen)
+    for i, (step, position) in enumerate(zip(steps, positions, strict=True)):
+        if not step.name:
+            name = _generated_step_name(position, taken)
+            taken.add(name)
+            steps[i] = dataclasses.replace(step, name=name)
 
     if uses_graph:
         _check_dependencies(steps, step_paths, path=path, problems=problems)
     return tuple(steps), calls, uses_graph
+
+
+def _generated_step_name(position: int, taken: set[str]) -> str:
+    """`step-N` for the step at 1-based `position`, else the first free `step-N-K`."""
+    name = f"step-{position}"
+    suffix = 2
+    while name in taken:
+        name = f"step-{position}-{suffix}"
+        suffix += 1
+    return name
 
 
 def _parse_step(
@@ -721,9 +757,13 @@ def _parse_step(
                 SpecProblem(
                     selector_path,
                     f'executor type "{executor_type}" does not support worker_selector field',
+                    hint=f"to route this step, put {selector_key} at the DAG level, or move "
+                    "the step into a sub-DAG called with call: and put "
+                    f"{selector_key} on that call step",
                 )
             )
 
+    # Without `name` the step stays unnamed here; _parse_steps gives it `step-N`.
     name_path = _at(path, "name")
     name = ""
     raw_name = raw.get("name")
@@ -732,11 +772,6 @@ def _parse_step(
             name = raw_name
         else:
             problems.append(SpecProblem(name_path, "must be a non-empty string"))
-    elif kind in _SUBDAG_KINDS and call is not None:
-        # The step is named after its child; blame the step itself if that name clashes.
-        name, name_path = call, path
-    else:
-        problems.append(SpecProblem(path, "name is required"))
 
     step = Step(
         name=name,
@@ -807,8 +842,19 @@ def _call_target(value: object, *, path: str, problems: list[SpecProblem]) -> st
         problems.append(SpecProblem(path, "must be the name of a DAG"))
         return None
     target = value.strip()
-    if "$" not in target and not _DAG_NAME_RE.fullmatch(target):
-        problems.append(SpecProblem(path, _bad_dag_name_message(target)))
+    if "$" not in target:
+        problem = dag_name_problem(target)
+    elif dag_name_problem(VAR_REF.sub("x", target)):
+        # Variables are expanded at run time and the result is checked again then; what
+        # is written around them must already fit (`/tmp/x$` or `${DIR}/x` never will).
+        problem = (
+            f'invalid DAG name "{target}": outside its variables, use letters, digits, '
+            '"_", "-" and "."'
+        )
+    else:
+        problem = None
+    if problem:
+        problems.append(SpecProblem(path, problem))
         return None
     return target
 
@@ -1015,29 +1061,31 @@ def _check_dependencies(
 
 
 def _find_cycles(graph: Mapping[str, tuple[str, ...]]) -> list[list[str]]:
-    """One cycle per strongly connected knot, as `[a, b, ..., a]`, in a stable order."""
+    """Cycles as `[a, b, ..., a]` (a -> b: a depends on b), one per knot, in graph order.
+
+    graphlib finds a cycle without recursion, so a 1,200-step chain is fine; each found
+    cycle's nodes are dropped and the search repeats until the rest sorts.
+    """
+    order = {node: i for i, node in enumerate(graph)}
+    remaining = {node: tuple(graph.get(node, ())) for node in graph}
     cycles: list[list[str]] = []
-    done: set[str] = set()
-    for start in graph:
-        if start in done:
-            continue
-        stack: list[str] = []
-        on_stack: set[str] = set()
-
-        def visit(node: str, stack: list[str] = stack, on_stack: set[str] = on_stack) -> None:
-            stack.append(node)
-            on_stack.add(node)
-            for nxt in graph.get(node, ()):
-                if nxt in on_stack:
-                    cycles.append([*stack[stack.index(nxt) :], nxt])
-                elif nxt not in done:
-                    visit(nxt)
-            stack.pop()
-            on_stack.discard(node)
-            done.add(node)
-
-        visit(start)
-    return cycles
+    while True:
+        try:
+            graphlib.TopologicalSorter(remaining).prepare()
+        except graphlib.CycleError as exc:
+            # graphlib lists each node before the one depending on it: reverse for arrows.
+            found: list[str] = list(reversed(exc.args[1]))[:-1]
+            first = min(range(len(found)), key=lambda i: order.get(found[i], len(order)))
+            cycle = found[first:] + found[:first]
+            cycles.append([*cycle, cycle[0]])
+            dropped = set(cycle)
+            remaining = {
+                node: tuple(d for d in deps if d not in dropped)
+                for node, deps in remaining.items()
+                if node not in dropped
+            }
+        else:
+            return sorted(cycles, key=lambda c: order.get(c[0], len(order)))
 
 
 # ---- cross-document checks
@@ -1072,13 +1120,25 @@ def _check_call_targets(
                 continue
             if dags_dir is None:
                 continue  # the DAGs dir decides at run time
-            if not any((dags_dir / f"{target}{suffix}").is_file() for suffix in (".yaml", ".yml")):
+            if find_in_dags_dir(target, dags_dir) is None:
                 problems.append(
                     SpecProblem(
                         path,
                         f'unknown DAG "{target}": not in this file nor in {dags_dir}',
                     )
                 )
+
+
+def find_in_dags_dir(name: str, dags_dir: Path) -> Path | None:
+    """`<dags_dir>/<name>.yaml` (or `.yml`) if it is a file; `name` must be a valid name."""
+    for suffix in (".yaml", ".yml"):
+        path = dags_dir / f"{name}{suffix}"
+        try:
+            if path.is_file():
+                return path
+        except OSError:  # a name too long for the filesystem names no file
+            return None
+    return None
 
 
 def _check_call_cycles(drafts: list[_Draft], problems: list[SpecProblem]) -> None:
@@ -1091,6 +1151,102 @@ def _check_call_cycles(drafts: list[_Draft], problems: list[SpecProblem]) -> Non
         draft = by_name[cycle[0]]
         path = next(p for p, t in draft.calls if t == cycle[1])
         problems.append(SpecProblem(path, f"DAG call cycle {' -> '.join(cycle)}"))
+
+
+# A DAG whose calls reach more files than this is checked only that far; the run-time
+# nesting limit still stops whatever cycle lies beyond.
+MAX_CALLED_FILES = 200
+_Node = tuple[str, str]  # (file, DAG name)
+
+
+def _check_cross_file_cycles(
+    drafts: list[_Draft], *, source: str, dags_dir: Path, problems: list[SpecProblem]
+) -> None:
+    """Call cycles through DAG files in the DAGs dir (`ping` calls `pong`, which calls
+    `ping`), followed as runs resolve calls: the caller's own file first, then
+    `<dags_dir>/<name>.yaml`. Cycles inside this file are _check_call_cycles' business."""
+    here = _file_key(Path(source))
+    calls_in: dict[str, dict[str, list[str]]] = {
+        here: {d.dag.name: [t for _, t in d.calls] for d in drafts if d.dag.name}
+    }
+    graph: dict[_Node, list[_Node]] = {}
+    todo: list[_Node] = [(here, name) for name in calls_in[here]]
+    while todo:
+        node = todo.pop()
+        if node in graph:
+            continue
+        file, name = node
+        graph[node] = []
+        for target in calls_in[file].get(name, []):
+            if "$" in target:
+                continue  # resolved at run time, where the nesting limit applies
+            if target in calls_in[file]:
+                callee: _Node = (file, target)
+            else:
+                path = find_in_dags_dir(target, dags_dir)
+                if path is None:
+                    continue
+                key = _file_key(path)
+                if key not in calls_in:
+                    if len(calls_in) >= MAX_CALLED_FILES:
+                        continue
+                    calls_in[key] = _calls_of(path)
+                if target not in calls_in[key]:
+                    continue
+                callee = (key, target)
+            graph[node].append(callee)
+            todo.append(callee)
+
+    def label(node: _Node) -> str:
+        return f"{node[1]} ({source if node[0] == here else node[0]})"
+
+    labels = {label(n): n for n in graph}
+    cycles = _find_cycles({label(n): tuple(label(c) for c in cs) for n, cs in graph.items()})
+    for cycle in cycles:
+        nodes = [labels[text] for text in cycle]
+        if all(file == here for file, _ in nodes):
+            continue
+        path = _blame(drafts, graph, set(nodes), here=here)
+        what = (
+            "DAG call cycle" if any(f == here for f, _ in nodes) else "calls into a DAG call cycle"
+        )
+        problems.append(SpecProblem(path, f"{what} across files {' -> '.join(cycle)}"))
+
+
+def _file_key(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return str(path)
+
+
+def _calls_of(path: Path) -> dict[str, list[str]]:
+    """{DAG name: call targets} of a file in the DAGs dir; {} if it cannot be read."""
+    try:
+        dag_file = load_dag_file(path)
+    except DagSpecError:
+        return {}
+    return {d.name: [s.call for s in d.steps if s.call] for d in dag_file.dags}
+
+
+def _blame(
+    drafts: list[_Draft], graph: Mapping[_Node, list[_Node]], cycle: set[_Node], *, here: str
+) -> str:
+    """The path of the first call in this file from which the cycle is reachable."""
+    for draft in drafts:
+        callees = graph.get((here, draft.dag.name), [])
+        for call_path, target in draft.calls:
+            todo = [c for c in callees if c[1] == target]
+            seen = set(todo)
+            while todo:
+                node = todo.pop()
+                if node in cycle:
+                    return call_path
+                for nxt in graph.get(node, []):
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        todo.append(nxt)
+    return ""
 
 
 # ---- small value helpers

@@ -45,6 +45,10 @@ steps:
 SHELL_SELECTOR_ERROR = (
     'steps[0].worker_selector: executor type "shell" does not support worker_selector field'
 )
+SHELL_SELECTOR_HINT = (
+    "steps[0].worker_selector: hint: to route this step, put worker_selector at the DAG level, "
+    "or move the step into a sub-DAG called with call: and put worker_selector on that call step"
+)
 LIST_ITEM_KEYS = {
     "dag_run_id", "dag_name", "status", "waiting_reason", "execution_mode", "worker_id",
     "attempt", "queued_at", "started_at", "finished_at", "root_dag_run_id", "parent_dag_run_id",
@@ -152,7 +156,7 @@ def test_an_inline_spec_keeps_its_own_name(api, dagu, wakes):
 def test_an_invalid_spec_is_a_400_listing_every_problem(api, dagu, wakes):
     response = create(api, {"spec": BROKEN})
     assert response.status_code == 400
-    assert response.json()["errors"] == [SHELL_SELECTOR_ERROR]
+    assert response.json()["errors"] == [SHELL_SELECTOR_ERROR, SHELL_SELECTOR_HINT]
     assert "invalid DAG spec" in response.json()["detail"]
     assert not DagRun.objects.exists()
     assert wakes == []
@@ -161,7 +165,7 @@ def test_an_invalid_spec_is_a_400_listing_every_problem(api, dagu, wakes):
 def test_an_invalid_dag_file_is_a_400_too(api, dagu, wakes):
     response = create(api, {"dag": "broken"})
     assert response.status_code == 400
-    assert response.json()["errors"] == [SHELL_SELECTOR_ERROR]
+    assert response.json()["errors"] == [SHELL_SELECTOR_ERROR, SHELL_SELECTOR_HINT]
 
 
 def test_a_yaml_syntax_error_is_reported(api, dagu, wakes):
@@ -377,11 +381,12 @@ def test_dag_list(api, dagu):
         "worker_selector": {},
         "valid": True,
         "errors": [],
+        "warnings": [],
     }
     assert dags["gpu.yaml"]["schedule"] == ["0 * * * *"]
     assert dags["gpu.yaml"]["worker_selector"] == {"gpu": "true"}
     assert dags["broken.yml"]["valid"] is False
-    assert dags["broken.yml"]["errors"] == [SHELL_SELECTOR_ERROR]
+    assert dags["broken.yml"]["errors"] == [SHELL_SELECTOR_ERROR, SHELL_SELECTOR_HINT]
 
 
 def test_dag_list_without_a_dags_dir_is_empty(api, dagu):

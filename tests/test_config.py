@@ -124,6 +124,7 @@ def default_of(key: str, home: Path) -> Any:
         "timing.health_unhealthy_after": 15.0,
         "timing.health_offline_after": 30.0,
         "timing.offline_purge_after": 86400.0,
+        "limits.max_subdag_depth": 16,
     }[key]
 
 
@@ -167,6 +168,7 @@ CASES = [
     Case("timing.health_unhealthy_after", 16, "17", "18", 16.0, 17.0, 18.0),
     Case("timing.health_offline_after", 31, "32", "33", 31.0, 32.0, 33.0),
     Case("timing.offline_purge_after", 100, "200", "300", 100.0, 200.0, 300.0),
+    Case("limits.max_subdag_depth", 4, "8", "32", 4, 8, 32),
 ]  # fmt: skip
 ENV_CASES = [case for case in CASES if any(v.startswith("DAGU_") for v in env_vars(case.key))]
 
@@ -416,7 +418,7 @@ def test_invalid_yaml_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(ConfigError) as excinfo:
         resolve(env={}, config_file=path)
     message = str(excinfo.value)
-    assert message.startswith(f"config (from config file {path}): invalid YAML: ")
+    assert message.startswith(f"config (from config file {path}): invalid YAML at line 3, ")
     assert "line 3" in message
     assert "\n" not in message
 

@@ -133,7 +133,7 @@ def test_multi_dag_file_names_later_documents_and_skips_empty_ones():
     assert [d.name for d in dag_file.dags] == ["flow", "child"]
     assert dag_file.get("child") is dag_file.dags[1]
     assert dag_file.get("missing") is None
-    assert dag_file.main.step("child").call == "child"
+    assert dag_file.main.step("step-1").call == "child"
 
 
 def test_later_document_without_name_is_an_error():
@@ -405,34 +405,91 @@ def test_unknown_dag_keys_get_a_spelling_hint_when_one_is_close(key, expected):
 # ---- steps
 
 
-def test_step_name_is_required_for_a_command_step():
-    assert problems("steps: [{command: echo}]") == ["steps[0]: name is required"]
+def test_unnamed_steps_are_named_by_their_position():
+    dag = parse("steps: [{command: echo a}, {name: b, command: echo b}, {command: echo c}]").main
+    assert [s.name for s in dag.steps] == ["step-1", "b", "step-3"]
 
 
-def test_call_step_is_named_after_the_dag_it_calls():
+def test_a_generated_name_skips_names_explicit_steps_use():
+    dag = parse(
+        """
+        steps:
+          - command: echo 1
+          - {name: step-1, command: echo 2}
+          - {name: step-1-2, command: echo 3}
+          - command: echo 4
+        """
+    ).main
+    assert [s.name for s in dag.steps] == ["step-1-3", "step-1", "step-1-2", "step-4"]
+
+
+def test_depends_may_name_a_generated_step():
+    dag = parse("steps: [{command: echo a}, {command: echo b, depends: step-1}]").main
+    assert dag.steps[1].depends == ("step-1",)
+    assert dag.uses_graph
+
+
+def test_an_unknown_generated_name_in_depends_is_still_an_error():
+    assert problems("steps: [{command: echo a}, {command: echo b, depends: step-3}]") == [
+        'steps[1].depends: unknown step "step-3"'
+    ]
+
+
+def test_unnamed_call_steps_are_named_by_position_too():
     dag_file = parse(
         """
         steps:
+          - call: child
           - call: child
         ---
         name: child
         steps: [{name: c, command: echo}]
         """
     )
-    assert dag_file.main.steps[0].name == "child"
+    assert [(s.name, s.call) for s in dag_file.main.steps] == [
+        ("step-1", "child"),
+        ("step-2", "child"),
+    ]
 
 
-def test_two_unnamed_calls_of_one_dag_clash():
-    assert problems(
+def test_a_top_level_command_without_steps_is_a_one_step_dag():
+    dag_file = parse("name: once\ncommand: echo hi\n")
+    assert [(s.name, s.command) for s in dag_file.main.steps] == [("step-1", "echo hi")]
+    assert dag_file.warnings == ()
+
+
+def test_a_top_level_command_beside_steps_is_ignored_with_a_warning():
+    dag_file = parse(
         """
-        steps:
-          - call: child
-          - call: child
+        steps: [{name: a, call: child}]
         ---
         name: child
-        steps: [{name: c, command: echo}]
+        command: echo ignored
+        steps: [{name: c, command: echo used}]
         """
-    ) == ['steps[1]: duplicate step name "child" (first used at steps[0])']
+    )
+    assert [s.command for s in dag_file.get("child").steps] == ["echo used"]
+    assert [str(w) for w in dag_file.warnings] == [
+        "[1].command: warning: ignored because steps are given"
+    ]
+
+
+def test_a_bad_top_level_command_is_reported_at_command():
+    assert problems("command: {a: 1}\n") == [
+        "command: must be a string or a list of words, got mapping"
+    ]
+    assert problems("command:\n") == ["command: must not be empty"]
+
+
+def test_a_selector_on_a_command_step_comes_with_a_hint():
+    with pytest.raises(DagSpecError) as info:
+        parse("steps: [{name: a, command: echo, workerSelector: {gpu: 'true'}}]")
+    assert info.value.lines() == [
+        'steps[0].workerSelector: executor type "shell" does not support worker_selector field',
+        "steps[0].workerSelector: hint: to route this step, put workerSelector at the DAG "
+        "level, or move the step into a sub-DAG called with call: and put workerSelector on "
+        "that call step",
+    ]
 
 
 def test_command_list_is_joined_as_a_shell_line():
@@ -893,7 +950,10 @@ def test_step_level_selector_must_be_a_map():
 
 
 def test_call_of_a_dag_in_the_same_file_needs_no_dags_dir():
-    parse(one_step("name: go\ncall: child") + CHILD, dags_dir=None)
+    dag_file = parse(one_step("name: go\ncall: child") + CHILD, dags_dir=None)
+    step = dag_file.main.step("go")
+    assert (step.kind, step.call) == (KIND_DAG, "child")
+    assert dag_file.get("child") is dag_file.dags[1]
 
 
 def test_unknown_call_target_is_an_error_when_the_dags_dir_is_known(tmp_path):
@@ -914,15 +974,22 @@ def test_unknown_call_target_in_a_later_dag_names_its_document(tmp_path):
 @pytest.mark.parametrize("suffix", [".yaml", ".yml"])
 def test_call_target_in_the_dags_dir_is_found(tmp_path, suffix):
     (tmp_path / f"elsewhere{suffix}").write_text("steps: [{name: a, command: echo}]\n")
-    parse(one_step("name: go\ncall: elsewhere"), dags_dir=tmp_path)
+    dag_file = parse(one_step("name: go\ncall: elsewhere"), dags_dir=tmp_path)
+    assert dag_file.main.step("go").call == "elsewhere"
+    assert dag_file.get("elsewhere") is None  # it stays in its own file
+    assert problems(one_step("name: go\ncall: missing"), dags_dir=tmp_path) == [
+        f'steps[0].call: unknown DAG "missing": not in this file nor in {tmp_path}'
+    ]
 
 
 def test_call_target_is_not_checked_without_a_dags_dir():
-    parse(one_step("name: go\ncall: elsewhere"))
+    step = parse(one_step("name: go\ncall: elsewhere")).main.step("go")
+    assert (step.kind, step.call) == (KIND_DAG, "elsewhere")
 
 
 def test_call_target_with_a_variable_is_left_to_run_time(tmp_path):
-    parse(one_step("name: go\ncall: ${CHILD}"), dags_dir=tmp_path)
+    step = parse(one_step("name: go\ncall: ${CHILD}"), dags_dir=tmp_path).main.step("go")
+    assert (step.kind, step.call) == (KIND_DAG, "${CHILD}")
 
 
 def test_call_target_must_be_a_plain_dag_name():

@@ -78,7 +78,10 @@ def test_worker_selector_on_a_command_step_fails_with_path_and_exit_2(tmp_path, 
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f'{path}: steps[2].worker_selector: executor type "shell" does not support '
-        "worker_selector field"
+        "worker_selector field",
+        f"{path}: steps[2].worker_selector: hint: to route this step, put worker_selector at "
+        "the DAG level, or move the step into a sub-DAG called with call: and put "
+        "worker_selector on that call step",
     ]
     assert result.stdout == ""
 

@@ -45,8 +45,8 @@ class Command(ConfigCommand):
         except DagNotFound as exc:
             self._fail(str(exc))
         except DagSpecError as exc:
-            for problem in exc.problems:
-                self.stderr.write(f"{options['dag']}: {problem}")
+            for line in exc.lines():
+                self.stderr.write(f"{options['dag']}: {line}")
             sys.exit(EXIT_INVALID)
         except ValueError as exc:
             self._fail(f"--params: {exc}")

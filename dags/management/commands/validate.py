@@ -1,8 +1,9 @@
 """`manage.py validate FILE...`: check DAG files without running anything.
 
 Prints `FILE: ok` to stdout for each valid file and `FILE: PATH: MESSAGE` to stderr for each
-problem (`FILE: MESSAGE` when the problem has no YAML path). Exit status 0 when every file is
-valid, else 2.
+problem (`FILE: MESSAGE` when the problem has no YAML path), followed by `FILE: PATH: hint: ...`
+where there is a likely fix. Warnings (`FILE: PATH: warning: ...`, stderr) do not make a file
+invalid. Exit status 0 when every file is valid, else 2.
 """
 
 from __future__ import annotations
@@ -44,12 +45,14 @@ class Command(BaseCommand):
         valid = True
         for name in files:
             try:
-                load_dag_file(name, dags_dir=lookup_dir)
+                dag_file = load_dag_file(name, dags_dir=lookup_dir)
             except DagSpecError as exc:
                 valid = False
-                for problem in exc.problems:
-                    self.stderr.write(f"{name}: {problem}", style_func=lambda text: text)
+                for line in exc.lines():
+                    self.stderr.write(f"{name}: {line}", style_func=lambda text: text)
             else:
+                for warning in dag_file.warnings:
+                    self.stderr.write(f"{name}: {warning}", style_func=lambda text: text)
                 self.stdout.write(f"{name}: ok")
         if not valid:
             self.stderr.flush()
