@@ -15,7 +15,7 @@ import pytest
 
 from controlplane.config import ConfigError, resolve
 from dags.spec import parse_dag_file
-from tests.procs import Cluster, free_port, wait_for
+from tests.procs import Cluster
 from tests.test_main_instance import get
 from tests.test_validate_command import run_validate
 from workers.labels import parse_labels
@@ -251,14 +251,7 @@ def test_seed_pipelines_run_end_to_end_on_labelled_workers(
     work, bin_dir = _tools(tmp_path)
     cluster.env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     monkeypatch.chdir(work)  # steps run in their process's working dir, as in the seeds
-    web = free_port()
-    main = cluster.spawn("main", "start_all", "--port", str(web))
-    wait_for(
-        lambda: "web UI and API" in cluster.log("main") or main.poll() is not None,
-        timeout=30,
-        what="start_all to listen",
-    )
-    assert main.poll() is None, cluster.log("main")
+    web = cluster.start_main()
     cluster.start_worker("gpu-w", "gpu=true,cuda=11.8")
     cluster.start_worker("cpu-w", "cpu-optimized=true,cores=64")
 
