@@ -203,9 +203,13 @@ def request_cancel(run_id: str, *, now: datetime) -> DagRun:
         raise RunError(f'run "{run_id}" already finished ({run.status})')
     ids = [run.pk, *_descendant_ids(run)]
     with transaction.atomic():
-        DagRun.objects.filter(pk__in=ids, status=RunStatus.QUEUED).update(
+        # Flag first, then cancel what is queued: a run that failover puts back in the queue
+        # between the two statements is still caught, and failover never requeues a flagged run.
+        DagRun.objects.filter(pk__in=ids, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).update(
+            cancel_requested=True
+        )
+        DagRun.objects.filter(pk__in=ids, status=RunStatus.QUEUED, cancel_requested=True).update(
             status=RunStatus.CANCELLED,
-            cancel_requested=True,
             waiting_reason="",
             finished_at=now,
             error="cancelled before it started",
@@ -213,7 +217,6 @@ def request_cancel(run_id: str, *, now: datetime) -> DagRun:
         StepRun.objects.filter(
             run_id__in=ids, run__status=RunStatus.CANCELLED, status=StepStatus.PENDING
         ).update(status=StepStatus.CANCELLED)
-        DagRun.objects.filter(pk__in=ids, status=RunStatus.RUNNING).update(cancel_requested=True)
     run.refresh_from_db()
     logger.info("cancel requested for run %s (%s)", run.id, run.status)
     return run
