@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from controlplane.config import Config
@@ -88,6 +88,7 @@ def create_run(
         parent=parent,
         parent_step=parent_step,
         parent_item=parent_item,
+        parent_retry=parent.retry_count if parent else 0,
         on_worker_lost=dag.on_worker_lost,
         max_redispatch=dag.max_redispatch,
         queued_at=now,
@@ -248,6 +249,7 @@ def retry_run(run_id: str, *, now: datetime) -> DagRun:
         finished_at=None,
         queued_at=now,
         redispatch_count=0,
+        retry_count=F("retry_count") + 1,
     )
     if not updated:
         raise RunError(f'run "{run_id}" changed while retrying; try again')
@@ -338,23 +340,40 @@ def start_child_run(
     config: Config,
     now: datetime,
 ) -> DagRun:
-    existing = DagRun.objects.filter(
-        parent=parent, parent_step=step, parent_item=item_index
-    ).first()
-    if existing:
-        return existing
-    dag_file = child_dag_file(parent, dag_name, dags_dir=Path(config.paths.dags_dir))
-    return create_run(
-        dag_file,
-        dag_name=dag_name,
-        params=params,
-        now=now,
-        default_mode=config.default_execution_mode,
-        parent=parent,
-        parent_step=step,
-        parent_item=item_index,
-        step_selector=selector,
-    )
+    """The child run of a parent's sub-DAG step (and parallel item), created exactly once.
+
+    A replayed or concurrent request gets the same child, whichever attempt of the parent
+    asks; the unique constraints decide a race and the loser reads the winner's row. After an
+    operator retried the parent, a child that failed or was cancelled is run anew (a new
+    child); one that succeeded keeps its results.
+    """
+    for _ in range(3):
+        existing = (
+            DagRun.objects.filter(parent=parent, parent_step=step, parent_item=item_index)
+            .order_by("-parent_retry")
+            .first()
+        )
+        if existing is not None and (
+            existing.parent_retry == parent.retry_count or existing.status == RunStatus.SUCCEEDED
+        ):
+            return existing
+        dag_file = child_dag_file(parent, dag_name, dags_dir=Path(config.paths.dags_dir))
+        try:
+            with transaction.atomic():
+                return create_run(
+                    dag_file,
+                    dag_name=dag_name,
+                    params=params,
+                    now=now,
+                    default_mode=config.default_execution_mode,
+                    parent=parent,
+                    parent_step=step,
+                    parent_item=item_index,
+                    step_selector=selector,
+                )
+        except IntegrityError:
+            continue  # a concurrent request created it first: read that one
+    raise RunError(f'could not create the child of step "{step}" of run "{parent.id}"; try again')
 
 
 def child_dag_file(parent: DagRun, dag_name: str, *, dags_dir: Path) -> DagFile:
