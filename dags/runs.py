@@ -120,7 +120,14 @@ def _created_detail(decision: ModeDecision) -> str:
     return f"no worker_selector: default_execution_mode is {decision.mode}"
 
 
-def record_decision(
+def record_decision(run: DagRun, **fields: Any) -> DispatchDecision:
+    """Store a decision about `run`; `fields` as for `decision_row`."""
+    row = decision_row(run, **fields)
+    row.save(force_insert=True)
+    return row
+
+
+def decision_row(
     run: DagRun,
     *,
     decision: ModeDecision | None = None,
@@ -132,7 +139,8 @@ def record_decision(
     chosen_worker: str = "",
     waiting_reason: str = "",
 ) -> DispatchDecision:
-    return DispatchDecision.objects.create(
+    """An unsaved decision about `run`, for `record_decision` or a bulk insert."""
+    return DispatchDecision(
         run=run,
         attempt=run.attempt,
         event=event,

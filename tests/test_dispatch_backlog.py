@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from controlplane.config import TimingConfig
-from controlplane.dispatch import dispatch_once
+from controlplane.dispatch import WorkerView, dispatch_once
+from controlplane.models import DispatchDecision
 from dags.models import Attempt, DagRun
 from dags.runs import create_run
 from dags.spec import parse_dag_file
@@ -83,3 +86,40 @@ def test_a_worker_seen_just_before_the_restart_waits_for_its_next_heartbeat():
     assert view.health == "UNHEALTHY"
     # Failover still counts its silence from the start: it is not lost.
     assert fleet.health(fleet.get("w"), now=start + timedelta(seconds=1)) == "HEALTHY"
+
+
+def test_a_backlog_nothing_matches_never_holds_up_a_run_that_a_worker_can_take():
+    # More unmatched runs than one pass used to look at (200), all older than the gpu run.
+    backlog = [new_run("region: mars", at=T0 + timedelta(milliseconds=i)) for i in range(240)]
+    # The same two-key selector written in both key orders is still one group.
+    backlog += [
+        new_run('{zone: "z9", tier: "t"}', at=T0 + timedelta(seconds=1)),
+        new_run('{tier: "t", zone: "z9"}', at=T0 + timedelta(seconds=1)),
+    ]
+    wanted = new_run(at=T0 + timedelta(seconds=2))
+    worker = WorkerView("g1", {"gpu": "true"}, "HEALTHY", False, 2)
+    delivered: list[Attempt] = []
+    now = T0 + timedelta(seconds=3)
+    assert dispatch_once(now=now, workers=[worker], deliver=delivered.append) == 1
+    assert [a.run_id for a in delivered] == [wanted.id]
+    waiting = DagRun.objects.filter(pk__in=[r.id for r in backlog])
+    assert set(waiting.values_list("status", "waiting_reason")) == {
+        ("queued", "no_matching_worker")
+    }
+    decisions = DispatchDecision.objects.filter(run__in=waiting, event="waiting")
+    assert decisions.count() == len(backlog)
+    # Nothing changed: the next pass writes nothing and reads the backlog as a few groups.
+    with CaptureQueriesContext(connection) as queries:
+        assert dispatch_once(now=now, workers=[worker], deliver=delivered.append) == 0
+    assert decisions.count() == len(backlog)
+    assert len(queries) <= 4, [q["sql"] for q in queries]
+    # A worker for the mars runs appears with one slot: the oldest goes, the rest are busy.
+    mars = WorkerView("m1", {"region": "mars"}, "HEALTHY", False, 1)
+    assert dispatch_once(now=now, workers=[worker, mars], deliver=delivered.append) == 1
+    assert delivered[-1].run_id == backlog[0].id
+    assert (
+        waiting.filter(worker_selector={"region": "mars"}, status="queued")
+        .exclude(waiting_reason="matching_workers_busy")
+        .count()
+        == 0
+    )
