@@ -79,6 +79,10 @@ def waiting_reason(selector: Mapping[str, str], workers: Sequence[WorkerView]) -
     return "matching_workers_busy"
 
 
+def can_take_a_run(worker: WorkerView) -> bool:
+    return worker.health in DISPATCHABLE and not worker.draining and worker.free_slots > 0
+
+
 def choose_worker(
     selector: Mapping[str, str], workers: Sequence[WorkerView]
 ) -> tuple[WorkerView | None, int]:
@@ -87,9 +91,7 @@ def choose_worker(
     Most-free-first spreads runs across equal workers; ties break on id for determinism.
     """
     matching = [w for w in workers if w.health != OFFLINE and matches(w.labels, selector)]
-    candidates = [
-        w for w in matching if w.health in DISPATCHABLE and not w.draining and w.free_slots > 0
-    ]
+    candidates = [w for w in matching if can_take_a_run(w)]
     if not candidates:
         return None, len(matching)
     best = min(candidates, key=lambda w: (-w.free_slots, w.id))
@@ -164,14 +166,7 @@ def dispatch_once(
 
 def _takers(selector: Mapping[str, str], workers: Iterable[WorkerView]) -> list[WorkerView]:
     """Workers that could take a run with this selector right now."""
-    return [
-        w
-        for w in workers
-        if w.health in DISPATCHABLE
-        and not w.draining
-        and w.free_slots > 0
-        and matches(w.labels, selector)
-    ]
+    return [w for w in workers if can_take_a_run(w) and matches(w.labels, selector)]
 
 
 def _queued() -> QuerySet[DagRun]:
