@@ -19,7 +19,13 @@ Runs are created in this process the way `manage.py start` creates them (`create
    - live: N runs are created as fast as this process can while they execute; rate from the
      first queued to the last finished, and the steady rate.
 
-Usage: .venv/bin/python bench/dispatch.py [--latency-runs 200] [--runs 1000] [--profile SECONDS]
+3. Head-of-line blocking: N runs (default 10,000) whose selector no worker matches are
+   queued first; timed are how long until every one of them shows its waiting reason, the
+   created -> step-ran latency of matching runs queued behind them (one at a time, as in 1),
+   and one dispatch pass over the backlog in this process when nothing changes.
+
+Usage: .venv/bin/python bench/dispatch.py [--latency-runs 200] [--runs 1000] [--backlog 10000]
+       [--profile SECONDS]
 Prints the machine and the figures; exits 0 (1 only if the cluster cannot be started).
 """
 
@@ -431,6 +437,99 @@ def print_throughput(name: str, result: dict[str, Any], *, clock_from: str) -> N
     sys.stdout.flush()
 
 
+# -- 3. head-of-line blocking -------------------------------------------------------------
+
+UNMATCHED_DAG = """\
+name: bench-unmatched
+worker_selector:
+  bench: nowhere
+steps:
+  - name: never
+    command: "true"
+"""
+
+
+def measure_unmatched_backlog(bench: Bench, *, runs: int, probes: int) -> dict[str, Any]:
+    """Queue `runs` that no worker matches, then matching runs behind them."""
+    from django.db import transaction
+
+    from controlplane.dispatch import WorkerView, dispatch_once
+    from controlplane.rpc.client import wake_coordinator
+    from dags.models import DagRun, RunStatus
+    from dags.runs import create_run
+    from dags.spec import parse_dag_file
+
+    unmatched = parse_dag_file(
+        UNMATCHED_DAG, source="bench-unmatched.yaml", default_name="bench-unmatched"
+    )
+    t0 = time.monotonic()
+    ids: list[str] = []
+    for start in range(0, runs, 500):
+        # Chunks, so the coordinator's own writes get the lock in between.
+        with transaction.atomic():
+            for _ in range(min(500, runs - start)):
+                ids.append(create_run(unmatched, now=utcnow(), default_mode="local").id)
+        wake_coordinator(bench.config)
+    create_seconds = time.monotonic() - t0
+    queued = DagRun.objects.filter(pk__in=ids, status=RunStatus.QUEUED)
+    wait_for(
+        lambda: not queued.filter(waiting_reason="").exists(),
+        timeout=120,
+        what=f"all {runs} unmatched runs to show a waiting reason",
+        every=0.05,
+    )
+    reasons_seconds = time.monotonic() - t0 - create_seconds
+    reasons = sorted(set(queued.values_list("waiting_reason", flat=True)))
+
+    to_process = []
+    for _ in range(probes):
+        run_id, queued_at = create_and_wake(bench, bench.latency_dag)
+        marker = bench.markers / run_id
+        wait_for(marker.exists, timeout=30, what=f"step of {run_id} to start", every=0.001)
+        to_process.append(1000 * (float(marker.read_text().strip()) - queued_at.timestamp()))
+        wait_terminal(run_id, timeout=30)
+
+    # One pass as the coordinator makes it when nothing changed: healthy workers with free
+    # slots that match none of the backlog, every reason already recorded.
+    others = [WorkerView(w, {"bench": "dispatch"}, "HEALTHY", False, 10) for w in bench.worker_ids]
+    passes = []
+    for _ in range(20):
+        p0 = time.perf_counter()
+        dispatch_once(now=utcnow(), workers=others, deliver=lambda attempt: None)
+        passes.append(1000 * (time.perf_counter() - p0))
+    DagRun.objects.filter(pk__in=ids, status=RunStatus.QUEUED).update(
+        status=RunStatus.CANCELLED, cancel_requested=True, finished_at=utcnow()
+    )
+    return {
+        "runs": runs,
+        "create_seconds": create_seconds,
+        "reasons_seconds": reasons_seconds,
+        "reasons": reasons,
+        "latency": summarize(to_process),
+        "probes": probes,
+        "pass_ms": summarize(passes),
+    }
+
+
+def print_unmatched_backlog(result: dict[str, Any]) -> None:
+    print(f"\n3. head-of-line: {result['runs']} queued runs that no worker matches")
+    print(
+        f"  created in {result['create_seconds']:.1f} s; every one showed its waiting reason "
+        f"{result['reasons_seconds']:.2f} s after the last was created ({result['reasons']})"
+    )
+    lat = result["latency"]
+    print(
+        f"  {result['probes']} matching runs queued behind them, created -> step process ran: "
+        f"p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, max {lat['max']:.1f} ms"
+    )
+    one = result["pass_ms"]
+    print(
+        f"  one dispatch pass over the backlog, nothing to change (in this process, 20 passes): "
+        f"p50 {one['p50']:.1f} ms, max {one['max']:.1f} ms"
+    )
+    sys.stdout.flush()
+
+
 # -- profile -----------------------------------------------------------------------------
 
 
@@ -480,6 +579,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument(
+        "--backlog", type=int, default=10000, help="unmatched queued runs for the head-of-line pass"
+    )
+    parser.add_argument("--backlog-probes", type=int, default=20)
+    parser.add_argument("--skip-backlog", action="store_true")
+    parser.add_argument(
         "--profile",
         type=float,
         default=0,
@@ -522,6 +626,10 @@ def main(argv: list[str] | None = None) -> int:
                     "live (created while executing)",
                     measure_live(bench, runs=args.runs, timeout=timeout),
                     clock_from="first queued",
+                )
+            if not args.skip_backlog:
+                print_unmatched_backlog(
+                    measure_unmatched_backlog(bench, runs=args.backlog, probes=args.backlog_probes)
                 )
             if args.profile:
                 profile_throughput(

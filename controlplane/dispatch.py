@@ -6,8 +6,9 @@ table test; `dispatch_once` is the one place that claims queued runs for workers
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ from workers.health import DISPATCHABLE, OFFLINE
 from workers.labels import matches
 
 if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
     from dags.models import Attempt, DagRun
     from dags.spec import Dag
 
@@ -23,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 LOCAL = "local"
 DISTRIBUTED = "distributed"
+# Rows per UPDATE ... IN (...) and per INSERT when a whole backlog changes its reason.
+WRITE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,10 @@ def waiting_reason(selector: Mapping[str, str], workers: Sequence[WorkerView]) -
     return "matching_workers_busy"
 
 
+def can_take_a_run(worker: WorkerView) -> bool:
+    return worker.health in DISPATCHABLE and not worker.draining and worker.free_slots > 0
+
+
 def choose_worker(
     selector: Mapping[str, str], workers: Sequence[WorkerView]
 ) -> tuple[WorkerView | None, int]:
@@ -82,31 +91,42 @@ def choose_worker(
     Most-free-first spreads runs across equal workers; ties break on id for determinism.
     """
     matching = [w for w in workers if w.health != OFFLINE and matches(w.labels, selector)]
-    candidates = [
-        w for w in matching if w.health in DISPATCHABLE and not w.draining and w.free_slots > 0
-    ]
+    candidates = [w for w in matching if can_take_a_run(w)]
     if not candidates:
         return None, len(matching)
     best = min(candidates, key=lambda w: (-w.free_slots, w.id))
     return best, len(matching)
 
 
+@dataclass
+class SelectorGroup:
+    """The queued distributed runs that share one selector: dispatch decides per group.
+
+    Distinct selectors are few even when queued runs are many, so a pass costs one grouped
+    query plus work per group, never a scan of every row in Python.
+    """
+
+    selector: dict[str, str]
+    # The stored JSON values meaning this selector (key order may differ between rows).
+    forms: list[dict[str, str]] = field(default_factory=list)
+    # How many of its runs carry each waiting reason now ("" for none yet).
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
 def dispatch_once(
-    *,
-    now: datetime,
-    workers: list[WorkerView],
-    deliver: Callable[[Attempt], None],
-    limit: int = 200,
+    *, now: datetime, workers: list[WorkerView], deliver: Callable[[Attempt], None]
 ) -> int:
     """Assign queued distributed runs, oldest first, to matching workers with free slots.
 
+    Works per selector group: each group that has a worker with free slots offers its oldest
+    runs (as many as those slots), all offers are assigned oldest first, and every group left
+    waiting gets its reason, written only to runs whose reason changes. So a run no worker
+    matches never holds up one that a worker does, whatever the backlog.
+
     Each claim is a compare-and-set on the run row, so two dispatchers can never hand the
-    same attempt to two workers. Runs nobody can take get their waiting reason updated (and
-    a decision recorded when the reason changes). Returns how many runs were assigned.
+    same attempt to two workers. Returns how many runs were assigned.
     """
     from django.db import transaction
-
-    from dags.models import DagRun, ExecutionMode, RunStatus
 
     views = {w.id: w for w in workers}
     claimed: list[Attempt] = []
@@ -114,41 +134,82 @@ def dispatch_once(
     # write transactions per run is what bounds throughput. Mailboxes are filled only after
     # the commit, so no worker can see an attempt that might still roll back.
     with transaction.atomic():
-        queued = list(
-            DagRun.objects.filter(
-                status=RunStatus.QUEUED,
-                execution_mode=ExecutionMode.DISTRIBUTED,
-                cancel_requested=False,
-            )
-            .defer("spec")
-            .order_by("queued_at", "id")[:limit]
-        )
-        for run in queued:
+        groups = _queued_groups()
+        offers: list[DagRun] = []
+        for group in groups:
+            slots = sum(w.free_slots for w in _takers(group.selector, views.values()))
+            if slots:
+                offers.extend(_oldest_runs(group, limit=slots))
+        offers.sort(key=lambda run: (run.queued_at, run.id))
+        for run in offers:
             pool = list(views.values())
-            if run.waiting_reason == "matching_workers_busy" and not any(
-                w.free_slots for w in pool
-            ):
-                continue  # nothing can change for it until a slot frees up
             worker, matched = choose_worker(run.worker_selector, pool)
             if worker is None:
-                _record_waiting(
-                    run,
-                    waiting_reason(run.worker_selector, pool),
-                    now=now,
-                    considered=len(pool),
-                    matched=matched,
-                )
-                continue
+                continue  # its group's reason is recorded below
             attempt = _assign(run, worker, now=now, considered=len(pool), matched=matched)
             if attempt is None:
                 continue
-            views[worker.id] = WorkerView(
-                worker.id, worker.labels, worker.health, worker.draining, worker.free_slots - 1
-            )
+            views[worker.id] = dataclasses.replace(worker, free_slots=worker.free_slots - 1)
             claimed.append(attempt)
+        pool = list(views.values())
+        for group in groups:
+            worker, matched = choose_worker(group.selector, pool)
+            if worker is not None:
+                continue  # a claim was lost to a race; the next pass retries
+            reason = waiting_reason(group.selector, pool)
+            if any(r != reason for r in group.reasons):
+                _record_waiting(group, reason, now=now, considered=len(pool), matched=matched)
     for attempt in claimed:
         deliver(attempt)
     return len(claimed)
+
+
+def _takers(selector: Mapping[str, str], workers: Iterable[WorkerView]) -> list[WorkerView]:
+    """Workers that could take a run with this selector right now."""
+    return [w for w in workers if can_take_a_run(w) and matches(w.labels, selector)]
+
+
+def _queued() -> QuerySet[DagRun]:
+    from dags.models import DagRun, ExecutionMode, RunStatus
+
+    return DagRun.objects.filter(
+        status=RunStatus.QUEUED,
+        execution_mode=ExecutionMode.DISTRIBUTED,
+        cancel_requested=False,
+    )
+
+
+def _queued_groups() -> list[SelectorGroup]:
+    from django.db.models import Count
+
+    groups: dict[tuple[tuple[str, str], ...], SelectorGroup] = {}
+    rows = (
+        _queued()
+        .order_by()
+        .values("worker_selector", "waiting_reason")
+        .annotate(n=Count("id"))
+        .values_list("worker_selector", "waiting_reason", "n")
+    )
+    for selector, reason, n in rows:
+        selector = dict(selector or {})
+        group = groups.setdefault(tuple(sorted(selector.items())), SelectorGroup(selector=selector))
+        if all(list(f.items()) != list(selector.items()) for f in group.forms):
+            group.forms.append(selector)
+        group.reasons[reason] = group.reasons.get(reason, 0) + n
+    return list(groups.values())
+
+
+def _in_group(group: SelectorGroup) -> QuerySet[DagRun]:
+    from django.db.models import Q
+
+    match = Q()
+    for form in group.forms:
+        match |= Q(worker_selector=form)
+    return _queued().filter(match)
+
+
+def _oldest_runs(group: SelectorGroup, *, limit: int) -> list[DagRun]:
+    return list(_in_group(group).defer("spec").order_by("queued_at", "id")[:limit])
 
 
 def _assign(
@@ -175,22 +236,32 @@ def _assign(
 
 
 def _record_waiting(
-    run: DagRun, reason: str, *, now: datetime, considered: int, matched: int
+    group: SelectorGroup, reason: str, *, now: datetime, considered: int, matched: int
 ) -> None:
-    from controlplane.models import DecisionEvent
-    from dags.models import DagRun as Model
-    from dags.runs import record_decision
+    """Give every run of the group `reason`; a decision row only where the reason changes."""
+    from controlplane.models import DecisionEvent, DispatchDecision
+    from dags.runs import decision_row
 
-    if reason == run.waiting_reason:
-        return
-    Model.objects.filter(pk=run.pk, status=run.status).update(waiting_reason=reason)
-    run.waiting_reason = reason
-    record_decision(
-        run,
-        event=DecisionEvent.WAITING,
-        now=now,
-        waiting_reason=reason,
-        workers_considered=considered,
-        workers_matched=matched,
-        detail=f"waiting: {reason.replace('_', ' ')}",
+    changing = list(
+        _in_group(group)
+        .exclude(waiting_reason=reason)
+        .only("id", "attempt", "execution_mode", "mode_reason", "worker_selector")
+    )
+    for start in range(0, len(changing), WRITE_BATCH):
+        batch = [run.pk for run in changing[start : start + WRITE_BATCH]]
+        _queued().filter(pk__in=batch).update(waiting_reason=reason)
+    DispatchDecision.objects.bulk_create(
+        (
+            decision_row(
+                run,
+                event=DecisionEvent.WAITING,
+                now=now,
+                waiting_reason=reason,
+                workers_considered=considered,
+                workers_matched=matched,
+                detail=f"waiting: {reason.replace('_', ' ')}",
+            )
+            for run in changing
+        ),
+        batch_size=WRITE_BATCH,
     )

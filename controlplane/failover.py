@@ -97,25 +97,21 @@ def supersede_attempt(
     )
     with transaction.atomic():
         current = DagRun.objects.filter(pk=run.pk, attempt=attempt.number, status=RunStatus.RUNNING)
-        if run.cancel_requested:
-            moved = current.update(
-                status=RunStatus.CANCELLED, finished_at=now, error=f"cancelled; {reason}"
-            )
-            event, detail = DecisionEvent.FAILED_WORKER_LOST, f"{reason}; run was being cancelled"
-            steps_to = StepStatus.CANCELLED
-        elif give_up:
+        # `run` may predate an operator's cancel: requeue or fail only a run nobody is
+        # cancelling (the update re-checks the flag), so a cancel wins every race.
+        if give_up:
             why = (
                 "on_worker_lost is fail"
                 if run.on_worker_lost == OnWorkerLost.FAIL
                 else f"max_redispatch ({run.max_redispatch}) reached"
             )
-            moved = current.update(
+            moved = current.filter(cancel_requested=False).update(
                 status=RunStatus.FAILED, finished_at=now, error=f"{reason}; {why}"
             )
             event, detail = DecisionEvent.FAILED_WORKER_LOST, f"{reason}; {why}: run failed"
             steps_to = StepStatus.FAILED
         else:
-            moved = current.update(
+            moved = current.filter(cancel_requested=False).update(
                 status=RunStatus.QUEUED,
                 worker_id="",
                 waiting_reason="",
@@ -124,6 +120,12 @@ def supersede_attempt(
             event = DecisionEvent.REDISPATCHED if count_as_redispatch else DecisionEvent.REQUEUED
             detail = f"{reason}: attempt {attempt.number} superseded, run queued to resume"
             steps_to = StepStatus.PENDING
+        if not moved:
+            moved = current.filter(cancel_requested=True).update(
+                status=RunStatus.CANCELLED, finished_at=now, error=f"cancelled; {reason}"
+            )
+            event, detail = DecisionEvent.FAILED_WORKER_LOST, f"{reason}; run was being cancelled"
+            steps_to = StepStatus.CANCELLED
         Attempt.objects.filter(pk=attempt.pk).update(
             status=AttemptStatus.SUPERSEDED, finished_at=now, end_reason=reason
         )

@@ -18,7 +18,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from dags.models import TERMINAL_RUN_STATUSES, DagRun, RunStatus
-from dags.reports import read_step_log
+from dags.reports import read_step_log, step_tries
 from workers.health import HEALTHY, OFFLINE
 from workers.summary import worker_summaries
 
@@ -131,7 +131,11 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "run": run,
         "terminal": run.status in TERMINAL_RUN_STATUSES,
         "steps": steps,
-        "logs": [(s, read_step_log(log_dir, s, limit=PAGE_LOG_LIMIT)) for s in steps],
+        # The last try's log; earlier tries of a retried step are links to the logs API.
+        "logs": [
+            (s, read_step_log(log_dir, s, limit=PAGE_LOG_LIMIT), range(1, step_tries(s)))
+            for s in steps
+        ],
         "attempts": run.attempts.order_by("number"),
         "decisions": run.dispatch_decisions.order_by("decided_at", "id"),
         "children": run.children.order_by("queued_at", "id"),

@@ -25,9 +25,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.rpc.client import wake_coordinator
-from dags.models import DagRun, RunStatus
+from dags.models import DagRun, RunStatus, StepRun
 from dags.progress import DagNotFound, resolve_dag_path
-from dags.reports import read_step_log
+from dags.reports import read_step_log, step_tries
 from dags.runs import RunError, create_run, get_run, iso, request_cancel, retry_run, run_as_dict
 from dags.spec import DagFile, DagSpecError, load_dag_file, parse_dag_file, parse_params_string
 from workers.api import ErrorSerializer
@@ -165,7 +165,14 @@ class StepLogSerializer(serializers.Serializer):
     name = serializers.CharField()
     status = serializers.CharField()
     attempt = serializers.IntegerField()
+    tries = serializers.IntegerField(help_text="tries of a retried step in this attempt")
+    try_ = serializers.IntegerField(help_text="which try the log is of (the last unless ?try=)")
     log = serializers.CharField(help_text="the tail of the step's log (at most 1 MiB)")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        fields["try"] = fields.pop("try_")  # a keyword in Python, the field's name in JSON
+        return fields
 
 
 class RunLogsSerializer(serializers.Serializer):
@@ -469,16 +476,25 @@ class DagRunRetryView(APIView):
 class DagRunLogsView(APIView):
     @extend_schema(
         operation_id="getDagRunLogs",
-        parameters=[OpenApiParameter("step", OpenApiTypes.STR, description="only this step")],
-        responses={200: RunLogsSerializer, 404: ErrorSerializer},
+        parameters=[
+            OpenApiParameter("step", OpenApiTypes.STR, description="only this step"),
+            OpenApiParameter(
+                "try",
+                OpenApiTypes.INT,
+                description="with step: an earlier try (1 = first) of a retried step",
+            ),
+        ],
+        responses={200: RunLogsSerializer, 400: ErrorSerializer, 404: ErrorSerializer},
     )
     def get(self, request: Request, run_id: str) -> Response:
         run = _run_or_404(run_id)
-        steps = run.steps.order_by("position")
-        if step_name := request.query_params.get("step"):
-            steps = steps.filter(name=step_name)
+        steps = list(run.steps.order_by("position"))
+        step_name = request.query_params.get("step")
+        if step_name:
+            steps = [s for s in steps if s.name == step_name]
             if not steps:
                 raise NotFound(f'run "{run_id}" has no step "{step_name}"')
+        wanted = _try_param(request, steps if step_name else None)
         log_dir = Path(settings.DAGU.paths.log_dir)
         return Response(
             {
@@ -487,12 +503,31 @@ class DagRunLogsView(APIView):
                         "name": s.name,
                         "status": s.status,
                         "attempt": s.attempt,
-                        "log": read_step_log(log_dir, s),
+                        "tries": step_tries(s),
+                        "try": wanted or step_tries(s),
+                        "log": read_step_log(log_dir, s, try_number=wanted),
                     }
                     for s in steps
                 ]
             }
         )
+
+
+def _try_param(request: Request, steps: list[StepRun] | None) -> int | None:
+    """`?try=N` of the logs endpoint: a try the one named step has had, else 400/404."""
+    raw = request.query_params.get("try")
+    if raw is None:
+        return None
+    if steps is None:
+        raise ParseError("try: give the step too (?step=NAME&try=N)")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise ParseError(f"try: expected a try number from 1, got {raw[:40]!r}")
+    [step] = steps
+    if int(raw) > step_tries(step):
+        raise NotFound(
+            f'step "{step.name}" has {step_tries(step)} tries in its attempt {step.attempt}'
+        )
+    return int(raw)
 
 
 class DagListView(APIView):

@@ -46,6 +46,7 @@ class EventReporter:
         self.sink, self.run_id, self.token = sink, run_id, token
         self._seq = itertools.count(1)
         self._offsets: dict[str, int] = {}
+        self._retries: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _emit(self, kind: str, **fields: Any) -> None:
@@ -66,14 +67,15 @@ class EventReporter:
 
     def step_started(self, step: str, *, at: datetime, retry: int) -> None:
         with self._lock:
-            self._offsets[step] = 0  # each try writes the step's log of this attempt anew
+            # Each try has a log of its own (the coordinator keeps them all), from offset 0.
+            self._offsets[step], self._retries[step] = 0, retry
         self._emit(STEP_STARTED, step=step, at=at, retry=retry)
 
     def step_log(self, step: str, stream: str, data: bytes) -> None:
         with self._lock:
-            offset = self._offsets.get(step, 0)
+            offset, retry = self._offsets.get(step, 0), self._retries.get(step, 0)
             self._offsets[step] = offset + len(data)
-        self._emit(STEP_LOG, step=step, stream=stream, data=data, offset=offset)
+        self._emit(STEP_LOG, step=step, stream=stream, data=data, offset=offset, retry=retry)
 
     def step_finished(
         self,

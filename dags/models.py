@@ -72,6 +72,10 @@ class DagRun(models.Model):
     )
     parent_step = models.CharField(max_length=255, blank=True)
     parent_item = models.IntegerField(null=True, blank=True)
+    # How often an operator retried this run; a child records the count its parent had when
+    # the child was created, so a retried parent starts new children where old ones failed.
+    retry_count = models.PositiveIntegerField(default=0)
+    parent_retry = models.PositiveIntegerField(default=0)
     attempt = models.PositiveIntegerField(default=0)
     worker_id = models.CharField(max_length=255, blank=True, db_index=True)
     on_worker_lost = models.CharField(
@@ -91,12 +95,19 @@ class DagRun(models.Model):
         indexes = [
             models.Index(fields=["status", "execution_mode", "queued_at"], name="run_queue"),
         ]
+        # Two partial constraints because NULLs are distinct in a unique index (SQLite and
+        # PostgreSQL alike): a plain `call` step has no item and must still get one child.
         constraints = [
             models.UniqueConstraint(
-                fields=["parent", "parent_step", "parent_item"],
+                fields=["parent", "parent_step", "parent_item", "parent_retry"],
                 name="one_child_per_parent_step_item",
-                condition=models.Q(parent__isnull=False),
-            )
+                condition=models.Q(parent__isnull=False, parent_item__isnull=False),
+            ),
+            models.UniqueConstraint(
+                fields=["parent", "parent_step", "parent_retry"],
+                name="one_child_per_parent_step",
+                condition=models.Q(parent__isnull=False, parent_item__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:

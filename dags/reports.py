@@ -43,9 +43,17 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:120] or "_"
 
 
-def step_log_path(run_id: str, attempt: int, step: str) -> str:
-    """Log file of one step in one attempt, relative to the log dir."""
-    return f"{safe_name(run_id)}/{attempt}/{safe_name(step)}.log"
+def step_log_path(run_id: str, attempt: int, step: str, retry: int = 0) -> str:
+    """Log file of one try of a step in one attempt, relative to the log dir.
+
+    The first try writes `<run>/<attempt>/<step>.log`, try N (N >= 2) writes
+    `<run>/<attempt>/try-N/<step>.log`: `safe_name` never yields a `/`, so no step's first
+    try can share a file with another step's later try.
+    """
+    folder = f"{safe_name(run_id)}/{attempt}"
+    if retry > 0:
+        folder = f"{folder}/try-{retry + 1}"
+    return f"{folder}/{safe_name(step)}.log"
 
 
 def apply_events(events: Iterable[Event], *, log_dir: Path) -> ApplyResult:
@@ -111,7 +119,7 @@ def _apply_one(event: Event, *, attempt: Attempt, run: DagRun, result: ApplyResu
             error="",
             attempt=attempt.number,
             retries=event.retry,
-            log_path=step_log_path(run.id, attempt.number, event.step),
+            log_path=step_log_path(run.id, attempt.number, event.step, event.retry),
         )
     elif event.kind == STEP_FINISHED:
         StepRun.objects.filter(run=run, name=event.step).update(
@@ -155,7 +163,7 @@ def _finish_run(event: Event, *, attempt: Attempt, run: DagRun, result: ApplyRes
 
 
 def _append_log(log_dir: Path, run_id: str, attempt: int, event: Event) -> None:
-    path = log_dir / step_log_path(run_id, attempt, event.step)
+    path = log_dir / step_log_path(run_id, attempt, event.step, event.retry)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as fh:
         size = fh.tell()
@@ -166,11 +174,24 @@ def _append_log(log_dir: Path, run_id: str, attempt: int, event: Event) -> None:
         fh.write(event.data[skip:])
 
 
-def read_step_log(log_dir: Path, step: StepRun, *, limit: int = 1 << 20) -> str:
-    """The tail of a step's log (at most `limit` bytes), decoded leniently."""
+def step_tries(step: StepRun) -> int:
+    """How many tries of the step its current attempt started (0 before it started)."""
+    return step.retries + 1 if step.log_path else 0
+
+
+def read_step_log(
+    log_dir: Path, step: StepRun, *, limit: int = 1 << 20, try_number: int | None = None
+) -> str:
+    """The tail of a step's log (at most `limit` bytes), decoded leniently.
+
+    The last try's by default; `try_number` (1-based) picks an earlier try of the attempt.
+    """
     if not step.log_path:
         return ""
-    path = log_dir / step.log_path
+    relative = step.log_path
+    if try_number is not None:
+        relative = step_log_path(step.run_id, step.attempt, step.name, try_number - 1)
+    path = log_dir / relative
     try:
         with open(path, "rb") as fh:
             fh.seek(0, 2)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from controlplane.config import Config
@@ -96,6 +96,7 @@ def create_run(
         parent=parent,
         parent_step=parent_step,
         parent_item=parent_item,
+        parent_retry=parent.retry_count if parent else 0,
         on_worker_lost=dag.on_worker_lost,
         max_redispatch=dag.max_redispatch,
         queued_at=now,
@@ -127,7 +128,14 @@ def _created_detail(decision: ModeDecision) -> str:
     return f"no worker_selector: default_execution_mode is {decision.mode}"
 
 
-def record_decision(
+def record_decision(run: DagRun, **fields: Any) -> DispatchDecision:
+    """Store a decision about `run`; `fields` as for `decision_row`."""
+    row = decision_row(run, **fields)
+    row.save(force_insert=True)
+    return row
+
+
+def decision_row(
     run: DagRun,
     *,
     decision: ModeDecision | None = None,
@@ -139,7 +147,8 @@ def record_decision(
     chosen_worker: str = "",
     waiting_reason: str = "",
 ) -> DispatchDecision:
-    return DispatchDecision.objects.create(
+    """An unsaved decision about `run`, for `record_decision` or a bulk insert."""
+    return DispatchDecision(
         run=run,
         attempt=run.attempt,
         event=event,
@@ -211,9 +220,13 @@ def request_cancel(run_id: str, *, now: datetime) -> DagRun:
         raise RunError(f'run "{run_id}" already finished ({run.status})')
     ids = [run.pk, *_descendant_ids(run)]
     with transaction.atomic():
-        DagRun.objects.filter(pk__in=ids, status=RunStatus.QUEUED).update(
+        # Flag first, then cancel what is queued: a run that failover puts back in the queue
+        # between the two statements is still caught, and failover never requeues a flagged run.
+        DagRun.objects.filter(pk__in=ids, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).update(
+            cancel_requested=True
+        )
+        DagRun.objects.filter(pk__in=ids, status=RunStatus.QUEUED, cancel_requested=True).update(
             status=RunStatus.CANCELLED,
-            cancel_requested=True,
             waiting_reason="",
             finished_at=now,
             error="cancelled before it started",
@@ -221,7 +234,6 @@ def request_cancel(run_id: str, *, now: datetime) -> DagRun:
         StepRun.objects.filter(
             run_id__in=ids, run__status=RunStatus.CANCELLED, status=StepStatus.PENDING
         ).update(status=StepStatus.CANCELLED)
-        DagRun.objects.filter(pk__in=ids, status=RunStatus.RUNNING).update(cancel_requested=True)
     run.refresh_from_db()
     logger.info("cancel requested for run %s (%s)", run.id, run.status)
     return run
@@ -253,6 +265,7 @@ def retry_run(run_id: str, *, now: datetime) -> DagRun:
         finished_at=None,
         queued_at=now,
         redispatch_count=0,
+        retry_count=F("retry_count") + 1,
     )
     if not updated:
         raise RunError(f'run "{run_id}" changed while retrying; try again')
@@ -343,24 +356,41 @@ def start_child_run(
     config: Config,
     now: datetime,
 ) -> DagRun:
-    existing = DagRun.objects.filter(
-        parent=parent, parent_step=step, parent_item=item_index
-    ).first()
-    if existing:
-        return existing
-    check_nesting(parent, dag_name, limit=config.limits.max_subdag_depth)
-    dag_file = child_dag_file(parent, dag_name, dags_dir=Path(config.paths.dags_dir))
-    return create_run(
-        dag_file,
-        dag_name=dag_name,
-        params=params,
-        now=now,
-        default_mode=config.default_execution_mode,
-        parent=parent,
-        parent_step=step,
-        parent_item=item_index,
-        step_selector=selector,
-    )
+    """The child run of a parent's sub-DAG step (and parallel item), created exactly once.
+
+    A replayed or concurrent request gets the same child, whichever attempt of the parent
+    asks; the unique constraints decide a race and the loser reads the winner's row. After an
+    operator retried the parent, a child that failed or was cancelled is run anew (a new
+    child); one that succeeded keeps its results.
+    """
+    for _ in range(3):
+        existing = (
+            DagRun.objects.filter(parent=parent, parent_step=step, parent_item=item_index)
+            .order_by("-parent_retry")
+            .first()
+        )
+        if existing is not None and (
+            existing.parent_retry == parent.retry_count or existing.status == RunStatus.SUCCEEDED
+        ):
+            return existing
+        check_nesting(parent, dag_name, limit=config.limits.max_subdag_depth)
+        dag_file = child_dag_file(parent, dag_name, dags_dir=Path(config.paths.dags_dir))
+        try:
+            with transaction.atomic():
+                return create_run(
+                    dag_file,
+                    dag_name=dag_name,
+                    params=params,
+                    now=now,
+                    default_mode=config.default_execution_mode,
+                    parent=parent,
+                    parent_step=step,
+                    parent_item=item_index,
+                    step_selector=selector,
+                )
+        except IntegrityError:
+            continue  # a concurrent request created it first: read that one
+    raise RunError(f'could not create the child of step "{step}" of run "{parent.id}"; try again')
 
 
 def check_nesting(parent: DagRun, dag_name: str, *, limit: int) -> None:

@@ -356,8 +356,15 @@ def test_logs_per_step(api, dagu):
     body = api.get("/api/v2/dag-runs/r1/logs").json()
     assert body == {
         "steps": [
-            {"name": "greet", "status": "succeeded", "attempt": 1, "log": "hello ops\n"},
-            {"name": "bye", "status": "succeeded", "attempt": 1, "log": ""},
+            {
+                "name": "greet",
+                "status": "succeeded",
+                "attempt": 1,
+                "tries": 1,
+                "try": 1,
+                "log": "hello ops\n",
+            },
+            {"name": "bye", "status": "succeeded", "attempt": 1, "tries": 1, "try": 1, "log": ""},
         ]
     }
     one = api.get("/api/v2/dag-runs/r1/logs?step=greet").json()

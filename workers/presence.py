@@ -19,7 +19,7 @@ from django.db import connection, transaction
 
 from controlplane.config import TimingConfig
 from controlplane.dispatch import WorkerView
-from workers.health import health_status
+from workers.health import OFFLINE, UNHEALTHY, health_status
 from workers.models import RegisteredVia, Worker, WorkerLabel
 
 logger = logging.getLogger(__name__)
@@ -171,6 +171,18 @@ class Fleet:
     def health(self, state: WorkerState, *, now: datetime) -> str:
         return health_status(self.effective_last_seen(state), now=now, timing=self.timing)
 
+    def dispatch_health(self, state: WorkerState, *, now: datetime) -> str:
+        """Health for handing out runs: the start-up grace is for failover only.
+
+        A worker this coordinator has not heard from since it started (by heartbeat, poll or
+        a refreshed registry file) may have been dead for a day; it gets no runs until it
+        shows up, and until then counts as no better than UNHEALTHY.
+        """
+        if state.last_heartbeat is not None and state.last_heartbeat >= self.started_at:
+            return self.health(state, now=now)
+        silent = health_status(state.last_heartbeat, now=now, timing=self.timing)
+        return silent if silent in (UNHEALTHY, OFFLINE) else UNHEALTHY
+
     def get(self, worker_id: str) -> WorkerState | None:
         with self._lock:
             return self._workers.get(worker_id)
@@ -186,7 +198,7 @@ class Fleet:
                 WorkerView(
                     id=s.id,
                     labels=dict(s.labels),
-                    health=self.health(s, now=now),
+                    health=self.dispatch_health(s, now=now),
                     draining=s.draining or s.stopping,
                     free_slots=max(0, s.max_active_runs - held.get(s.id, 0)),
                 )

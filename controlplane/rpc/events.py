@@ -33,7 +33,15 @@ def event_from_pb(e: pb.RunEvent) -> Event:
         return Event(kind=kind, step=s.step, at=from_ms(s.at_ms), retry=s.retry, **base)
     if kind == STEP_LOG:
         g = e.step_log
-        return Event(kind=kind, step=g.step, stream=g.stream, data=g.data, offset=g.offset, **base)
+        return Event(
+            kind=kind,
+            step=g.step,
+            stream=g.stream,
+            data=g.data,
+            offset=g.offset,
+            retry=g.retry,
+            **base,
+        )
     if kind == STEP_FINISHED:
         f = e.step_finished
         return Event(
@@ -67,7 +75,7 @@ def event_to_pb(e: Event) -> pb.RunEvent:
         msg.step_started.CopyFrom(pb.StepStarted(step=e.step, at_ms=ms(e.at), retry=e.retry))
     elif e.kind == STEP_LOG:
         msg.step_log.CopyFrom(
-            pb.StepLog(step=e.step, stream=e.stream, data=e.data, offset=e.offset)
+            pb.StepLog(step=e.step, stream=e.stream, data=e.data, offset=e.offset, retry=e.retry)
         )
     elif e.kind == STEP_FINISHED:
         f = pb.StepFinished(step=e.step, status=e.status, at_ms=ms(e.at), error=e.error)

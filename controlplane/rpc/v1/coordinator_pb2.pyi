@@ -131,16 +131,18 @@ class StepStarted(_message.Message):
     def __init__(self, step: _Optional[str] = ..., at_ms: _Optional[int] = ..., retry: _Optional[int] = ...) -> None: ...
 
 class StepLog(_message.Message):
-    __slots__ = ("step", "stream", "data", "offset")
+    __slots__ = ("step", "stream", "data", "offset", "retry")
     STEP_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
     step: str
     stream: str
     data: bytes
     offset: int
-    def __init__(self, step: _Optional[str] = ..., stream: _Optional[str] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
+    retry: int
+    def __init__(self, step: _Optional[str] = ..., stream: _Optional[str] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., retry: _Optional[int] = ...) -> None: ...
 
 class StepFinished(_message.Message):
     __slots__ = ("step", "status", "exit_code", "at_ms", "output_value", "error")

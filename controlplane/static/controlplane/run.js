@@ -46,6 +46,17 @@
       ...(rows.length ? rows : [emptyRow(7, "No steps")]));
   }
 
+  // A retried step shows its last try; each earlier try's log is a link to the logs API.
+  function triesLinks(step) {
+    if (step.tries < 2) return [];
+    const links = [];
+    for (let n = 1; n < step.tries; n++) {
+      const query = new URLSearchParams({step: step.name, try: n});
+      links.push(" ", el("a", {href: `${head.dataset.logsApi}?${query}`}, String(n)));
+    }
+    return [`, try ${step.try}; earlier tries:`, ...links];
+  }
+
   function renderLogs(steps) {
     const container = document.getElementById("logs");
     for (const step of steps) {
@@ -56,7 +67,8 @@
         container.append(details);
       }
       details.querySelector("summary").replaceChildren(step.name, " ",
-        Pages.statusBadge(step.status), " ", el("span", {class: "sub"}, `attempt ${step.attempt}`));
+        Pages.statusBadge(step.status), " ", el("span", {class: "sub"}, `attempt ${step.attempt}`,
+          ...triesLinks(step)));
       const pre = details.querySelector("pre");
       const text = step.log || "(no output yet)";
       if (pre.textContent !== text) {
