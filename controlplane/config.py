@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from workers.labels import LabelError, parse_labels
+from workers.labels import LabelError, check_worker_id, parse_labels
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +244,14 @@ def _parse_database_url(value: object) -> str:
     return value.strip()
 
 
+def _parse_worker_id(value: object) -> str:
+    text = _parse_text_or_default(value)
+    try:
+        return text if text is _UNSET else check_worker_id(text)
+    except LabelError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _parse_worker_labels(value: object) -> dict[str, str]:
     try:
         return parse_labels(value)
@@ -326,7 +334,7 @@ _SETTINGS: tuple[_Setting, ...] = (
         ("COORDINATOR_ADVERTISE",),
         flag="--coordinator.advertise",
     ),
-    _Setting("worker.id", _parse_text_or_default, ("WORKER_ID",), flag="--worker.id"),
+    _Setting("worker.id", _parse_worker_id, ("WORKER_ID",), flag="--worker.id"),
     _Setting("worker.labels", _parse_worker_labels, ("WORKER_LABELS",), flag="--worker.labels"),
     _Setting(
         "worker.max_active_runs",

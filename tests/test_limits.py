@@ -1,0 +1,164 @@
+"""Size limits at every edge: labels and worker identities, step logs, large runs, bodies."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from controlplane.config import ConfigError, PeerConfig, TimingConfig, resolve
+from controlplane.coordinator import Coordinator
+from controlplane.rpc.server import build_server
+from controlplane.rpc.v1 import coordinator_pb2 as pb
+from controlplane.rpc.v1 import coordinator_pb2_grpc
+from workers import registry
+from workers.labels import (
+    MAX_LABEL_KEY_NAME,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    LabelError,
+    check_labels,
+    parse_labels,
+)
+from workers.models import Worker
+from workers.presence import Fleet, Identity, flush_fleet
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+LONG = "x" * 300
+
+
+# --------------------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"gpu": LONG}, 'label "gpu": value is 300 characters long (at most 63)'),
+        ({LONG: "1"}, f'label key "{"x" * 40}..." is 300 characters long (at most 63'),
+        ({"p" * 129 + "/k": "1"}, "the prefix before \"/\" is 129 characters long (at most 128)"),
+        ({f"k{i}": "v" for i in range(65)}, "too many labels: 65 (at most 64)"),
+    ],
+)
+def test_labels_over_the_limits_are_refused_in_one_line(labels, message):
+    with pytest.raises(LabelError) as excinfo:
+        check_labels(labels)
+    assert message in str(excinfo.value)
+    assert "\n" not in str(excinfo.value) and LONG not in str(excinfo.value)
+
+
+def test_labels_at_the_limits_are_accepted_in_both_forms():
+    labels = {f"k{i}": "v" * MAX_LABEL_VALUE for i in range(MAX_LABELS - 1)}
+    labels["example.com/" + "n" * MAX_LABEL_KEY_NAME] = ""
+    assert parse_labels(labels) == labels
+    assert parse_labels(",".join(f"{k}={v}" for k, v in labels.items())) == labels
+
+
+@pytest.mark.parametrize("layer", ["file", "env", "flag"])
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("worker.labels", f"gpu={LONG}", 'label "gpu": value is 300 characters long'),
+        ("worker.id", "w" * 129, "worker id \"" + "w" * 40 + '..." is 129 characters long'),
+    ],
+)
+def test_config_refuses_oversized_labels_and_worker_ids(layer, key, value, problem, tmp_path):
+    kwargs: dict[str, Any] = {"env": {}}
+    section, _, name = key.partition(".")
+    if layer == "file":
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump({section: {name: value}}))
+        kwargs["config_file"] = path
+    elif layer == "env":
+        kwargs["env"] = {"DAGU_WORKER_LABELS" if name == "labels" else "DAGU_WORKER_ID": value}
+    else:
+        kwargs["flags"] = {key: value}
+    with pytest.raises(ConfigError) as excinfo:
+        resolve(**kwargs)
+    assert str(excinfo.value).startswith(f"{key} (from ")
+    assert problem in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"labels": {"gpu": LONG}}, "key 'labels': label \"gpu\": value is 300 characters long"),
+        ({"id": "w" * 129}, "key 'id': worker id"),
+        ({"host": "h" * 254}, "key 'host': host"),
+    ],
+)
+def test_registry_files_with_oversized_identities_are_skipped(tmp_path, overrides, reason):
+    record = {
+        "id": "w9",
+        "host": "box",
+        "pid": 99,
+        "labels": {},
+        "max_active_runs": 1,
+        "active_tasks": 0,
+        "status": "active",
+        "started_at": "2026-01-02T03:04:05Z",
+        "last_heartbeat": "2026-01-02T03:04:05Z",
+    }
+    record.update(overrides)
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "bad.json").write_text(json.dumps(record))
+    result = registry.scan(tmp_path, "worker")
+    assert result.entries == []
+    assert [s.reason for s in result.skipped][0].startswith(reason)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_grpc_heartbeat_and_poll_refuse_oversized_identities(tmp_path: Path):
+    core = Coordinator(resolve(env={"DAGU_HOME": str(tmp_path)}))
+    server, port, _ = build_server(core, host="127.0.0.1", port=0, peer=PeerConfig())
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            bad = pb.WorkerInfo(worker_id="w1", host="h", pid=1, labels={"gpu": LONG})
+            with pytest.raises(grpc.RpcError) as hb:
+                stub.Heartbeat(pb.HeartbeatRequest(worker=bad), timeout=10)
+            with pytest.raises(grpc.RpcError) as poll:
+                stub.Poll(pb.PollRequest(worker=bad, free_slots=1, wait_ms=0), timeout=10)
+            huge_id = pb.WorkerInfo(worker_id="w" * 5000, host="h", pid=1)
+            with pytest.raises(grpc.RpcError) as long_id:
+                stub.Heartbeat(pb.HeartbeatRequest(worker=huge_id), timeout=10)
+            good = pb.WorkerInfo(worker_id="w2", host="h", pid=1, max_active_runs=1)
+            stub.Heartbeat(pb.HeartbeatRequest(worker=good), timeout=10)
+    finally:
+        server.stop(0)
+    for call in (hb, poll):
+        assert call.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert call.value.details() == (
+            "worker 'w1': label \"gpu\": value is 300 characters long (at most 63)"
+        )
+    assert long_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is 5000 characters long" in long_id.value.details()
+    assert [s.id for s in core.fleet.states()] == ["w2"]
+
+
+@pytest.mark.django_db
+def test_one_row_the_database_refuses_does_not_freeze_the_other_workers(caplog):
+    fleet = Fleet(timing=TimingConfig(), started_at=T0)
+    for wid in ("a", "c"):
+        fleet.record_heartbeat(
+            Identity(wid, "h", 1, {"zone": "x"}, 2), running=[], stopping=False, now=T0
+        )
+    # Past every edge's checks (say, from an older coordinator's rows): a pid no integer
+    # column holds, and a 300-character label value that PostgreSQL refuses.
+    fleet.record_heartbeat(
+        Identity("b", "h", 2**70, {"zone": LONG}, 2), running=[], stopping=False, now=T0
+    )
+    assert flush_fleet(fleet, now=T0) == 2
+    assert sorted(Worker.objects.values_list("id", flat=True)) == ["a", "c"]
+    assert "cannot store worker b" in caplog.text
+    # Good rows keep flowing on the next flushes; the bad one is retried, not lost silently.
+    later = T0 + timedelta(seconds=1)
+    fleet.record_heartbeat(Identity("a", "h", 1, {}, 2), running=[], stopping=False, now=later)
+    assert flush_fleet(fleet, now=later) == 1
+    assert Worker.objects.get(pk="a").last_heartbeat_at == later
+    assert {s.id for s in fleet.take_dirty()} == {"b"}
