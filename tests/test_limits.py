@@ -108,7 +108,8 @@ def test_registry_files_with_oversized_identities_are_skipped(tmp_path, override
     (tmp_path / "worker" / "bad.json").write_text(json.dumps(record))
     result = registry.scan(tmp_path, "worker")
     assert result.entries == []
-    assert [s.reason for s in result.skipped][0].startswith(reason)
+    [skipped] = result.skipped
+    assert skipped.reason.startswith(reason)
 
 
 @pytest.mark.django_db(transaction=True)
