@@ -40,7 +40,7 @@ LONG = "x" * 300
     [
         ({"gpu": LONG}, 'label "gpu": value is 300 characters long (at most 63)'),
         ({LONG: "1"}, f'label key "{"x" * 40}..." is 300 characters long (at most 63'),
-        ({"p" * 129 + "/k": "1"}, "the prefix before \"/\" is 129 characters long (at most 128)"),
+        ({"p" * 129 + "/k": "1"}, 'the prefix before "/" is 129 characters long (at most 128)'),
         ({f"k{i}": "v" for i in range(65)}, "too many labels: 65 (at most 64)"),
     ],
 )
@@ -63,7 +63,7 @@ def test_labels_at_the_limits_are_accepted_in_both_forms():
     ("key", "value", "problem"),
     [
         ("worker.labels", f"gpu={LONG}", 'label "gpu": value is 300 characters long'),
-        ("worker.id", "w" * 129, "worker id \"" + "w" * 40 + '..." is 129 characters long'),
+        ("worker.id", "w" * 129, 'worker id "' + "w" * 40 + '..." is 129 characters long'),
     ],
 )
 def test_config_refuses_oversized_labels_and_worker_ids(layer, key, value, problem, tmp_path):
