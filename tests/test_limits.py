@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,13 +11,25 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from django.contrib.auth import get_user_model
+from django.db import connection
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from controlplane.config import ConfigError, PeerConfig, TimingConfig, resolve
 from controlplane.coordinator import Coordinator
 from controlplane.rpc.server import build_server
 from controlplane.rpc.v1 import coordinator_pb2 as pb
 from controlplane.rpc.v1 import coordinator_pb2_grpc
+from dags import reports
+from dags.events import STEP_FINISHED, STEP_LOG, EventReporter, truncation_marker
+from dags.local import execute_attempt
+from dags.models import DagRun
+from dags.reports import read_step_log
+from dags.runs import create_run, start_attempt
+from dags.spec import parse_dag_file
 from workers import registry
+from workers.agent import OUTBOX_DROP_MARKER, Outbox
 from workers.labels import (
     MAX_LABEL_KEY_NAME,
     MAX_LABEL_VALUE,
@@ -163,3 +176,120 @@ def test_one_row_the_database_refuses_does_not_freeze_the_other_workers(caplog):
     assert flush_fleet(fleet, now=later) == 1
     assert Worker.objects.get(pk="a").last_heartbeat_at == later
     assert {s.id for s in fleet.take_dirty()} == {"b"}
+
+
+# --------------------------------------------------------------------------- step logs
+
+
+def test_a_step_log_stops_at_the_cap_with_a_visible_marker():
+    events = []
+    reporter = EventReporter(events.append, run_id="r", token="t", max_step_log_bytes=100)
+    for _ in range(5):
+        reporter.step_log("a", "stdout", b"y" * 30)
+    reporter.step_log("b", "stdout", b"z" * 10)  # the cap is per step
+    kept = b"".join(e.data for e in events if e.step == "a")
+    assert kept == b"y" * 100 + truncation_marker(100)
+    assert b"logs.max_step_bytes" in truncation_marker(100)
+    assert [e.offset for e in events if e.step == "a"] == [0, 30, 60, 90]
+    assert [e.data for e in events if e.step == "b"] == [b"z" * 10]
+
+
+def test_a_chunk_ending_exactly_at_the_cap_puts_the_marker_on_the_next():
+    events = []
+    reporter = EventReporter(events.append, run_id="r", token="t", max_step_log_bytes=10)
+    reporter.step_log("a", "stdout", b"x" * 10)
+    reporter.step_log("a", "stdout", b"more")
+    reporter.step_log("a", "stdout", b"more")
+    assert [e.data for e in events] == [b"x" * 10, truncation_marker(10)]
+
+
+def test_the_outbox_writes_a_marker_where_it_dropped_log_chunks():
+    box = Outbox(max_events=2)
+    reporter = EventReporter(box.put, run_id="r", token="t")
+    reporter.attempt_started(at=T0)
+    reporter.step_log("a", "stdout", b"kept\n")
+    for _ in range(5):
+        reporter.step_log("a", "stdout", b"lost\n")
+    reporter.step_finished("a", status="succeeded", exit_code=0, at=T0, output=None, error="")
+    events = box.batch()
+    logs = [e for e in events if e.kind == STEP_LOG]
+    assert [e.data for e in logs] == [b"kept\n", OUTBOX_DROP_MARKER]
+    assert logs[1].offset == 5  # where the dropped output began
+    assert events[-1].kind == STEP_FINISHED  # state events are never dropped
+    assert box.dropped_log_bytes == 25
+
+
+@pytest.mark.django_db(transaction=True)
+def test_local_step_logs_are_capped_end_to_end(tmp_path: Path):
+    config = resolve(env={"DAGU_HOME": str(tmp_path), "DAGU_LOGS_MAX_STEP_BYTES": "1000"})
+    assert config.logs.max_step_bytes == 1000
+    run = run_locally(config, "steps:\n  - name: loud\n    command: yes | head -c 200000\n")
+    assert run.status == "succeeded"
+    step = run.steps.get()
+    log = (Path(config.paths.log_dir) / step.log_path).read_bytes()
+    assert log == b"y\n" * 500 + truncation_marker(1000)
+    assert "log truncated" in read_step_log(Path(config.paths.log_dir), step)
+
+
+# --------------------------------------------------------------------------- local reports
+
+
+@pytest.mark.django_db(transaction=True)
+def test_local_reports_are_batched_and_log_files_written_outside_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    config = resolve(env={"DAGU_HOME": str(tmp_path)})
+    batches: list[int] = []
+    real_apply = reports.apply_events
+
+    def counting_apply(events, *, log_dir):
+        events = list(events)
+        batches.append(len(events))
+        return real_apply(events, log_dir=log_dir)
+
+    in_transaction: list[bool] = []
+    real_append = reports._append_log
+
+    def watching_append(*args):
+        in_transaction.append(connection.in_atomic_block)
+        return real_append(*args)
+
+    monkeypatch.setattr("dags.local.apply_events", counting_apply)
+    monkeypatch.setattr("dags.reports._append_log", watching_append)
+    lines = "".join(f"  - name: s{i}\n    command: echo {i}\n" for i in range(60))
+    run = run_locally(config, "steps:\n" + lines)
+    assert run.status == "succeeded"
+    assert run.steps.filter(status="succeeded").count() == 60
+    # 60 steps report 1 + 60 * 3 + 1 events: a transaction per batch, not per event.
+    assert sum(batches) == 182
+    assert len(batches) < 60
+    assert in_transaction and not any(in_transaction)
+    assert not [t for t in threading.enumerate() if t.name.startswith("reports-")]
+
+
+def run_locally(config, text: str) -> DagRun:
+    run = create_run(
+        parse_dag_file(text, source="x.yaml", default_name="x"),
+        now=datetime.now(UTC),
+        default_mode="local",
+    )
+    attempt = start_attempt(run, now=datetime.now(UTC), mode="local", worker_id="local")
+    assert attempt is not None
+    execute_attempt(run, attempt, config, cancel=threading.Event(), wake=lambda: None)
+    run.refresh_from_db()
+    return run
+
+
+# --------------------------------------------------------------------------- API bodies
+
+
+@pytest.mark.django_db
+def test_api_bodies_over_the_limit_get_a_json_413(settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    user = get_user_model().objects.create_user("api-user")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
+    response = client.post("/api/v2/dag-runs", {"spec": "steps: []\n" + "#" * 5000}, format="json")
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["detail"].endswith("the limit is 1000 bytes")
