@@ -28,6 +28,7 @@ from dags.models import DagRun
 from dags.reports import read_step_log
 from dags.runs import create_run, start_attempt
 from dags.spec import parse_dag_file
+from tests.test_registry import valid_worker_json
 from workers import registry
 from workers.agent import OUTBOX_DROP_MARKER, Outbox
 from workers.labels import (
@@ -105,20 +106,8 @@ def test_config_refuses_oversized_labels_and_worker_ids(layer, key, value, probl
     ],
 )
 def test_registry_files_with_oversized_identities_are_skipped(tmp_path, overrides, reason):
-    record = {
-        "id": "w9",
-        "host": "box",
-        "pid": 99,
-        "labels": {},
-        "max_active_runs": 1,
-        "active_tasks": 0,
-        "status": "active",
-        "started_at": "2026-01-02T03:04:05Z",
-        "last_heartbeat": "2026-01-02T03:04:05Z",
-    }
-    record.update(overrides)
     (tmp_path / "worker").mkdir()
-    (tmp_path / "worker" / "bad.json").write_text(json.dumps(record))
+    (tmp_path / "worker" / "bad.json").write_text(json.dumps(valid_worker_json(**overrides)))
     result = registry.scan(tmp_path, "worker")
     assert result.entries == []
     [skipped] = result.skipped
