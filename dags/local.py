@@ -21,7 +21,7 @@ from pathlib import Path
 from django.db import close_old_connections, connection
 
 from controlplane.config import Config
-from dags.events import Event, EventReporter
+from dags.events import STEP_FINISHED, Event, EventReporter
 from dags.execution import (
     ChildRequest,
     ChildResult,
@@ -30,7 +30,7 @@ from dags.execution import (
     StepOutcome,
     execute_run,
 )
-from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
+from dags.models import Attempt, DagRun, ExecutionMode, RunStatus, StepStatus
 from dags.reports import apply_events
 from dags.runs import completed_steps, request_cancel, start_attempt, start_child_run
 from dags.spec import DagSpecError, parse_stored_dag_file
@@ -53,6 +53,7 @@ RECOVERY_SECONDS = 5.0
 REPORT_BATCH_EVENTS = 500
 REPORT_FLUSH_SECONDS = 0.2
 REPORT_CLOSE_SECONDS = 60.0
+_DURABLE_STEP_ENDS = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED})
 
 
 def utcnow() -> datetime:
@@ -73,14 +74,24 @@ class BatchedReports:
         self._events: deque[Event] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._urgent = False
+        self._queued = self._stored = 0  # events put / applied so far
         self._thread = threading.Thread(target=self._loop, name=f"reports-{name}", daemon=True)
         self._thread.start()
 
     def put(self, event: Event) -> None:
         with self._cond:
             self._events.append(event)
+            self._queued += 1
             if len(self._events) >= REPORT_BATCH_EVENTS:
                 self._cond.notify_all()
+            if event.kind == STEP_FINISHED and event.status in _DURABLE_STEP_ENDS:
+                # A step that ran is stored before its dependents start, as before batching:
+                # a run resumed after a crash must not run it again.
+                target = self._queued
+                self._urgent = True
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._stored >= target, timeout=REPORT_CLOSE_SECONDS)
 
     def flush_once(self) -> int:
         """Apply one batch in one transaction. Returns how many events it held."""
@@ -92,6 +103,8 @@ class BatchedReports:
         with self._cond:
             for _ in batch:
                 self._events.popleft()
+            self._stored += len(batch)
+            self._cond.notify_all()
         return len(batch)
 
     def close(self, *, timeout: float = REPORT_CLOSE_SECONDS) -> None:
@@ -107,10 +120,14 @@ class BatchedReports:
             while True:
                 with self._cond:
                     self._cond.wait_for(
-                        lambda: self._closing or len(self._events) >= REPORT_BATCH_EVENTS,
+                        lambda: (
+                            self._closing
+                            or self._urgent
+                            or len(self._events) >= REPORT_BATCH_EVENTS
+                        ),
                         timeout=REPORT_FLUSH_SECONDS,
                     )
-                    closing = self._closing
+                    closing, self._urgent = self._closing, False
                 try:
                     while self.flush_once() >= REPORT_BATCH_EVENTS:
                         pass

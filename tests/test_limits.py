@@ -245,13 +245,14 @@ def test_local_reports_are_batched_and_log_files_written_outside_transactions(
 
     monkeypatch.setattr("dags.local.apply_events", counting_apply)
     monkeypatch.setattr("dags.reports._append_log", watching_append)
-    lines = "".join(f"  - name: s{i}\n    command: echo {i}\n" for i in range(60))
-    run = run_locally(config, "steps:\n" + lines)
-    assert run.status == "succeeded"
-    assert run.steps.filter(status="succeeded").count() == 60
-    # 60 steps report 1 + 60 * 3 + 1 events: a transaction per batch, not per event.
-    assert sum(batches) == 182
-    assert len(batches) < 60
+    # A failing first step with one log chunk, then 300 steps reported as skipped: 305 events.
+    lines = "".join(f"  - name: s{i}\n    command: echo {i}\n" for i in range(1, 301))
+    run = run_locally(config, "steps:\n  - name: s0\n    command: echo out; exit 1\n" + lines)
+    assert run.status == "failed"
+    assert run.steps.filter(status="skipped").count() == 300
+    assert sum(batches) == 305
+    # A step that ran is stored before the next starts; the rest goes in large batches.
+    assert len(batches) <= 6
     assert in_transaction and not any(in_transaction)
     assert not [t for t in threading.enumerate() if t.name.startswith("reports-")]
 
