@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.labels import LabelError, parse_labels
+from dags.events import DEFAULT_MAX_STEP_LOG_BYTES
+from workers.labels import LabelError, check_worker_id, parse_labels
 from workers.yamlload import YamlError, load_one
 
 logger = logging.getLogger(__name__)
@@ -104,12 +105,26 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class LogsConfig:
+    # Output kept per step; beyond it a truncation marker ends the log (dags.events).
+    max_step_bytes: int = DEFAULT_MAX_STEP_LOG_BYTES
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    # Finished runs older than this are deleted daily by the main instance; 0 keeps them.
+    days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     coordinator: CoordinatorConfig
     worker: WorkerConfig
     peer: PeerConfig
     paths: PathsConfig
     timing: TimingConfig
+    logs: LogsConfig = field(default_factory=LogsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     default_execution_mode: str = "local"
     database_url: str = ""
     # dotted key -> where its value came from ("default", "config file FILE", "DAGU_X", "--flag")
@@ -163,6 +178,13 @@ def _parse_positive_int(value: object) -> int:
     number = _as_int(value)
     if number is None or number < 1:
         raise _Invalid(f"{_show(value)} is not a positive integer")
+    return number
+
+
+def _parse_non_negative_int(value: object) -> int:
+    number = _as_int(value)
+    if number is None:
+        raise _Invalid(f"{_show(value)} is not a whole number >= 0")
     return number
 
 
@@ -259,6 +281,14 @@ def _parse_database_url(value: object) -> str:
     return value.strip()
 
 
+def _parse_worker_id(value: object) -> str:
+    text = _parse_text_or_default(value)
+    try:
+        return text if text is _UNSET else check_worker_id(text)
+    except LabelError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _parse_worker_labels(value: object) -> dict[str, str]:
     try:
         return parse_labels(value)
@@ -343,7 +373,7 @@ _SETTINGS: tuple[_Setting, ...] = (
         ("COORDINATOR_ADVERTISE",),
         flag="--coordinator.advertise",
     ),
-    _Setting("worker.id", _parse_text_or_default, ("WORKER_ID",), flag="--worker.id"),
+    _Setting("worker.id", _parse_worker_id, ("WORKER_ID",), flag="--worker.id"),
     _Setting("worker.labels", _parse_worker_labels, ("WORKER_LABELS",), flag="--worker.labels"),
     _Setting(
         "worker.max_active_runs",
@@ -403,6 +433,8 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("timing.health_offline_after", _parse_seconds, ("HEALTH_OFFLINE_AFTER",)),
     _Setting("timing.offline_purge_after", _parse_seconds, ("OFFLINE_PURGE_AFTER",)),
     _Setting("limits.max_subdag_depth", _parse_positive_int, ("LIMITS_MAX_SUBDAG_DEPTH",)),
+    _Setting("logs.max_step_bytes", _parse_positive_int, ("LOGS_MAX_STEP_BYTES",)),
+    _Setting("retention.days", _parse_non_negative_int, ("RETENTION_DAYS",)),
 )
 _BY_KEY: dict[str, _Setting] = {s.key: s for s in _SETTINGS}
 SETTING_KEYS: tuple[str, ...] = tuple(_BY_KEY)
@@ -675,6 +707,10 @@ def resolve(
             log_dir=picked.get("paths.log_dir", data_dir / "logs"),
         ),
         timing=timing,
+        logs=LogsConfig(
+            max_step_bytes=picked.get("logs.max_step_bytes", DEFAULT_MAX_STEP_LOG_BYTES)
+        ),
+        retention=RetentionConfig(days=picked.get("retention.days", 30)),
         default_execution_mode=picked.get("default_execution_mode", "local"),
         database_url=picked.get("database_url", ""),
         sources=sources,

@@ -16,12 +16,14 @@ from controlplane.config import Config, ConfigError
 from controlplane.coordinator import Coordinator, coordinator_record, run_loop, utcnow
 from controlplane.rpc.server import build_server
 from dags.local import LocalExecutor
+from dags.retention import apply_retention
 from workers import registry
 
 logger = logging.getLogger(__name__)
 
 DISPATCH_IDLE_SECONDS = 0.5
 HOUSEKEEPING_SECONDS = 1.0
+RETENTION_SECONDS = 86400.0  # retention.days is applied at start and then daily
 
 
 @dataclass
@@ -74,6 +76,14 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
             interval=config.timing.registry_refresh_interval,
         ),
         local.start(),
+        run_loop(
+            "retention",
+            lambda: apply_retention(
+                days=config.retention.days, now=utcnow(), log_dir=Path(config.paths.log_dir)
+            ),
+            stop=stop,
+            interval=RETENTION_SECONDS,
+        ),
     ]
     logger.info(
         "coordinator %s listening on %s:%d",

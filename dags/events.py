@@ -16,6 +16,17 @@ STEP_FINISHED = "step_finished"
 RUN_FINISHED = "run_finished"
 
 
+# `logs.max_step_bytes`: a step printing 100 MB in a loop must not fill the log disk.
+DEFAULT_MAX_STEP_LOG_BYTES = 16 * 1024 * 1024
+
+
+def truncation_marker(limit: int) -> bytes:
+    return (
+        f"\n[log truncated: this step wrote more than {limit} bytes "
+        "(logs.max_step_bytes); the rest of its output was dropped]\n"
+    ).encode()
+
+
 @dataclass(frozen=True)
 class Event:
     seq: int
@@ -42,11 +53,21 @@ class EventReporter:
     instance (straight into the database). Calls come from several step threads.
     """
 
-    def __init__(self, sink: Callable[[Event], None], *, run_id: str, token: str) -> None:
+    def __init__(
+        self,
+        sink: Callable[[Event], None],
+        *,
+        run_id: str,
+        token: str,
+        max_step_log_bytes: int = DEFAULT_MAX_STEP_LOG_BYTES,
+    ) -> None:
         self.sink, self.run_id, self.token = sink, run_id, token
+        self.max_step_log_bytes = max_step_log_bytes
         self._seq = itertools.count(1)
         self._offsets: dict[str, int] = {}
         self._retries: dict[str, int] = {}
+        # Bytes of each step's output kept so far, over all its tries: the cap is per step.
+        self._logged: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _emit(self, kind: str, **fields: Any) -> None:
@@ -74,6 +95,13 @@ class EventReporter:
     def step_log(self, step: str, stream: str, data: bytes) -> None:
         with self._lock:
             offset, retry = self._offsets.get(step, 0), self._retries.get(step, 0)
+            logged = self._logged.get(step, 0)
+            if logged > self.max_step_log_bytes:
+                return  # the marker went out with the chunk that reached the cap
+            room = self.max_step_log_bytes - logged
+            if len(data) > room:
+                data = data[:room] + truncation_marker(self.max_step_log_bytes)
+            self._logged[step] = logged + len(data)
             self._offsets[step] = offset + len(data)
         self._emit(STEP_LOG, step=step, stream=stream, data=data, offset=offset, retry=retry)
 

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from django.db import close_old_connections, connection
 
 from controlplane.config import Config
-from dags.events import EventReporter
+from dags.events import STEP_FINISHED, Event, EventReporter
 from dags.execution import (
     ChildRequest,
     ChildResult,
@@ -29,7 +30,7 @@ from dags.execution import (
     StepOutcome,
     execute_run,
 )
-from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
+from dags.models import Attempt, DagRun, ExecutionMode, RunStatus, StepStatus
 from dags.reports import apply_events
 from dags.runs import completed_steps, request_cancel, start_attempt, start_child_run
 from dags.spec import DagSpecError, parse_stored_dag_file
@@ -48,16 +49,105 @@ CANCEL_CHECK_SECONDS = 0.3
 CHILD_POLL_SECONDS = 0.2
 CHILD_CANCEL_WAIT_SECONDS = 30.0
 RECOVERY_SECONDS = 5.0
+# Local reports are batched like a worker's: one transaction per batch, not per event.
+REPORT_BATCH_EVENTS = 500
+REPORT_FLUSH_SECONDS = 0.2
+REPORT_CLOSE_SECONDS = 60.0
+_DURABLE_STEP_ENDS = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED})
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def db_reporter(run_id: str, token: str, *, log_dir: Path) -> EventReporter:
-    """A reporter whose events go straight into the database, one at a time."""
+class BatchedReports:
+    """A local attempt's reports, applied in batches as a worker's are.
+
+    Step threads only queue events (under the reporter's lock, so that must stay cheap);
+    one flusher thread applies what has accumulated every REPORT_FLUSH_SECONDS, at most
+    REPORT_BATCH_EVENTS per `apply_events` call, i.e. per transaction. `close` applies the
+    rest, so the run's final state is stored when `execute_attempt` returns.
+    """
+
+    def __init__(self, *, log_dir: Path, name: str) -> None:
+        self.log_dir = log_dir
+        self._events: deque[Event] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._urgent = False
+        self._queued = self._stored = 0  # events put / applied so far
+        self._thread = threading.Thread(target=self._loop, name=f"reports-{name}", daemon=True)
+        self._thread.start()
+
+    def put(self, event: Event) -> None:
+        with self._cond:
+            self._events.append(event)
+            self._queued += 1
+            if len(self._events) >= REPORT_BATCH_EVENTS:
+                self._cond.notify_all()
+            if event.kind == STEP_FINISHED and event.status in _DURABLE_STEP_ENDS:
+                # A step that ran is stored before its dependents start, as before batching:
+                # a run resumed after a crash must not run it again.
+                target = self._queued
+                self._urgent = True
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._stored >= target, timeout=REPORT_CLOSE_SECONDS)
+
+    def flush_once(self) -> int:
+        """Apply one batch in one transaction. Returns how many events it held."""
+        with self._cond:
+            batch = [self._events[i] for i in range(min(len(self._events), REPORT_BATCH_EVENTS))]
+        if not batch:
+            return 0
+        apply_events(batch, log_dir=self.log_dir)
+        with self._cond:
+            for _ in batch:
+                self._events.popleft()
+            self._stored += len(batch)
+            self._cond.notify_all()
+        return len(batch)
+
+    def close(self, *, timeout: float = REPORT_CLOSE_SECONDS) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.error("local reports not stored within %.0f s; giving up", timeout)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(
+                        lambda: (
+                            self._closing
+                            or self._urgent
+                            or len(self._events) >= REPORT_BATCH_EVENTS
+                        ),
+                        timeout=REPORT_FLUSH_SECONDS,
+                    )
+                    closing, self._urgent = self._closing, False
+                try:
+                    while self.flush_once() >= REPORT_BATCH_EVENTS:
+                        pass
+                except Exception:  # e.g. the database is locked: keep the events, retry
+                    logger.exception("storing local run reports failed; retrying")
+                    time.sleep(REPORT_FLUSH_SECONDS)
+                    continue
+                if closing and not self._events:
+                    return
+        finally:
+            connection.close()  # a thread that ends closes its connection
+
+
+def db_reporter(reports: BatchedReports, run_id: str, token: str, config: Config) -> EventReporter:
+    """A reporter whose events reach the database through `reports`."""
     return EventReporter(
-        lambda event: apply_events([event], log_dir=log_dir), run_id=run_id, token=token
+        reports.put,
+        run_id=run_id,
+        token=token,
+        max_step_log_bytes=config.logs.max_step_bytes,
     )
 
 
@@ -71,6 +161,14 @@ class DbChildLauncher:
         self.executor_id = executor_id
 
     def run_child(self, request: ChildRequest, *, cancel: threading.Event) -> ChildResult:
+        # Called in a step (or parallel item) thread that ends with the step: close its
+        # connection rather than leave one open per finished step.
+        try:
+            return self._run_child(request, cancel=cancel)
+        finally:
+            connection.close()
+
+    def _run_child(self, request: ChildRequest, *, cancel: threading.Event) -> ChildResult:
         try:
             child = start_child_run(
                 self.parent,
@@ -119,8 +217,23 @@ def execute_attempt(
     wake: Callable[[], None],
 ) -> RunOutcome:
     """Run a claimed local attempt to the end, reporting into the database."""
-    log_dir = Path(config.paths.log_dir)
-    reporter = db_reporter(run.id, attempt.token, log_dir=log_dir)
+    reports = BatchedReports(log_dir=Path(config.paths.log_dir), name=run.id)
+    try:
+        return _execute_attempt(run, attempt, config, cancel=cancel, wake=wake, reports=reports)
+    finally:
+        reports.close()
+
+
+def _execute_attempt(
+    run: DagRun,
+    attempt: Attempt,
+    config: Config,
+    *,
+    cancel: threading.Event,
+    wake: Callable[[], None],
+    reports: BatchedReports,
+) -> RunOutcome:
+    reporter = db_reporter(reports, run.id, attempt.token, config)
     reporter.attempt_started(at=utcnow())
     try:
         dag_file = parse_stored_dag_file(run.spec, source=run.source)

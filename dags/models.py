@@ -152,6 +152,10 @@ class Attempt(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["run", "number"], name="attempt_number_unique")
         ]
+        # Failover, slot counting and local recovery ask every second for the active
+        # attempts by mode; this index keeps that a range scan over the few active rows
+        # however many finished attempts the table holds.
+        indexes = [models.Index(fields=["status", "mode", "worker_id"], name="attempt_active")]
 
     def __str__(self) -> str:
         return f"{self.run_id} #{self.number}"

@@ -62,17 +62,19 @@ def apply_events(events: Iterable[Event], *, log_dir: Path) -> ApplyResult:
     by_token: dict[str, list[Event]] = {}
     for event in events:
         by_token.setdefault(event.attempt_token, []).append(event)
+    # Log files first and outside any transaction: a slow disk must not hold the database
+    # (SQLite's single write lock above all), and offsets make the writes idempotent.
+    for token, batch in by_token.items():
+        _write_logs(token, batch, log_dir=log_dir)
     # One transaction for the whole report: every write transaction queues for SQLite's
     # single write lock, so fewer, larger ones are what raise throughput.
     with transaction.atomic():
         for token, batch in by_token.items():
-            _apply_attempt_batch(token, batch, log_dir=log_dir, result=result)
+            _apply_attempt_batch(token, batch, result=result)
     return result
 
 
-def _apply_attempt_batch(
-    token: str, batch: list[Event], *, log_dir: Path, result: ApplyResult
-) -> None:
+def _apply_attempt_batch(token: str, batch: list[Event], *, result: ApplyResult) -> None:
     attempt = Attempt.objects.select_related("run").filter(token=token).first()
     if attempt is None:
         result.rejected_tokens.add(token)
@@ -92,16 +94,25 @@ def _apply_attempt_batch(
         )
         result.rejected_tokens.add(token)
         return
-    # Logs first and outside the transaction: offsets make them idempotent on their own.
-    for event in fresh:
-        if event.kind == STEP_LOG:
-            _append_log(log_dir, run.id, attempt.number, event)
     with transaction.atomic():
         for event in fresh:
             if event.kind != STEP_LOG:
                 _apply_one(event, attempt=attempt, run=run, result=result)
         Attempt.objects.filter(pk=attempt.pk).update(last_event_seq=fresh[-1].seq)
     result.applied += len(fresh)
+
+
+def _write_logs(token: str, batch: list[Event], *, log_dir: Path) -> None:
+    """Append the batch's log chunks if its attempt is current (checked again on apply)."""
+    logs = [e for e in batch if e.kind == STEP_LOG]
+    attempt = Attempt.objects.select_related("run").filter(token=token).first() if logs else None
+    if attempt is None or attempt.run.attempt != attempt.number:
+        return
+    if attempt.status not in _ACTIVE_ATTEMPT:
+        return
+    for event in logs:
+        if event.seq > attempt.last_event_seq:
+            _append_log(log_dir, attempt.run_id, attempt.number, event)
 
 
 def _apply_one(event: Event, *, attempt: Attempt, run: DagRun, result: ApplyResult) -> None:

@@ -125,6 +125,8 @@ def default_of(key: str, home: Path) -> Any:
         "timing.health_offline_after": 30.0,
         "timing.offline_purge_after": 86400.0,
         "limits.max_subdag_depth": 16,
+        "logs.max_step_bytes": 16 * 1024 * 1024,
+        "retention.days": 30,
     }[key]
 
 
@@ -169,6 +171,8 @@ CASES = [
     Case("timing.health_offline_after", 31, "32", "33", 31.0, 32.0, 33.0),
     Case("timing.offline_purge_after", 100, "200", "300", 100.0, 200.0, 300.0),
     Case("limits.max_subdag_depth", 4, "8", "32", 4, 8, 32),
+    Case("logs.max_step_bytes", 1000, "2000", "3000", 1000, 2000, 3000),
+    Case("retention.days", 0, "7", "90", 0, 7, 90),
 ]  # fmt: skip
 ENV_CASES = [case for case in CASES if any(v.startswith("DAGU_") for v in env_vars(case.key))]
 

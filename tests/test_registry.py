@@ -225,7 +225,8 @@ def test_write_leaves_no_temp_files(tmp_path: Path):
 
 
 def test_concurrent_scans_never_see_a_partial_file(tmp_path: Path):
-    big = {f"label-{i:05d}": "v" * 40 for i in range(3000)}
+    # As large as a valid record gets (see workers.labels for the limits).
+    big = {f"label-{i:05d}-" + "k" * 50: "v" * 63 for i in range(64)}
     records = [make_worker(labels=big, active_tasks=0), make_worker(labels=big, active_tasks=1)]
     write_record(tmp_path, records[0])
     stop = threading.Event()

@@ -8,6 +8,7 @@ coordinator applies each sequence number once).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -50,6 +51,10 @@ REPORT_BATCH_EVENTS = 500
 REPORT_BATCH_BYTES = 4 * 1024 * 1024
 CHILD_POLL_SECONDS = 0.5
 CHILD_CANCEL_WAIT_SECONDS = 30.0
+OUTBOX_DROP_MARKER = (
+    b"\n[log output dropped here: the worker's report buffer was full while the "
+    b"coordinator was unreachable]\n"
+)
 
 
 def utcnow() -> datetime:
@@ -59,8 +64,11 @@ def utcnow() -> datetime:
 class Outbox:
     """Bounded FIFO of events awaiting acknowledgement.
 
-    When full, log chunks are dropped first (with a marker in the log); state events are
-    never dropped, since losing one would leave a run's state wrong rather than incomplete.
+    When full, log chunks are dropped first; state events are never dropped, since losing
+    one would leave a run's state wrong rather than incomplete. The first chunk of a step
+    dropped after one was kept is replaced by a short marker (same sequence number and
+    offset), so the log shows where output is missing; markers may exceed the bounds, but
+    there is at most one per kept chunk.
     """
 
     def __init__(self, *, max_events: int = 200_000, max_bytes: int = 64 * 1024 * 1024) -> None:
@@ -69,15 +77,23 @@ class Outbox:
         self._bytes = 0
         self._cond = threading.Condition()
         self.dropped_log_bytes = 0
+        self._marked: set[tuple[str, str]] = set()  # (attempt token, step) with a marker out
 
     def put(self, event: Event) -> None:
         with self._cond:
-            if event.kind == STEP_LOG and (
-                len(self._events) >= self.max_events
-                or self._bytes + len(event.data) > self.max_bytes
-            ):
-                self.dropped_log_bytes += len(event.data)
-                return
+            if event.kind == STEP_LOG:
+                step = (event.attempt_token, event.step)
+                if (
+                    len(self._events) >= self.max_events
+                    or self._bytes + len(event.data) > self.max_bytes
+                ):
+                    self.dropped_log_bytes += len(event.data)
+                    if step in self._marked:
+                        return
+                    self._marked.add(step)
+                    event = dataclasses.replace(event, data=OUTBOX_DROP_MARKER)
+                else:
+                    self._marked.discard(step)
             self._events.append(event)
             self._bytes += len(event.data)
             self._cond.notify_all()
@@ -347,7 +363,12 @@ class WorkerAgent:
 
     def _execute(self, active: ActiveRun) -> None:
         task = active.task
-        reporter = EventReporter(self.outbox.put, run_id=task.dag_run_id, token=task.attempt_token)
+        reporter = EventReporter(
+            self.outbox.put,
+            run_id=task.dag_run_id,
+            token=task.attempt_token,
+            max_step_log_bytes=self.config.logs.max_step_bytes,
+        )
         reporter.attempt_started(at=active.started_at)
         try:
             outcome = self._run_dag(task, reporter, active.cancel)

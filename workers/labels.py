@@ -12,7 +12,16 @@ import datetime as dt
 from collections.abc import Mapping
 
 __all__ = [
+    "MAX_HOST_LENGTH",
+    "MAX_LABELS",
+    "MAX_LABEL_KEY_NAME",
+    "MAX_LABEL_KEY_PREFIX",
+    "MAX_LABEL_VALUE",
+    "MAX_WORKER_ID_LENGTH",
     "LabelError",
+    "check_host",
+    "check_labels",
+    "check_worker_id",
     "format_labels",
     "matches",
     "normalize_label_map",
@@ -21,8 +30,21 @@ __all__ = [
 ]
 
 
+# Size limits, checked wherever labels or a worker identity enter (config, flags, env,
+# registry files, gRPC, DAG selectors), modelled on Kubernetes labels: a key is a name of at
+# most 63 characters, optionally after a `prefix/` of at most 128; a value is at most 63.
+# The database columns (255) hold all of them, so one bad worker can never fail the write
+# of the others.
+MAX_LABELS = 64
+MAX_LABEL_KEY_NAME = 63
+MAX_LABEL_KEY_PREFIX = 128
+MAX_LABEL_VALUE = 63
+MAX_WORKER_ID_LENGTH = 128
+MAX_HOST_LENGTH = 253  # the longest DNS name
+
+
 class LabelError(ValueError):
-    """Invalid label input; `str()` is the one-line message shown to the operator."""
+    """Invalid label or worker identity; `str()` is the one-line message for the operator."""
 
 
 def parse_label_string(text: str) -> dict[str, str]:
@@ -41,7 +63,7 @@ def parse_label_string(text: str) -> dict[str, str]:
         if not sep or not key:
             raise LabelError(f'invalid label "{item}": expected key=value')
         labels[key] = value.strip()
-    return labels
+    return check_labels(labels)
 
 
 def normalize_label_map(value: object) -> dict[str, str]:
@@ -60,7 +82,7 @@ def normalize_label_map(value: object) -> dict[str, str]:
         if not key:
             raise LabelError(f'invalid label "{raw_key}": key must not be empty')
         labels[key] = _scalar_text(key, raw_value)
-    return labels
+    return check_labels(labels)
 
 
 def parse_labels(value: object) -> dict[str, str]:
@@ -72,6 +94,51 @@ def parse_labels(value: object) -> dict[str, str]:
     if isinstance(value, Mapping):
         return normalize_label_map(value)
     raise LabelError(f"labels must be a key=value,... string or a mapping, got {_type_name(value)}")
+
+
+def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """`labels` as a dict if within the size limits above, else LabelError naming the label."""
+    if len(labels) > MAX_LABELS:
+        raise LabelError(f"too many labels: {len(labels)} (at most {MAX_LABELS})")
+    for key, value in labels.items():
+        prefix, _, name = key.rpartition("/")
+        if len(name) > MAX_LABEL_KEY_NAME:
+            raise LabelError(
+                f'label key "{_clip(key)}" is {len(name)} characters long '
+                f"(at most {MAX_LABEL_KEY_NAME}, after an optional prefix/)"
+            )
+        if len(prefix) > MAX_LABEL_KEY_PREFIX:
+            raise LabelError(
+                f'label key "{_clip(key)}": the prefix before "/" is {len(prefix)} '
+                f"characters long (at most {MAX_LABEL_KEY_PREFIX})"
+            )
+        if len(value) > MAX_LABEL_VALUE:
+            raise LabelError(
+                f'label "{_clip(key)}": value is {len(value)} characters long '
+                f"(at most {MAX_LABEL_VALUE})"
+            )
+    return dict(labels)
+
+
+def check_worker_id(worker_id: str) -> str:
+    """A worker id: 1 to MAX_WORKER_ID_LENGTH characters."""
+    if not worker_id:
+        raise LabelError("worker id must not be empty")
+    if len(worker_id) > MAX_WORKER_ID_LENGTH:
+        raise LabelError(
+            f'worker id "{_clip(worker_id)}" is {len(worker_id)} characters long '
+            f"(at most {MAX_WORKER_ID_LENGTH})"
+        )
+    return worker_id
+
+
+def check_host(host: str) -> str:
+    """A host name as a worker reports it: at most MAX_HOST_LENGTH characters."""
+    if len(host) > MAX_HOST_LENGTH:
+        raise LabelError(
+            f'host "{_clip(host)}" is {len(host)} characters long (at most {MAX_HOST_LENGTH})'
+        )
+    return host
 
 
 def format_labels(labels: Mapping[str, str]) -> str:
@@ -105,6 +172,11 @@ def _scalar_text(key: str, value: object) -> str:
     if isinstance(value, Mapping | list | tuple | set):
         raise LabelError(f'label "{key}": nested values are not allowed')
     raise LabelError(f'label "{key}": unsupported value of type {_type_name(value)}')
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    # Error messages name the offender without echoing a 5,000-character value back.
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _type_name(value: object) -> str:

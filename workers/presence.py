@@ -254,16 +254,32 @@ class Fleet:
 
 
 def flush_fleet(fleet: Fleet, *, now: datetime) -> int:
-    """Write changed workers to the database in one transaction. Returns rows written."""
+    """Write changed workers to the database in one transaction. Returns rows written.
+
+    If the batch fails, each worker is written on its own so that one row the database
+    refuses cannot freeze every other worker's row; the refused ones are logged and retried
+    at the next flush.
+    """
     states = fleet.take_dirty()
     if not states:
         return 0
     try:
         _write_states(states, now=now)
+        return len(states)
     except Exception:
-        fleet.mark_dirty_again(states)
-        raise
-    return len(states)
+        if len(states) == 1:
+            fleet.mark_dirty_again(states)
+            raise
+    written, failed = 0, []
+    for state in states:
+        try:
+            _write_states([state], now=now)
+            written += 1
+        except Exception as exc:
+            logger.error("cannot store worker %s: %s", state.id[:40], _first_line(exc))
+            failed.append(state)
+    fleet.mark_dirty_again(failed)
+    return written
 
 
 def _row(state: WorkerState, *, now: datetime) -> Worker:
@@ -355,3 +371,7 @@ def purge_offline(*, now: datetime, timing: TimingConfig) -> list[str]:
         Worker.objects.filter(id__in=ids).delete()
         logger.info("purged %d long-offline worker(s): %s", len(ids), ", ".join(ids))
     return ids
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -25,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from workers.labels import LabelError, check_host, check_labels, check_worker_id
+
 logger = logging.getLogger(__name__)
 
 WORKER = "worker"
@@ -237,7 +239,14 @@ def _get_labels(data: dict[str, Any], key: str) -> dict[str, str]:
             raise _InvalidRecord(
                 f"key '{key}' label {label!r} must be a string, got {_type_name(label_value)}"
             )
-    return dict(value)
+    return _checked(check_labels, value, key)
+
+
+def _checked(check: Callable[[Any], Any], value: object, key: str) -> Any:
+    try:
+        return check(value)
+    except LabelError as exc:
+        raise _InvalidRecord(f"key '{key}': {exc}") from None
 
 
 def _record_from_json(data: object, kind: str) -> WorkerRecord | CoordinatorRecord:
@@ -247,8 +256,8 @@ def _record_from_json(data: object, kind: str) -> WorkerRecord | CoordinatorReco
     if kind == WORKER:
         _require_keys(data, _WORKER_KEYS)
         return WorkerRecord(
-            id=_get_str(data, "id", non_empty=True),
-            host=_get_str(data, "host"),
+            id=_checked(check_worker_id, _get_str(data, "id", non_empty=True), "id"),
+            host=_checked(check_host, _get_str(data, "host"), "host"),
             pid=_get_int(data, "pid", minimum=1),
             labels=_get_labels(data, "labels"),
             max_active_runs=_get_int(data, "max_active_runs", minimum=0),

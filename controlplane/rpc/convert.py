@@ -7,15 +7,19 @@ from datetime import UTC, datetime
 from controlplane.coordinator import TaskPayload
 from controlplane.rpc.events import from_ms, ms
 from controlplane.rpc.v1 import coordinator_pb2 as pb
+from workers.labels import LabelError, check_host, check_labels, check_worker_id
 from workers.presence import Identity, Running, WorkerState
 
 
 def identity_from_pb(info: pb.WorkerInfo) -> Identity:
+    """The worker's identity; LabelError (one line) if any part is out of bounds."""
+    if info.max_active_runs < 0 or info.pid < 0:
+        raise LabelError("worker.pid and worker.max_active_runs must not be negative")
     return Identity(
-        id=info.worker_id,
-        host=info.host,
+        id=check_worker_id(info.worker_id),
+        host=check_host(info.host),
         pid=info.pid,
-        labels=dict(info.labels),
+        labels=check_labels(info.labels),
         max_active_runs=info.max_active_runs,
         started_at=from_ms(info.started_at_ms),
     )

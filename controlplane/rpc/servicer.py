@@ -16,6 +16,8 @@ from controlplane.rpc.v1 import coordinator_pb2 as pb
 from dags.runs import RunError
 from dags.spec import DagSpecError
 from workers.health import OFFLINE
+from workers.labels import LabelError
+from workers.presence import Identity
 
 
 class CoordinatorService(Service):
@@ -27,9 +29,8 @@ class CoordinatorService(Service):
         return self.coordinator
 
     def Poll(self, request: pb.PollRequest, context: grpc.ServicerContext) -> pb.PollResponse:
-        _require_worker(request.worker.worker_id, context)
         tasks = self.core.poll(
-            convert.identity_from_pb(request.worker),
+            _identity(request.worker, context),
             free_slots=request.free_slots,
             wait=request.wait_ms / 1000,
         )
@@ -38,9 +39,8 @@ class CoordinatorService(Service):
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatResponse:
-        _require_worker(request.worker.worker_id, context)
         cancel, draining = self.core.heartbeat(
-            convert.identity_from_pb(request.worker),
+            _identity(request.worker, context),
             running=convert.running_from_pb(list(request.running)),
             stopping=request.stopping,
         )
@@ -123,6 +123,10 @@ class CoordinatorService(Service):
         return pb.WakeResponse()
 
 
-def _require_worker(worker_id: str, context: grpc.ServicerContext) -> None:
-    if not worker_id:
+def _identity(info: pb.WorkerInfo, context: grpc.ServicerContext) -> Identity:
+    if not info.worker_id:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "worker.worker_id is required")
+    try:
+        return convert.identity_from_pb(info)
+    except LabelError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"worker {info.worker_id[:40]!r}: {exc}")
