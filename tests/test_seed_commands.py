@@ -260,8 +260,7 @@ def test_seed_worker_command_lines_register_with_their_labels(dagu_cluster: Clus
 
     def listed() -> dict[str, dict[str, str]]:
         result = c.manage("workers", "--json")  # `dagu workers --json`
-        rows = json.loads(result.stdout) if result.returncode == 0 else []
-        rows = rows["workers"] if isinstance(rows, dict) else rows
+        rows = json.loads(result.stdout)["workers"] if result.returncode == 0 else []
         return {row["id"]: row["labels"] for row in rows}
 
     seen = wait_for(
