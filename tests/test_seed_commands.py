@@ -1,9 +1,9 @@
 """The seeds' command lines, typed as written with `.venv/bin/dagu` in place of `dagu`.
 
-Seeds 000 and 001 start workers with `--worker-labels`/`--worker.labels` (space or `=`),
-`DAGU_WORKER_LABELS`, `boltbase worker`, the coordinator with `--coordinator.host=0.0.0.0`,
-`start-all --host=0.0.0.0`, and TLS with the `--peer.*` flags; seed 001's config block sets
-`peer.insecure: true` beside certificate paths.
+Seeds 000 and 001 start workers with `--worker-labels`/`--worker.labels` (space or `=`) and
+`DAGU_WORKER_LABELS`, seed 003 with `boltbase worker` and `BOLTBASE_WORKER_LABELS`; the
+coordinator with `--coordinator.host=0.0.0.0`, `start-all --host=0.0.0.0`, and TLS with the
+`--peer.*` flags; seed 001's config block sets `peer.insecure: true` beside certificate paths.
 """
 
 from __future__ import annotations
@@ -234,8 +234,11 @@ SEED_WORKERS = [
      {"cpu-only": "true", "region": "us-east-1"}),
     ("seed000-env", DAGU, [], {"DAGU_WORKER_LABELS": "gpu=true,memory=64G"},
      {"gpu": "true", "memory": "64G"}),
-    ("boltbase", BOLTBASE, ["--worker.labels", "region=eu-west-1,compliance=gdpr"], {},
-     {"region": "eu-west-1", "compliance": "gdpr"}),
+    ("seed003-flag", BOLTBASE, ["--worker.labels", "gpu=true,memory=64G,region=us-east-1"], {},
+     {"gpu": "true", "memory": "64G", "region": "us-east-1"}),
+    ("seed003-env", BOLTBASE, [],
+     {"BOLTBASE_WORKER_LABELS": "gpu=true,memory=64G,region=us-east-1"},
+     {"gpu": "true", "memory": "64G", "region": "us-east-1"}),
 ]  # fmt: skip
 
 
