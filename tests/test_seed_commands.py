@@ -187,6 +187,7 @@ def test_start_all_on_all_interfaces_serves_a_worker_dialing_a_non_loopback_addr
     if local is None:
         pytest.skip("this machine has no non-loopback IPv4 address to dial")
     c = dagu_cluster
+    grpc = free_port()
     # Seed 001: `dagu start-all --host=0.0.0.0 --port=8080` (ports picked at run time), with
     # the advertise setting the test cluster normally pins removed.
     proc = c.spawn(
@@ -194,6 +195,7 @@ def test_start_all_on_all_interfaces_serves_a_worker_dialing_a_non_loopback_addr
         "start-all",
         "--host=0.0.0.0",
         f"--port={free_port()}",
+        f"--coordinator.port={grpc}",
         "--coordinator.id=coordinator-primary",
         env={"DAGU_COORDINATOR_ADVERTISE": ""},
     )
@@ -204,7 +206,7 @@ def test_start_all_on_all_interfaces_serves_a_worker_dialing_a_non_loopback_addr
     )
     assert proc.poll() is None, c.log("main")
     [record] = wait_for(lambda: coordinator_records(c), timeout=30, what="the registry entry")
-    assert (record["id"], record["host"], record["port"]) == ("coordinator-primary", local, c.port)
+    assert (record["id"], record["host"], record["port"]) == ("coordinator-primary", local, grpc)
     assert record["file"].startswith("coordinator-primary-")
 
     # Seed 001's Kubernetes worker: `--worker.coordinator-host` / `--worker.coordinator-port`.
@@ -214,7 +216,7 @@ def test_start_all_on_all_interfaces_serves_a_worker_dialing_a_non_loopback_addr
         "--worker.id=remote-gpu",
         "--worker.labels=gpu=true,node-type=gpu-node",
         f"--worker.coordinator-host={local}",
-        f"--worker.coordinator-port={c.port}",
+        f"--worker.coordinator-port={grpc}",
     )
     wait_for(lambda: c.worker_row("remote-gpu"), timeout=30, what="the worker to register")
     run_id = c.start_run(write_dag(tmp_path, "gpu-job", GPU_DAG))  # `dagu start FILE`
@@ -247,7 +249,10 @@ def test_seed_worker_command_lines_register_with_their_labels(dagu_cluster: Clus
     c = dagu_cluster
     # `dagu coordinator --coordinator.host=0.0.0.0 --coordinator.port=50055`, on a free port.
     proc = c.spawn(
-        "coordinator", "coordinator", "--coordinator.host=0.0.0.0", f"--coordinator.port={c.port}"
+        "coordinator",
+        "coordinator",
+        "--coordinator.host=0.0.0.0",
+        f"--coordinator.port={free_port()}",
     )
     wait_for(
         lambda: "listening" in c.log("coordinator") or proc.poll() is not None,
