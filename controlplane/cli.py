@@ -45,7 +45,10 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("coordinator", ("--coordinator.port",), "coordinator.port",
           "coordinator gRPC port (default 50055)", "PORT"),
     _Flag("coordinator", ("--coordinator.advertise",), "coordinator.advertise",
-          "host name workers use to reach this coordinator (default: hostname)", "HOST"),
+          "address workers dial to reach this coordinator (default: the bound host, or this "
+          "machine's non-loopback address when bound to all interfaces)", "HOST"),
+    _Flag("coordinator", ("--coordinator.id",), "coordinator.id",
+          "coordinator id in the service registry (default: ADVERTISE@PORT)", "ID"),
     _Flag("worker", ("--worker.id",), "worker.id",
           "worker id (default: hostname@pid)", "ID"),
     _Flag("worker", ("--worker.labels", "--worker-labels"), "worker.labels",

@@ -53,6 +53,8 @@ class CoordinatorConfig:
     host: str = "127.0.0.1"
     port: int = 50055
     advertise: str = field(default_factory=socket.gethostname)
+    # Empty means "<advertised host>@<port>", decided once the port is bound.
+    id: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class PeerConfig:
     key_file: str = ""
     client_ca_file: str = ""
     skip_tls_verify: bool = False
+    # TLS settings that were given but dropped because peer.insecure was set true (seed 001
+    # writes `insecure: true` beside certFile/keyFile); check_peer_files says so once.
+    ignored: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -372,6 +377,9 @@ _SETTINGS: tuple[_Setting, ...] = (
         _parse_text_or_default,
         ("COORDINATOR_ADVERTISE",),
         flag="--coordinator.advertise",
+    ),
+    _Setting(
+        "coordinator.id", _parse_text_or_default, ("COORDINATOR_ID",), flag="--coordinator.id"
     ),
     _Setting("worker.id", _parse_worker_id, ("WORKER_ID",), flag="--worker.id"),
     _Setting("worker.labels", _parse_worker_labels, ("WORKER_LABELS",), flag="--worker.labels"),
@@ -677,7 +685,7 @@ def resolve(
     coordinator = CoordinatorConfig(
         host=picked.get("coordinator.host", "127.0.0.1"),
         port=picked.get("coordinator.port", 50055),
-        **_present(picked, advertise="coordinator.advertise"),
+        **_present(picked, advertise="coordinator.advertise", id="coordinator.id"),
     )
     return Config(
         coordinator=coordinator,
@@ -691,13 +699,7 @@ def resolve(
             coordinator_port=picked.get("worker.coordinator_port"),
             **_present(picked, id="worker.id"),
         ),
-        peer=PeerConfig(
-            insecure=picked.get("peer.insecure", True),
-            cert_file=picked.get("peer.cert_file", ""),
-            key_file=picked.get("peer.key_file", ""),
-            client_ca_file=picked.get("peer.client_ca_file", ""),
-            skip_tls_verify=picked.get("peer.skip_tls_verify", False),
-        ),
+        peer=_peer(picked, ranks=ranks),
         paths=PathsConfig(
             data_dir=data_dir,
             service_registry_dir=picked.get(
@@ -724,6 +726,27 @@ def resolve(
 def _present(picked: Mapping[str, Any], **fields: str) -> dict[str, Any]:
     # Only fields that were set, so the dataclass default factories (hostname, pid) apply.
     return {name: picked[key] for name, key in fields.items() if key in picked}
+
+
+_TLS_KEYS = ("peer.cert_file", "peer.key_file", "peer.client_ca_file", "peer.skip_tls_verify")
+
+
+def _peer(picked: Mapping[str, Any], *, ranks: Mapping[str, int]) -> PeerConfig:
+    """peer.*; an explicit `insecure: true` wins over TLS settings, which are then dropped.
+
+    Left at its default, insecure=true still lets TLS settings switch TLS on (design.md,
+    Transport security); only an operator who wrote `insecure: true` gets plaintext.
+    """
+    values = {key: picked[key] for key in _TLS_KEYS if picked.get(key)}
+    insecure = picked.get("peer.insecure", True)
+    ignored: tuple[str, ...] = ()
+    if insecure and ranks["peer.insecure"] > _DEFAULT and values:
+        ignored, values = tuple(values), {}
+    return PeerConfig(
+        insecure=insecure,
+        **{key.partition(".")[2]: value for key, value in values.items()},
+        ignored=ignored,
+    )
 
 
 def _timing(
@@ -799,6 +822,12 @@ def check_peer_files(config: Config) -> None:
     must stop the coordinator and worker, not `migrate`.
     """
     peer = config.peer
+    if peer.ignored:
+        logger.warning(
+            "peer.insecure is true (from %s): ignoring %s; coordinator traffic is plaintext (h2c)",
+            config.sources.get("peer.insecure", "default"),
+            ", ".join(peer.ignored),
+        )
     if bool(peer.cert_file) != bool(peer.key_file):
         given, missing = (
             ("peer.cert_file", "peer.key_file")

@@ -299,7 +299,7 @@ def coordinator_record(
     config: Config, *, started_at: datetime, status: str
 ) -> registry.CoordinatorRecord:
     return registry.CoordinatorRecord(
-        id=f"{config.coordinator.advertise}@{config.coordinator.port}",
+        id=config.coordinator.id or f"{config.coordinator.advertise}@{config.coordinator.port}",
         host=config.coordinator.advertise,
         port=config.coordinator.port,
         pid=os.getpid(),

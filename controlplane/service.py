@@ -6,12 +6,13 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
 
+from controlplane.address import advertised_host
 from controlplane.config import Config, ConfigError
 from controlplane.coordinator import Coordinator, coordinator_record, run_loop, utcnow
 from controlplane.rpc.server import build_server
@@ -36,6 +37,7 @@ class RunningCoordinator:
     registrant: registry.Registrant
     local: LocalExecutor
     threads: list[threading.Thread] = field(default_factory=list)
+    advertised: str = ""  # host:port as the service registry shows it
 
 
 def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordinator:
@@ -45,7 +47,7 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
     server, port, health_servicer = build_server(
         core, host=config.coordinator.host, port=config.coordinator.port, peer=config.peer
     )
-    bound_config = _with_port(config, port)
+    bound_config = _as_bound(config, port)
     registrant = registry.Registrant(
         Path(config.paths.service_registry_dir),
         lambda: coordinator_record(bound_config, started_at=core.started_at, status="active"),
@@ -60,6 +62,7 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
     server.start()
     local = LocalExecutor(config, stop=stop, wake=core.wake)
     running = RunningCoordinator(core, server, port, health_servicer, stop, registrant, local)
+    running.advertised = f"{bound_config.coordinator.advertise}:{port}"
     running.threads = [
         run_loop(
             "dispatch",
@@ -86,9 +89,11 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
         ),
     ]
     logger.info(
-        "coordinator %s listening on %s:%d",
-        config.coordinator.advertise,
+        "coordinator %s listening on %s:%d, advertised as %s:%d",
+        bound_config.coordinator.id,
         config.coordinator.host,
+        port,
+        bound_config.coordinator.advertise,
         port,
     )
     return running
@@ -109,13 +114,31 @@ def stop_coordinator(running: RunningCoordinator, *, grace: float = 5.0) -> None
     logger.info("coordinator stopped at %s", utcnow().isoformat())
 
 
-def _with_port(config: Config, port: int) -> Config:
-    from dataclasses import replace
-
-    return replace(config, coordinator=replace(config.coordinator, port=port))
+def _as_bound(config: Config, port: int) -> Config:
+    """The config as the registry shows it: the bound port, the address to dial, the id."""
+    advertise = advertised_host(config)
+    coordinator = replace(
+        config.coordinator,
+        port=port,
+        advertise=advertise,
+        id=config.coordinator.id or f"{advertise}@{port}",
+    )
+    return replace(config, coordinator=coordinator)
 
 
 def install_stop_signals(on_stop: Callable[[], None]) -> None:
     """SIGTERM and SIGINT only request a stop; the main thread does the shutdown."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: on_stop())
+
+
+def coordinator_on_web_host(config: Config, web_host: str) -> Config:
+    """Bind the coordinator where the web server listens unless coordinator.host was set.
+
+    The seeds' Compose and Kubernetes examples pass only `--host=0.0.0.0` and publish 50055;
+    a coordinator left on 127.0.0.1 would be unreachable from every other container.
+    """
+    if config.sources.get("coordinator.host", "default") != "default":
+        return config
+    coordinator = replace(config.coordinator, host=web_host)
+    return replace(config, coordinator=coordinator)

@@ -23,6 +23,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
+# The console command `make install` puts beside the interpreter (pyproject [project.scripts]).
+DAGU = [str(Path(sys.executable).parent / "dagu")]
 DB_NAME = "controlplane.sqlite3"
 
 # Fast thresholds so fault tests finish in seconds; each is still ordered as in SPEC §8.
@@ -97,6 +99,9 @@ def migrated_template(cache_dir: Path) -> Path:
 
 
 class Cluster:
+    # What spawn() and manage() run; DAGU to go through the installed `dagu` command instead.
+    program: list[str] = MANAGE
+
     def __init__(
         self, home: Path, template: Path, *, extra_env: dict[str, str] | None = None
     ) -> None:
@@ -132,7 +137,7 @@ class Cluster:
         log = self.home / f"{name}.log"
         self.logs[name] = log
         proc = subprocess.Popen(
-            [*MANAGE, *args],
+            [*self.program, *args],
             env={**self.env, **(env or {})},
             stdout=open(log, "ab"),  # noqa: SIM115 - the child owns it
             stderr=subprocess.STDOUT,
@@ -241,7 +246,7 @@ class Cluster:
         self, *args: str, timeout: float = 120, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*MANAGE, *args],
+            [*self.program, *args],
             env=self.env,
             capture_output=True,
             text=True,

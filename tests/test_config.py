@@ -100,6 +100,7 @@ def default_of(key: str, home: Path) -> Any:
         "coordinator.host": "127.0.0.1",
         "coordinator.port": 50055,
         "coordinator.advertise": socket.gethostname(),
+        "coordinator.id": "",
         "worker.id": f"{socket.gethostname()}@{os.getpid()}",
         "worker.labels": {},
         "worker.max_active_runs": 10,
@@ -135,6 +136,8 @@ CASES = [
     Case("coordinator.port", 6001, "6002", "6003", 6001, 6002, 6003),
     Case("coordinator.advertise", "file-host", "env-host", "flag-host",
          "file-host", "env-host", "flag-host"),
+    Case("coordinator.id", "c-file", "c-env", "coordinator-primary",
+         "c-file", "c-env", "coordinator-primary"),
     Case("worker.id", "w-file", "w-env", "w-flag", "w-file", "w-env", "w-flag"),
     Case("worker.labels", {"gpu": True, "memory": 64}, "region=us-east-1", "zone=a, gpu=false",
          {"gpu": "true", "memory": "64"}, {"region": "us-east-1"}, {"zone": "a", "gpu": "false"}),
@@ -969,6 +972,7 @@ def test_flag_keys_cover_the_spec_spellings():
         "--coordinator.host": "coordinator.host",
         "--coordinator.port": "coordinator.port",
         "--coordinator.advertise": "coordinator.advertise",
+        "--coordinator.id": "coordinator.id",
         "--worker.id": "worker.id",
         "--worker.labels": "worker.labels",
         "--worker-labels": "worker.labels",
@@ -1005,6 +1009,7 @@ def test_add_config_arguments_adds_only_the_requested_sections():
         "--coordinator.host",
         "--coordinator.port",
         "--coordinator.advertise",
+        "--coordinator.id",
     }
     assert option_strings(make_parser(*("coordinator", "worker", "peer", "paths"))) == set(
         FLAG_KEYS

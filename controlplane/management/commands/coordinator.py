@@ -27,7 +27,10 @@ class Command(ConfigCommand):
         stop = threading.Event()
         install_stop_signals(stop.set)
         running = start_coordinator(config, stop=stop)
-        self.stdout.write(f"coordinator listening on {config.coordinator.host}:{running.port}")
+        self.stdout.write(
+            f"coordinator listening on {config.coordinator.host}:{running.port}"
+            f" (workers dial {running.advertised})"
+        )
         self.stdout.flush()
         stop.wait()
         stop_coordinator(running, grace=options["shutdown_grace"])

@@ -16,7 +16,12 @@ from waitress.server import create_server
 from controlplane.cli import ConfigCommand
 from controlplane.config import Config, ConfigError
 from controlplane.coordinator import run_loop
-from controlplane.service import install_stop_signals, start_coordinator, stop_coordinator
+from controlplane.service import (
+    coordinator_on_web_host,
+    install_stop_signals,
+    start_coordinator,
+    stop_coordinator,
+)
 from controlplane.wsgi import application
 from dags.scheduler import CronScheduler
 
@@ -32,6 +37,7 @@ class Command(ConfigCommand):
         parser.add_argument("--shutdown-grace", type=float, default=5.0)
 
     def handle_config(self, config: Config, **options: Any) -> None:
+        config = coordinator_on_web_host(config, options["host"])
         stop = threading.Event()
         install_stop_signals(stop.set)
         try:
@@ -55,7 +61,10 @@ class Command(ConfigCommand):
         web_thread.start()
         url = f"http://{options['host']}:{web.effective_port}"
         self.stdout.write(f"web UI and API on {url}/ (admin: {url}/admin/)")
-        self.stdout.write(f"coordinator on {config.coordinator.host}:{running.port}")
+        self.stdout.write(
+            f"coordinator on {config.coordinator.host}:{running.port}"
+            f" (workers dial {running.advertised})"
+        )
         self.stdout.flush()
         stop.wait()
         self.stdout.write("stopping...")
