@@ -44,8 +44,11 @@ __all__ = [
     "percentile",
     "print_machine",
     "print_table",
+    "process_cpu_seconds",
     "record_profile",
     "setup_django",
+    "sql_count",
+    "sql_count_env",
     "summarize",
     "wait_for",
 ]
@@ -242,12 +245,24 @@ def install_exit_signals() -> None:
 
 @contextlib.contextmanager
 def bench_cluster(
-    *, keep: bool = False, extra_env: Mapping[str, str] | None = None
+    *,
+    keep: bool = False,
+    extra_env: Mapping[str, str] | None = None,
+    database_url: str = "",
 ) -> Iterator[Cluster]:
-    """A fresh cluster in a temp dir; every process group is stopped and the dir removed."""
+    """A fresh cluster in a temp dir; every process group is stopped and the dir removed.
+
+    With `database_url` (a PostgreSQL server URL) the cluster gets a fresh database on that
+    server, created and dropped by tests.procs as in the PostgreSQL test lane.
+    """
     base = Path(tempfile.mkdtemp(prefix="dagu-bench-"))
     cluster: Cluster | None = None
     try:
+        if database_url:
+            import tests.procs
+
+            os.environ["E2E_DATABASE_URL"] = database_url
+            tests.procs.PG_LANE = True  # read at Cluster() time; the import-time value was off
         template = migrated_template(base / "template")
         cluster = Cluster(base / "home", template, extra_env=dict(extra_env or {}))
         yield cluster
@@ -269,6 +284,8 @@ def setup_django(cluster: Cluster) -> None:
     for key in ("DAGU_HOME", "DAGU_COORDINATOR_PORT", "DAGU_COORDINATOR_ADVERTISE"):
         os.environ[key] = cluster.env[key]
     os.environ.pop("DATABASE_URL", None)
+    if cluster.pg_url:
+        os.environ["DATABASE_URL"] = cluster.pg_url
     os.environ["DJANGO_SETTINGS_MODULE"] = "controlplane.settings"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import django
@@ -280,9 +297,33 @@ def setup_django(cluster: Cluster) -> None:
 
 
 def py_spy() -> str | None:
-    """py-spy next to this interpreter, or on the PATH; None when not installed."""
-    local = Path(sys.executable).parent / "py-spy"
-    return str(local) if local.exists() else shutil.which("py-spy")
+    """py-spy next to this interpreter, in bench/.venv-peers, or on the PATH; None if absent."""
+    for local in (Path(sys.executable).parent / "py-spy", PEERS_VENV / "bin" / "py-spy"):
+        if local.exists():
+            return str(local)
+    return shutil.which("py-spy")
+
+
+PEERS_VENV = ROOT / "bench" / ".venv-peers"
+
+
+# -- SQL statements, counted in a child process (bench/hooks/sitecustomize.py) --------------
+
+
+def sql_count_env(out_dir: Path) -> dict[str, str]:
+    """Environment that makes a child count its Django SQL statements into `out_dir`."""
+    hooks = str(ROOT / "bench" / "hooks")
+    path = os.environ.get("PYTHONPATH", "")
+    return {
+        "PYTHONPATH": f"{hooks}{os.pathsep}{path}" if path else hooks,
+        "DAGU_BENCH_SQL_COUNT_DIR": str(out_dir),
+    }
+
+
+def sql_count(out_dir: Path, pid: int) -> int:
+    """Statements the process has run so far (published every 100 ms); 0 before its first."""
+    text = _read(str(out_dir / f"{pid}.sql")).strip()
+    return int(text) if text.isdigit() else 0
 
 
 def record_profile(pid: int, *, seconds: float, out: Path, flags: Sequence[str]) -> str | None:

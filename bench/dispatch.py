@@ -24,16 +24,26 @@ Runs are created in this process the way `manage.py start` creates them (`create
    created -> step-ran latency of matching runs queued behind them (one at a time, as in 1),
    and one dispatch pass over the backlog in this process when nothing changes.
 
+Per-run cost (issue 11), over the live pass: the coordinator's CPU (utime + stime from
+/proc) and its SQL statements (counted inside the coordinator by bench/hooks/sitecustomize.py,
+which Python loads from PYTHONPATH: no product code), divided by the runs; also net of the
+idle rate (heartbeats, housekeeping) measured for 3 s just before. On PostgreSQL the
+database's own transaction count (pg_stat_database.xact_commit) is given too.
+
 Usage: .venv/bin/python bench/dispatch.py [--latency-runs 200] [--runs 1000] [--backlog 10000]
-       [--profile SECONDS]
-Prints the machine and the figures; exits 0 (1 only if the cluster cannot be started).
+       [--profile SECONDS] [--database-url postgres://postgres@127.0.0.1:5432/NAME] [--json]
+Prints the machine and the figures, with --json one JSON line last; exits 0 (1 only if the
+cluster cannot be started).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,8 +60,11 @@ from _common import (
     print_machine,
     print_table,
     print_wall_profile,
+    process_cpu_seconds,
     record_profile,
     setup_django,
+    sql_count,
+    sql_count_env,
     summarize,
     wait_for,
 )
@@ -98,6 +111,7 @@ class Bench:
     latency_dag: Any
     throughput_dag: Any
     worker_ids: list[str]
+    sql_dir: Path | None = None
 
 
 # -- set-up ------------------------------------------------------------------------------
@@ -381,20 +395,87 @@ def measure_backlog(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any
     return figures
 
 
+class CoordinatorCost:
+    """The coordinator's CPU seconds, SQL statements and (PostgreSQL) commits so far."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.pid = bench.cluster.procs["coordinator"].pid
+
+    def read(self) -> tuple[float, float, int, int]:
+        time.sleep(0.3)  # the statement count is published every 100 ms
+        commits = -1
+        if self.bench.cluster.pg_url:
+            rows = self.bench.cluster.query(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            )
+            commits = int(rows[0]["xact_commit"])
+        sql = sql_count(self.bench.sql_dir, self.pid) if self.bench.sql_dir else -1
+        return time.monotonic(), process_cpu_seconds(self.pid), sql, commits
+
+
+def per_run_cost(
+    idle: tuple[tuple[float, float, int, int], ...],
+    busy: tuple[tuple[float, float, int, int], ...],
+    runs: int,
+) -> dict[str, float]:
+    """Per-run CPU ms and statements over the busy window, gross and net of the idle rate."""
+    (i0, i1), (b0, b1) = idle, busy
+    idle_s, busy_s = i1[0] - i0[0], b1[0] - b0[0]
+    cost: dict[str, float] = {"window_s": busy_s}
+    for n, name in ((1, "cpu_ms"), (2, "sql"), (3, "commits")):
+        scale = 1000 if n == 1 else 1
+        if b0[n] < 0:
+            continue
+        gross = scale * (b1[n] - b0[n])
+        idle_rate = scale * (i1[n] - i0[n]) / idle_s
+        cost[f"{name}_per_run"] = gross / runs
+        cost[f"{name}_per_run_net"] = (gross - idle_rate * busy_s) / runs
+        cost[f"{name}_idle_per_s"] = idle_rate
+    return cost
+
+
 def measure_live(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any]:
     """Create runs as fast as this process can while the workers execute them."""
     from dags.models import DagRun
 
+    cost = CoordinatorCost(bench)
+    idle0 = cost.read()
+    time.sleep(3.0)
+    idle1 = cost.read()
     meter = CpuMeter(cpu_pids(bench))
+    busy0 = cost.read()
     meter.start()
     ids, create_seconds = create_runs(bench, count=runs, wake_every=25)
     wait_all_finished(ids, timeout=timeout)
     cpu = meter.read()
+    busy1 = cost.read()
     first_queued = DagRun.objects.filter(pk__in=ids).order_by("queued_at").first()
     assert first_queued is not None
     figures = completion_figures(ids, start=first_queued.queued_at)
-    figures.update(create_seconds=create_seconds, cpu_percent=cpu)
+    figures.update(
+        create_seconds=create_seconds,
+        cpu_percent=cpu,
+        cost=per_run_cost((idle0, idle1), (busy0, busy1), runs),
+    )
     return figures
+
+
+def print_cost(cost: dict[str, float]) -> None:
+    line = (
+        f"  per run (coordinator, over {cost['window_s']:.1f} s): "
+        f"CPU {cost['cpu_ms_per_run']:.1f} ms ({cost['cpu_ms_per_run_net']:.1f} net of idle "
+        f"{cost['cpu_ms_idle_per_s']:.0f} ms/s)"
+    )
+    if "sql_per_run" in cost:
+        line += (
+            f", SQL statements {cost['sql_per_run']:.1f} ({cost['sql_per_run_net']:.1f} net of "
+            f"idle {cost['sql_idle_per_s']:.1f}/s)"
+        )
+    if "commits_per_run" in cost:
+        line += f", PostgreSQL commits (all clients) {cost['commits_per_run']:.1f}"
+    print(line)
+    sys.stdout.flush()
 
 
 def print_throughput(name: str, result: dict[str, Any], *, clock_from: str) -> None:
@@ -432,6 +513,8 @@ def print_throughput(name: str, result: dict[str, Any], *, clock_from: str) -> N
         f"workers {workers_total:.0f}% in total, this process "
         f"{cpu['bench (this process)']:.0f}%"
     )
+    if "cost" in result:
+        print_cost(result["cost"])
     verdict = "PASS" if result["steady_runs_per_s"] >= THROUGHPUT_TARGET else "MISS"
     print(f"  target >= {THROUGHPUT_TARGET:.0f} runs/s (steady): {verdict}")
     sys.stdout.flush()
@@ -591,6 +674,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="afterwards, sample the coordinator with py-spy during an extra backlog pass",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="a PostgreSQL server URL: the cluster gets a fresh database there (default SQLite)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON line last")
     return parser.parse_args(argv)
 
 
@@ -598,34 +687,54 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     install_exit_signals()
     print_machine()
+    database = "PostgreSQL" if args.database_url else "SQLite WAL"
     print(
         f"setup: 1 coordinator, {args.workers} workers x {args.max_active_runs} slots, "
-        f"selector {SELECTOR} (matches every worker), SQLite WAL"
+        f"selector {SELECTOR} (matches every worker), {database}"
     )
     sys.stdout.flush()
+    sql_dir = Path(tempfile.mkdtemp(prefix="dagu-bench-sql-"))
+    summary: dict[str, Any] = {
+        "database": database.split()[0].lower(),
+        "workers": args.workers,
+        "slots": args.max_active_runs,
+        "loadavg_1m_start": round(os.getloadavg()[0], 2),
+    }
     try:
-        with bench_cluster(keep=args.keep) as cluster:
+        with bench_cluster(
+            keep=args.keep, extra_env=sql_count_env(sql_dir), database_url=args.database_url
+        ) as cluster:
             bench = prepare(cluster, workers=args.workers, max_runs=args.max_active_runs)
+            bench.sql_dir = sql_dir
             if not args.skip_latency:
-                print_latency(
-                    measure_latency(
-                        bench,
-                        runs=args.latency_runs,
-                        warmup=args.latency_warmup,
-                        gap=args.latency_gap,
-                    )
+                latency = measure_latency(
+                    bench, runs=args.latency_runs, warmup=args.latency_warmup, gap=args.latency_gap
+                )
+                print_latency(latency)
+                main_latency = latency["created -> step process ran (date +%s.%N)"]
+                summary.update(
+                    latency_p50_ms=main_latency["p50"], latency_p99_ms=main_latency["p99"]
                 )
             if not args.skip_throughput:
                 timeout = max(120.0, args.runs / 5)
+                backlog = measure_backlog(bench, runs=args.runs, timeout=timeout)
                 print_throughput(
-                    "backlog (queued while drained, then released)",
-                    measure_backlog(bench, runs=args.runs, timeout=timeout),
-                    clock_from="release",
+                    "backlog (queued while drained, then released)", backlog, clock_from="release"
                 )
-                print_throughput(
-                    "live (created while executing)",
-                    measure_live(bench, runs=args.runs, timeout=timeout),
-                    clock_from="first queued",
+                live = measure_live(bench, runs=args.runs, timeout=timeout)
+                print_throughput("live (created while executing)", live, clock_from="first queued")
+                cost = live["cost"]
+                summary.update(
+                    throughput_runs_per_s=live["steady_runs_per_s"],
+                    throughput_overall_runs_per_s=live["overall_runs_per_s"],
+                    backlog_runs_per_s=backlog["steady_runs_per_s"],
+                    runs=args.runs,
+                    coordinator_cpu_percent=live["cpu_percent"]["coordinator"],
+                    coordinator_cpu_ms_per_run=cost["cpu_ms_per_run"],
+                    coordinator_cpu_ms_per_run_net=cost["cpu_ms_per_run_net"],
+                    sql_statements_per_run=cost.get("sql_per_run"),
+                    sql_statements_per_run_net=cost.get("sql_per_run_net"),
+                    pg_commits_per_run=cost.get("commits_per_run"),
                 )
             if not args.skip_backlog:
                 print_unmatched_backlog(
@@ -641,6 +750,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; every process was stopped", file=sys.stderr)
         return 130
+    finally:
+        shutil.rmtree(sql_dir, ignore_errors=True)
+    summary["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    if args.json:
+        print(json.dumps(summary))
     return 0
 
 
