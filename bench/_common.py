@@ -35,6 +35,7 @@ os.environ.pop("E2E_DATABASE_URL", None)
 from tests.procs import Cluster, migrated_template, wait_for  # noqa: E402
 
 __all__ = [
+    "PEERS_VENV",
     "ROOT",
     "Cluster",
     "CpuMeter",
