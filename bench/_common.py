@@ -10,6 +10,7 @@ that Ctrl-C does, so no coordinator or worker outlives the script.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -40,6 +41,7 @@ __all__ = [
     "Cluster",
     "CpuMeter",
     "bench_cluster",
+    "guarded",
     "install_exit_signals",
     "machine_info",
     "percentile",
@@ -48,8 +50,8 @@ __all__ = [
     "process_cpu_seconds",
     "record_profile",
     "setup_django",
-    "sql_count",
     "sql_count_env",
+    "sql_counts",
     "summarize",
     "wait_for",
 ]
@@ -244,6 +246,19 @@ def install_exit_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def guarded(body: Callable[[], int]) -> int:
+    """A benchmark's exit code: a failed start or wait is one line and 1, Ctrl-C or SIGTERM
+    130 (the clusters inside `body` are stopped by their own `finally`)."""
+    try:
+        return body()
+    except (AssertionError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; every process was stopped", file=sys.stderr)
+        return 130
+
+
 @contextlib.contextmanager
 def bench_cluster(
     *,
@@ -311,20 +326,26 @@ PEERS_VENV = ROOT / "bench" / ".venv-peers"
 # -- SQL statements, counted in a child process (bench/hooks/sitecustomize.py) --------------
 
 
-def sql_count_env(out_dir: Path) -> dict[str, str]:
-    """Environment that makes a child count its Django SQL statements into `out_dir`."""
+def sql_count_env(out_dir: Path, *, shapes: bool = False) -> dict[str, str]:
+    """Environment that makes a child count its Django SQL statements into `out_dir`
+    (and by shape, "UPDATE dags_dagrun", with `shapes`)."""
     hooks = str(ROOT / "bench" / "hooks")
     path = os.environ.get("PYTHONPATH", "")
     return {
         "PYTHONPATH": f"{hooks}{os.pathsep}{path}" if path else hooks,
         "DAGU_BENCH_SQL_COUNT_DIR": str(out_dir),
+        "DAGU_BENCH_SQL_SHAPES": "1" if shapes else "",
     }
 
 
-def sql_count(out_dir: Path, pid: int) -> int:
-    """Statements the process has run so far (published every 100 ms); 0 before its first."""
-    text = _read(str(out_dir / f"{pid}.sql")).strip()
-    return int(text) if text.isdigit() else 0
+def sql_counts(out_dir: Path, pid: int) -> tuple[int, Counter[str]]:
+    """Statements the process has run so far (published every 100 ms), in total and by
+    shape; (0, empty) before its first."""
+    try:
+        data = json.loads(_read(str(out_dir / f"{pid}.sql")) or "{}")
+    except json.JSONDecodeError:  # never half-written (renamed into place), but be safe
+        data = {}
+    return int(data.get("total", 0)), Counter(data.get("shapes", {}))
 
 
 def record_profile(pid: int, *, seconds: float, out: Path, flags: Sequence[str]) -> str | None:
@@ -444,7 +465,37 @@ def print_cpu_profile(collapsed: str | None, *, seconds: float) -> None:
         print(f"    {100 * n / total:5.1f}%  {role}")
         for name, m in top[:4]:
             print(f"           {100 * m / total:5.1f}%  {name}")
+    layers: Counter[str] = Counter()
+    for _, frames, count in _stacks(collapsed):
+        layers[_layer(frames[-1])] += count
+    print("  CPU by layer (the innermost Python frame of each sample: its self time):")
+    for layer, n in layers.most_common(12):
+        print(f"    {100 * n / total:5.1f}%  {layer}")
     sys.stdout.flush()
+
+
+# Where a leaf frame's file lives -> the layer its time is charged to (first match wins).
+_LAYERS = (
+    (("django/db/backends/sqlite3/", "(sqlite3/", "controlplane/sqlite/"),
+     "SQLite: statements, commits, lock waits"),
+    (("django/db/backends/postgresql/", "(psycopg"), "PostgreSQL driver: statements, commits"),
+    (("django/db/models/sql/",), "ORM: building SQL (compiler, query)"),
+    (("django/db/models/",), "ORM: querysets, model instances, fields"),
+    (("django/db/", "django/utils/", "django/dispatch/"),
+     "Django: cursor wrappers, transactions, signals"),
+    (("google/protobuf/", "(grpc/", "grpc_"), "gRPC and protobuf"),
+    (("(controlplane/", "(dags/", "(workers/"), "our code (self time)"),
+    (("(threading.py", "(queue.py", "(concurrent/"), "thread synchronisation"),
+    (("(logging/",), "logging"),
+    (("(json/", "(datetime", "(_strptime", "(uuid"), "json, datetime, uuid"),
+)  # fmt: skip
+
+
+def _layer(leaf: str) -> str:
+    return next(
+        (name for keys, name in _LAYERS if any(k in leaf for k in keys)),
+        "other: " + leaf.split("(", 1)[-1].split(":", 1)[0],
+    )
 
 
 def print_wall_profile(collapsed: str | None, *, roles: Sequence[str], seconds: float) -> None:

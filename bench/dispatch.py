@@ -45,6 +45,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +55,7 @@ from _common import (
     Cluster,
     CpuMeter,
     bench_cluster,
+    guarded,
     install_exit_signals,
     percentile,
     print_cpu_profile,
@@ -63,8 +65,8 @@ from _common import (
     process_cpu_seconds,
     record_profile,
     setup_django,
-    sql_count,
     sql_count_env,
+    sql_counts,
     summarize,
     wait_for,
 )
@@ -401,6 +403,7 @@ class CoordinatorCost:
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
         self.pid = bench.cluster.procs["coordinator"].pid
+        self.shapes: Counter[str] = Counter()  # by shape at the last read(), with --sql-shapes
 
     def read(self) -> tuple[float, float, int, int]:
         time.sleep(0.3)  # the statement count is published every 100 ms
@@ -410,7 +413,9 @@ class CoordinatorCost:
                 "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
             )
             commits = int(rows[0]["xact_commit"])
-        sql = sql_count(self.bench.sql_dir, self.pid) if self.bench.sql_dir else -1
+        sql = -1
+        if self.bench.sql_dir:
+            sql, self.shapes = sql_counts(self.bench.sql_dir, self.pid)
         return time.monotonic(), process_cpu_seconds(self.pid), sql, commits
 
 
@@ -445,11 +450,13 @@ def measure_live(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any]:
     idle1 = cost.read()
     meter = CpuMeter(cpu_pids(bench))
     busy0 = cost.read()
+    shapes0 = cost.shapes
     meter.start()
     ids, create_seconds = create_runs(bench, count=runs, wake_every=25)
     wait_all_finished(ids, timeout=timeout)
     cpu = meter.read()
     busy1 = cost.read()
+    shapes = cost.shapes - shapes0
     first_queued = DagRun.objects.filter(pk__in=ids).order_by("queued_at").first()
     assert first_queued is not None
     figures = completion_figures(ids, start=first_queued.queued_at)
@@ -457,6 +464,7 @@ def measure_live(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any]:
         create_seconds=create_seconds,
         cpu_percent=cpu,
         cost=per_run_cost((idle0, idle1), (busy0, busy1), runs),
+        sql_shapes={k: n / runs for k, n in shapes.most_common()},
     )
     return figures
 
@@ -515,6 +523,10 @@ def print_throughput(name: str, result: dict[str, Any], *, clock_from: str) -> N
     )
     if "cost" in result:
         print_cost(result["cost"])
+    if result.get("sql_shapes"):
+        print("  SQL statements per run by shape (coordinator, incl. idle heartbeats):")
+        for key, n in list(result["sql_shapes"].items())[:15]:
+            print(f"    {n:5.2f}  {key}")
     verdict = "PASS" if result["steady_runs_per_s"] >= THROUGHPUT_TARGET else "MISS"
     print(f"  target >= {THROUGHPUT_TARGET:.0f} runs/s (steady): {verdict}")
     sys.stdout.flush()
@@ -679,8 +691,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="a PostgreSQL server URL: the cluster gets a fresh database there (default SQLite)",
     )
+    parser.add_argument(
+        "--sql-shapes",
+        action="store_true",
+        help="also count the coordinator's statements by shape (costs it a little CPU)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
     return parser.parse_args(argv)
+
+
+def run_all(args: argparse.Namespace, summary: dict[str, Any], sql_dir: Path) -> int:
+    """Every part the flags ask for, on one cluster; the JSON figures go into `summary`."""
+    with bench_cluster(
+        keep=args.keep,
+        extra_env=sql_count_env(sql_dir, shapes=args.sql_shapes),
+        database_url=args.database_url,
+    ) as cluster:
+        bench = prepare(cluster, workers=args.workers, max_runs=args.max_active_runs)
+        bench.sql_dir = sql_dir
+        if not args.skip_latency:
+            latency = measure_latency(
+                bench, runs=args.latency_runs, warmup=args.latency_warmup, gap=args.latency_gap
+            )
+            print_latency(latency)
+            main_latency = latency["created -> step process ran (date +%s.%N)"]
+            summary.update(latency_p50_ms=main_latency["p50"], latency_p99_ms=main_latency["p99"])
+        if not args.skip_throughput:
+            timeout = max(120.0, args.runs / 5)
+            backlog = measure_backlog(bench, runs=args.runs, timeout=timeout)
+            print_throughput(
+                "backlog (queued while drained, then released)", backlog, clock_from="release"
+            )
+            live = measure_live(bench, runs=args.runs, timeout=timeout)
+            print_throughput("live (created while executing)", live, clock_from="first queued")
+            cost = live["cost"]
+            summary.update(
+                throughput_runs_per_s=live["steady_runs_per_s"],
+                throughput_overall_runs_per_s=live["overall_runs_per_s"],
+                backlog_runs_per_s=backlog["steady_runs_per_s"],
+                runs=args.runs,
+                coordinator_cpu_percent=live["cpu_percent"]["coordinator"],
+                coordinator_cpu_ms_per_run=cost["cpu_ms_per_run"],
+                coordinator_cpu_ms_per_run_net=cost["cpu_ms_per_run_net"],
+                sql_statements_per_run=cost.get("sql_per_run"),
+                sql_statements_per_run_net=cost.get("sql_per_run_net"),
+                pg_commits_per_run=cost.get("commits_per_run"),
+            )
+        if not args.skip_backlog:
+            print_unmatched_backlog(
+                measure_unmatched_backlog(bench, runs=args.backlog, probes=args.backlog_probes)
+            )
+        if args.profile:
+            profile_throughput(
+                bench, runs=max(args.runs, int(args.profile * 120)), seconds=args.profile
+            )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -701,57 +766,11 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_1m_start": round(os.getloadavg()[0], 2),
     }
     try:
-        with bench_cluster(
-            keep=args.keep, extra_env=sql_count_env(sql_dir), database_url=args.database_url
-        ) as cluster:
-            bench = prepare(cluster, workers=args.workers, max_runs=args.max_active_runs)
-            bench.sql_dir = sql_dir
-            if not args.skip_latency:
-                latency = measure_latency(
-                    bench, runs=args.latency_runs, warmup=args.latency_warmup, gap=args.latency_gap
-                )
-                print_latency(latency)
-                main_latency = latency["created -> step process ran (date +%s.%N)"]
-                summary.update(
-                    latency_p50_ms=main_latency["p50"], latency_p99_ms=main_latency["p99"]
-                )
-            if not args.skip_throughput:
-                timeout = max(120.0, args.runs / 5)
-                backlog = measure_backlog(bench, runs=args.runs, timeout=timeout)
-                print_throughput(
-                    "backlog (queued while drained, then released)", backlog, clock_from="release"
-                )
-                live = measure_live(bench, runs=args.runs, timeout=timeout)
-                print_throughput("live (created while executing)", live, clock_from="first queued")
-                cost = live["cost"]
-                summary.update(
-                    throughput_runs_per_s=live["steady_runs_per_s"],
-                    throughput_overall_runs_per_s=live["overall_runs_per_s"],
-                    backlog_runs_per_s=backlog["steady_runs_per_s"],
-                    runs=args.runs,
-                    coordinator_cpu_percent=live["cpu_percent"]["coordinator"],
-                    coordinator_cpu_ms_per_run=cost["cpu_ms_per_run"],
-                    coordinator_cpu_ms_per_run_net=cost["cpu_ms_per_run_net"],
-                    sql_statements_per_run=cost.get("sql_per_run"),
-                    sql_statements_per_run_net=cost.get("sql_per_run_net"),
-                    pg_commits_per_run=cost.get("commits_per_run"),
-                )
-            if not args.skip_backlog:
-                print_unmatched_backlog(
-                    measure_unmatched_backlog(bench, runs=args.backlog, probes=args.backlog_probes)
-                )
-            if args.profile:
-                profile_throughput(
-                    bench, runs=max(args.runs, int(args.profile * 120)), seconds=args.profile
-                )
-    except (AssertionError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; every process was stopped", file=sys.stderr)
-        return 130
+        code = guarded(lambda: run_all(args, summary, sql_dir))
     finally:
         shutil.rmtree(sql_dir, ignore_errors=True)
+    if code:
+        return code
     summary["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     if args.json:
         print(json.dumps(summary))

@@ -40,6 +40,7 @@ from typing import Any
 from _common import (
     ROOT,
     bench_cluster,
+    guarded,
     install_exit_signals,
     percentile,
     print_machine,
@@ -312,16 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     install_exit_signals()
     print_machine()
     sys.stdout.flush()
-    try:
-        result = measure(args)
-    except (AssertionError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; every process was stopped", file=sys.stderr)
-        return 130
+    return guarded(lambda: report(measure(args), as_json=args.json))
+
+
+def report(result: dict[str, Any], *, as_json: bool) -> int:
     print_result(result)
-    if args.json:
+    if as_json:
         print(json.dumps(result))
     return 0
 

@@ -4,30 +4,50 @@ A benchmark puts this directory on a child's PYTHONPATH and sets DAGU_BENCH_SQL_
 Python imports `sitecustomize` at start-up, so the coordinator counts every statement that
 goes through Django's cursors (execute and executemany each count once; BEGIN/COMMIT issued
 by the driver itself do not) without a line of product code. A daemon thread writes the
-running total to `<dir>/<pid>.sql` every 100 ms; the benchmark reads it before and after its
-window. Without the variable this file does nothing.
+running total (JSON) to `<dir>/<pid>.sql` every 100 ms; the benchmark reads it before and after its
+window. With DAGU_BENCH_SQL_SHAPES=1 it also counts statements by shape (verb and first
+table, e.g. "UPDATE dags_dagrun"; "executemany" marked): off by default, since classifying
+costs the coordinator a little CPU. Without DAGU_BENCH_SQL_COUNT_DIR this file does nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 _DIR = os.environ.get("DAGU_BENCH_SQL_COUNT_DIR", "")
+_SHAPES = os.environ.get("DAGU_BENCH_SQL_SHAPES", "") == "1"
+_TABLE = re.compile(r'\b(?:FROM|INTO|UPDATE)\s+"?(\w+)', re.IGNORECASE)
+
+
+def shape(sql: str, many: bool) -> str:
+    verb = sql.split(None, 1)[0].upper() if sql.strip() else "?"
+    table = _TABLE.search(sql)
+    return f"{verb} {table.group(1) if table else ''}".strip() + (" (executemany)" if many else "")
 
 
 def _install(out: Path) -> None:
     from django.db.backends.signals import connection_created
 
     total = [0]
+    shapes: Counter[str] = Counter()
+    known: dict[tuple[str, bool], str] = {}
     lock = threading.Lock()
 
     def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        key = ""
+        if _SHAPES:
+            key = known.get((sql, many)) or known.setdefault((sql, many), shape(sql, many))
         with lock:
             total[0] += 1
+            if key:
+                shapes[key] += 1
         return execute(sql, params, many, context)
 
     def on_connect(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -38,7 +58,9 @@ def _install(out: Path) -> None:
     def publish() -> None:
         while True:
             tmp = out.with_suffix(".tmp")
-            tmp.write_text(str(total[0]))
+            with lock:
+                text = json.dumps({"total": total[0], "shapes": dict(shapes)})
+            tmp.write_text(text)
             tmp.replace(out)
             time.sleep(0.1)
 
