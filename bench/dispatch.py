@@ -637,15 +637,16 @@ def profile_throughput(bench: Bench, *, runs: int, seconds: float) -> None:
     for flags, name in ((["--gil"], "cpu"), (["--idle", "--threads"], "wall")):
         out = bench.cluster.home / f"coordinator-{name}.pyspy.txt"
         found: list[str | None] = []
-        ids, _ = create_runs(bench, count=runs, wake_every=50)
-        time.sleep(1.0)  # into the steady part of the pass
         sampler = threading.Thread(
             target=lambda o=out, f=flags, into=found: into.append(
                 record_profile(pid, seconds=seconds, out=o, flags=f)
             ),
             daemon=True,
         )
+        # Sampling starts with the creation: where creating runs is slower than running them
+        # (PostgreSQL), a sampler started after it would only see an idle coordinator.
         sampler.start()
+        ids, _ = create_runs(bench, count=runs, wake_every=50)
         wait_all_finished(ids, timeout=600)
         sampler.join(timeout=seconds + 90)
         collapsed = found[0] if found else None
