@@ -11,32 +11,28 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-from django.db import close_old_connections, connection
+from django.db import close_old_connections
 from django.db.models import Count, F
 
-from controlplane.config import Config
+from controlplane.core import registry
+from controlplane.core.clock import utcnow
+from controlplane.core.config import Config
 from controlplane.dispatch import dispatch_once
 from controlplane.failover import ACTIVE, failover_once
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.reports import ApplyResult, Event, apply_events
 from dags.runs import RunError, completed_steps, get_run, request_cancel, start_child_run
-from dags.spec import DagSpecError
-from workers import registry
 from workers.models import Worker
 from workers.presence import Fleet, Identity, Running, flush_fleet, purge_offline
 
 logger = logging.getLogger(__name__)
 
 MAX_POLL_WAIT = 20.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -258,41 +254,6 @@ class Coordinator:
 
     def load_fleet(self) -> None:
         self.fleet.load(Worker.objects.all())
-
-
-def run_loop(
-    name: str,
-    step: Callable[[], object],
-    *,
-    stop: threading.Event,
-    interval: float,
-    wake: threading.Event | None = None,
-) -> threading.Thread:
-    """Start a thread that calls `step` until `stop` is set, pausing `interval` between calls.
-
-    With a `wake` event the pause ends early when it is set. A failing step is logged and
-    retried on the next round: one bad row must not stop the coordinator.
-    """
-
-    def loop() -> None:
-        while not stop.is_set():
-            close_old_connections()
-            try:
-                step()
-            except DagSpecError as exc:
-                logger.error("%s: %s", name, exc)
-            except Exception:
-                logger.exception("%s step failed; retrying", name)
-            if wake is not None:
-                wake.wait(interval)
-                wake.clear()
-            else:
-                stop.wait(interval)
-        connection.close()
-
-    thread = threading.Thread(target=loop, name=name, daemon=True)
-    thread.start()
-    return thread
 
 
 def coordinator_record(

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.db.models import F
 
+from controlplane.core.health import OFFLINE, UNHEALTHY
 from controlplane.models import DecisionEvent
 from dags.models import (
     Attempt,
@@ -27,7 +28,6 @@ from dags.models import (
     StepStatus,
 )
 from dags.runs import record_decision
-from workers.health import OFFLINE, UNHEALTHY
 from workers.presence import Fleet
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from controlplane.core.health import HEALTHY, OFFLINE
 from dags.models import TERMINAL_RUN_STATUSES, DagRun, RunStatus
 from dags.reports import read_step_log, step_tries
-from workers.health import HEALTHY, OFFLINE
 from workers.summary import worker_summaries
 
 RECENT_RUNS = 50

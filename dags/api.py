@@ -1,14 +1,14 @@
 """REST API for runs and DAG files (SPEC section 9).
 
-Views are glue over `dags.runs` (run lifecycle and the run JSON), `dags.spec` (parsing) and
-`dags.reports` (logs). Serializers describe the JSON for the OpenAPI schema; only the run
-list goes through one, because DRF's pagination wants it.
+Views are glue over `dags.runs` (run lifecycle and the run JSON), `controlplane.core.spec`
+(parsing) and `dags.reports` (logs). Serializers describe the JSON for the OpenAPI schema;
+only the run list goes through one, because DRF's pagination wants it.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,19 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.rpc.client import wake_coordinator
+from controlplane.core.clock import utcnow
+from controlplane.core.rpc.client import wake_coordinator
+from controlplane.core.spec import (
+    DagFile,
+    DagSpecError,
+    load_dag_file,
+    parse_dag_file,
+    parse_params_string,
+)
 from dags.models import DagRun, RunStatus, StepRun
 from dags.progress import DagNotFound, resolve_dag_path
 from dags.reports import read_step_log, step_tries
 from dags.runs import RunError, create_run, get_run, iso, request_cancel, retry_run, run_as_dict
-from dags.spec import DagFile, DagSpecError, load_dag_file, parse_dag_file, parse_params_string
 from workers.api import ErrorSerializer
 
 # What a DAG file name / explicit DAG name may contain (the parser's rule); it also keeps
@@ -245,10 +252,6 @@ class RunPagination(LimitOffsetPagination):
 # ---- helpers
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _run_or_404(run_id: str) -> DagRun:
     try:
         return get_run(run_id)
@@ -423,7 +426,7 @@ class DagRunListView(ListAPIView):
         try:
             run = create_run(
                 dag_file,
-                now=_now(),
+                now=utcnow(),
                 default_mode=settings.DAGU.default_execution_mode,
                 params=params,
                 source=source,
@@ -451,7 +454,7 @@ class DagRunCancelView(APIView):
     def post(self, request: Request, run_id: str) -> Response:
         _run_or_404(run_id)
         try:
-            run = request_cancel(run_id, now=_now())
+            run = request_cancel(run_id, now=utcnow())
         except RunError as exc:
             raise Conflict(str(exc)) from None
         return Response(run_as_dict(run))
@@ -466,7 +469,7 @@ class DagRunRetryView(APIView):
     def post(self, request: Request, run_id: str) -> Response:
         _run_or_404(run_id)
         try:
-            run = retry_run(run_id, now=_now())
+            run = retry_run(run_id, now=utcnow())
         except RunError as exc:
             raise Conflict(str(exc)) from None
         wake_coordinator(settings.DAGU)

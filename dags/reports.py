@@ -19,7 +19,14 @@ from pathlib import Path
 from django.db import transaction
 from django.db.models import Q
 
-from dags.events import ATTEMPT_STARTED, RUN_FINISHED, STEP_FINISHED, STEP_LOG, STEP_STARTED, Event
+from controlplane.core.events import (
+    ATTEMPT_STARTED,
+    RUN_FINISHED,
+    STEP_FINISHED,
+    STEP_LOG,
+    STEP_STARTED,
+    Event,
+)
 from dags.models import Attempt, AttemptStatus, DagRun, RunStatus, StepRun, StepStatus
 
 logger = logging.getLogger(__name__)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from controlplane.rpc.v1 import coordinator_pb2 as pb
-from dags.events import (
+from controlplane.core.events import (
     ATTEMPT_STARTED,
     RUN_FINISHED,
     STEP_FINISHED,
@@ -13,6 +12,7 @@ from dags.events import (
     STEP_STARTED,
     Event,
 )
+from controlplane.core.rpc.v1 import coordinator_pb2 as pb
 
 
 def ms(value: datetime | None) -> int:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from workers.labels import LabelError, check_host, check_labels, check_worker_id
+from controlplane.core.labels import LabelError, check_host, check_labels, check_worker_id
 
 logger = logging.getLogger(__name__)
 

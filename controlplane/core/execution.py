@@ -38,10 +38,11 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
-from dags.spec import (
+from controlplane.core.clock import utcnow
+from controlplane.core.spec import (
     KIND_COMMAND,
     KIND_DAG,
     KIND_PARALLEL,
@@ -71,10 +72,6 @@ POLL_SEC = 0.05  # how often waits look at cancel and deadlines
 READER_LINGER_SEC = 1.0
 
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

@@ -17,22 +17,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import grpc
 
-from controlplane.config import Config
-from controlplane.rpc.client import (
-    Backoff,
-    CoordinatorClient,
-    CoordinatorUnavailable,
-    address_source,
-)
-from controlplane.rpc.events import event_to_pb, ms
-from controlplane.rpc.v1 import coordinator_pb2 as pb
-from dags.events import STEP_LOG, Event, EventReporter
-from dags.execution import (
+from controlplane.core import registry
+from controlplane.core.clock import utcnow
+from controlplane.core.config import Config
+from controlplane.core.events import STEP_LOG, Event, EventReporter
+from controlplane.core.execution import (
     ChildRequest,
     ChildResult,
     RunContext,
@@ -40,8 +34,15 @@ from dags.execution import (
     StepOutcome,
     execute_run,
 )
-from dags.spec import DagSpecError, parse_stored_dag_file
-from workers import registry
+from controlplane.core.rpc.client import (
+    Backoff,
+    CoordinatorClient,
+    CoordinatorUnavailable,
+    address_source,
+)
+from controlplane.core.rpc.events import event_to_pb, ms
+from controlplane.core.rpc.v1 import coordinator_pb2 as pb
+from controlplane.core.spec import DagSpecError, parse_stored_dag_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,6 @@ OUTBOX_DROP_MARKER = (
     b"\n[log output dropped here: the worker's report buffer was full while the "
     b"coordinator was unreachable]\n"
 )
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Outbox:

@@ -16,9 +16,10 @@ from typing import Any
 
 import grpc
 
-from controlplane.config import Config, ConfigError, PeerConfig
-from controlplane.rpc.v1 import coordinator_pb2_grpc
-from workers import registry
+from controlplane.core import registry
+from controlplane.core.config import Config, ConfigError, PeerConfig
+from controlplane.core.rpc.v1 import coordinator_pb2 as pb
+from controlplane.core.rpc.v1 import coordinator_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -249,8 +250,6 @@ def wake_coordinator(config: Config, *, timeout: float = 1.0) -> bool:
     The coordinator also scans the queue on its own every half second, so a missed
     wake-up only costs latency, never a run.
     """
-    from controlplane.rpc.v1 import coordinator_pb2 as pb
-
     client = CoordinatorClient(addresses=address_source(config), peer=config.peer)
     try:
         client.call("Wake", pb.WakeRequest(), timeout=timeout)
