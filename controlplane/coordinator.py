@@ -22,8 +22,9 @@ from django.db.models import Count, F
 from controlplane.core import registry
 from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
+from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from controlplane.dispatch import dispatch_once
-from controlplane.failover import ACTIVE, failover_once
+from controlplane.failover import failover_once
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.reports import ApplyResult, Event, apply_events
 from dags.runs import RunError, completed_steps, get_run, request_cancel, start_child_run
@@ -120,7 +121,7 @@ class Coordinator:
         keep = set(
             Attempt.objects.filter(
                 token__in=tokens,
-                status__in=ACTIVE,
+                status__in=ACTIVE_ATTEMPT_STATUSES,
                 run__attempt=F("number"),
                 run__status=RunStatus.RUNNING,
                 run__cancel_requested=False,
@@ -148,7 +149,10 @@ class Coordinator:
         """Create (or find again, on a replay) the child run of a parent's sub-DAG step."""
         parent = get_run(parent_run_id)
         current = Attempt.objects.filter(
-            run=parent, token=parent_token, number=parent.attempt, status__in=ACTIVE
+            run=parent,
+            token=parent_token,
+            number=parent.attempt,
+            status__in=ACTIVE_ATTEMPT_STATUSES,
         ).exists()
         if parent_token and not current:
             raise RunError(f'attempt of run "{parent_run_id}" is no longer current')
@@ -191,7 +195,9 @@ class Coordinator:
         # run queued right after it.
         self.sync_draining()
         held = dict(
-            Attempt.objects.filter(status__in=ACTIVE, mode=ExecutionMode.DISTRIBUTED)
+            Attempt.objects.filter(
+                status__in=ACTIVE_ATTEMPT_STATUSES, mode=ExecutionMode.DISTRIBUTED
+            )
             .values("worker_id")
             .annotate(n=Count("id"))
             .values_list("worker_id", "n")

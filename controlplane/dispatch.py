@@ -17,7 +17,6 @@ from django.db.models import Count, Q, QuerySet
 
 from controlplane.core.labels import matches
 from controlplane.core.routing import (
-    DISTRIBUTED,
     WorkerView,
     can_take_a_run,
     choose_worker,
@@ -147,7 +146,7 @@ def _assign(
     run: DagRun, worker: WorkerView, *, now: datetime, considered: int, matched: int
 ) -> Attempt | None:
 
-    attempt = start_attempt(run, now=now, mode=DISTRIBUTED, worker_id=worker.id)
+    attempt = start_attempt(run, now=now, mode=ExecutionMode.DISTRIBUTED, worker_id=worker.id)
     if attempt is None:
         return None  # another dispatcher, or a cancel, got there first
     record_decision(

@@ -33,6 +33,7 @@ from controlplane.core.spec import (
     parse_dag_file,
     parse_params_string,
 )
+from controlplane.core.states import values
 from dags.models import DagRun, RunStatus, StepRun
 from dags.progress import DagNotFound, resolve_dag_path
 from dags.reports import read_step_log, step_tries
@@ -380,10 +381,10 @@ class DagRunListView(ListAPIView):
         qs = DagRun.objects.select_related("parent").order_by("-queued_at", "-id")
         query = self.request.query_params
         if run_status := query.get("status"):
-            if run_status not in RunStatus.values:
+            if run_status not in values(RunStatus):
                 raise ParseError(
                     f'status: unknown status "{run_status}"; expected one of '
-                    + ", ".join(RunStatus.values)
+                    + ", ".join(values(RunStatus))
                 )
             qs = qs.filter(status=run_status)
         if dag_name := query.get("dag_name"):
@@ -399,7 +400,7 @@ class DagRunListView(ListAPIView):
     @extend_schema(
         operation_id="listDagRuns",
         parameters=[
-            OpenApiParameter("status", OpenApiTypes.STR, enum=RunStatus.values),
+            OpenApiParameter("status", OpenApiTypes.STR, enum=values(RunStatus)),
             OpenApiParameter("dag_name", OpenApiTypes.STR),
             OpenApiParameter("worker_id", OpenApiTypes.STR),
             OpenApiParameter(

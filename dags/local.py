@@ -33,7 +33,8 @@ from controlplane.core.execution import (
 )
 from controlplane.core.registry import pid_alive
 from controlplane.core.spec import DagSpecError, parse_stored_dag_file
-from controlplane.failover import ACTIVE, supersede_attempt
+from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
+from controlplane.failover import supersede_attempt
 from controlplane.loops import run_loop
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus, StepStatus
 from dags.reports import apply_events
@@ -299,7 +300,7 @@ def recover_lost_local_attempts(*, now: datetime, started_at: datetime, mine: se
     """
     cli_prefix = f"local:{socket.gethostname()}:"
     lost = 0
-    attempts = Attempt.objects.filter(mode=ExecutionMode.LOCAL, status__in=ACTIVE)
+    attempts = Attempt.objects.filter(mode=ExecutionMode.LOCAL, status__in=ACTIVE_ATTEMPT_STATUSES)
     for attempt in attempts.select_related("run"):
         holder = attempt.worker_id
         if holder == LOCAL_WORKER_ID:

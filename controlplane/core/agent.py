@@ -43,6 +43,7 @@ from controlplane.core.rpc.client import (
 from controlplane.core.rpc.events import event_to_pb, ms
 from controlplane.core.rpc.v1 import coordinator_pb2 as pb
 from controlplane.core.spec import DagSpecError, parse_stored_dag_file
+from controlplane.core.states import TERMINAL_RUN_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class GrpcChildLauncher:
         while True:
             try:
                 status = self.client.call("GetRunStatus", request, timeout=RPC_TIMEOUT_SECONDS)
-                if status.found and status.status in ("succeeded", "failed", "cancelled"):
+                if status.found and status.status in TERMINAL_RUN_STATUSES:
                     return ChildResult(run_id, status.status, dict(status.outputs), status.error)
                 if cancel.is_set() and cancel_sent is None:
                     self.client.call(

@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from controlplane.core.health import DISPATCHABLE, OFFLINE
 from controlplane.core.labels import matches
 from controlplane.core.spec import Dag
-
-LOCAL = "local"
-DISTRIBUTED = "distributed"
+from controlplane.core.states import ExecutionMode, WaitingReason
 
 
 @dataclass(frozen=True)
 class ModeDecision:
-    mode: str  # "local" | "distributed"
+    mode: str  # an ExecutionMode value (the default mode comes from config as a string)
     why: str  # "forced_local" | "selector" | "default_mode"
     selector: Mapping[str, str] = field(default_factory=dict)
 
@@ -32,10 +30,10 @@ def decide_execution_mode(
     A step-level selector (on the parent's call step) overrides the child DAG's own.
     """
     if dag.force_local:
-        return ModeDecision(LOCAL, "forced_local")
+        return ModeDecision(ExecutionMode.LOCAL, "forced_local")
     selector = dict(step_selector) if step_selector else dict(dag.worker_selector)
     if selector:
-        return ModeDecision(DISTRIBUTED, "selector", selector)
+        return ModeDecision(ExecutionMode.DISTRIBUTED, "selector", selector)
     return ModeDecision(default_mode, "default_mode")
 
 
@@ -50,20 +48,20 @@ class WorkerView:
     free_slots: int
 
 
-def waiting_reason(selector: Mapping[str, str], workers: Sequence[WorkerView]) -> str:
+def waiting_reason(selector: Mapping[str, str], workers: Sequence[WorkerView]) -> WaitingReason:
     """Why no worker can take a run with this selector (SPEC section 5), most basic first."""
     known = [w for w in workers if w.health != OFFLINE]
     if not known:
-        return "no_workers"
+        return WaitingReason.NO_WORKERS
     matching = [w for w in known if matches(w.labels, selector)]
     if not matching:
-        return "no_matching_worker"
+        return WaitingReason.NO_MATCHING_WORKER
     healthy = [w for w in matching if w.health in DISPATCHABLE]
     if not healthy:
-        return "matching_workers_unhealthy"
+        return WaitingReason.MATCHING_WORKERS_UNHEALTHY
     if all(w.draining for w in healthy):
-        return "matching_workers_draining"
-    return "matching_workers_busy"
+        return WaitingReason.MATCHING_WORKERS_DRAINING
+    return WaitingReason.MATCHING_WORKERS_BUSY
 
 
 def can_take_a_run(worker: WorkerView) -> bool:
