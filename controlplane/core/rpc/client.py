@@ -181,7 +181,8 @@ class CoordinatorClient:
                 self._failed.clear()
             address = fresh[0]
             self._channel = self._open_channel(address)
-            self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+            # The generated stub has no annotations (protoc writes none for grpc code).
+            self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
             self._address = address
             return self._stub
 

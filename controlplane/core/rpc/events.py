@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from controlplane.core.events import (
     ATTEMPT_STARTED,
@@ -24,7 +25,12 @@ def from_ms(value: int) -> datetime | None:
 
 
 def event_from_pb(e: pb.RunEvent) -> Event:
-    base = {"seq": e.seq, "dag_run_id": e.dag_run_id, "attempt_token": e.attempt_token}
+    # Any: the common fields are an int and two strings, spread into each Event below.
+    base: dict[str, Any] = {
+        "seq": e.seq,
+        "dag_run_id": e.dag_run_id,
+        "attempt_token": e.attempt_token,
+    }
     kind = e.WhichOneof("event")
     if kind == ATTEMPT_STARTED:
         return Event(kind=kind, at=from_ms(e.attempt_started.at_ms), **base)
