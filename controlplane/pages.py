@@ -17,9 +17,10 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from controlplane.core.health import HEALTHY, OFFLINE
+from controlplane.core.states import values
 from dags.models import TERMINAL_RUN_STATUSES, DagRun, RunStatus
 from dags.reports import read_step_log, step_tries
-from workers.health import HEALTHY, OFFLINE
 from workers.summary import worker_summaries
 
 RECENT_RUNS = 50
@@ -104,7 +105,7 @@ def workers_page(request: HttpRequest) -> HttpResponse:
 def runs_page(request: HttpRequest) -> HttpResponse:
     runs = DagRun.objects.select_related("parent").order_by("-queued_at", "-id")
     status = request.GET.get("status", "")
-    if status in RunStatus.values:
+    if status in values(RunStatus):
         runs = runs.filter(status=status)
     else:
         status = ""
@@ -112,7 +113,7 @@ def runs_page(request: HttpRequest) -> HttpResponse:
         "active": "runs",
         "runs": runs[:RECENT_RUNS],
         "status": status,
-        "statuses": RunStatus.values,
+        "statuses": values(RunStatus),
         "limit": RECENT_RUNS,
     }
     return render(request, "pages/runs.html", context)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.config import ConfigError, resolve
-from dags.spec import parse_dag_file
+from controlplane.core.config import ConfigError, resolve
+from controlplane.core.labels import parse_labels
+from controlplane.core.spec import parse_dag_file
+from controlplane.core.yamlload import load_all
 from tests.procs import Cluster
 from tests.test_main_instance import get
 from tests.test_validate_command import run_validate
-from workers.labels import parse_labels
-from workers.yamlload import load_all
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "seeds"
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"

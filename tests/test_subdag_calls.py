@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.config import resolve
+from controlplane.core.config import resolve
+from controlplane.core.spec import parse_dag_file
 from dags.models import DagRun
 from dags.runs import RunError, child_dag_file, create_run, start_child_run
-from dags.spec import parse_dag_file
 from tests.procs import Cluster
 from tests.test_validate_command import run_validate
 

@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 
 from django.db import connection, transaction
 
-from controlplane.config import TimingConfig
-from controlplane.dispatch import WorkerView
-from workers.health import OFFLINE, UNHEALTHY, health_status
+from controlplane.core.config import TimingConfig
+from controlplane.core.health import OFFLINE, UNHEALTHY, health_status
+from controlplane.core.routing import WorkerView
 from workers.models import RegisteredVia, Worker, WorkerLabel
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config
+from controlplane.core.config import Config
 from dags.progress import EXIT_INVALID, describe_step
 from dags.runs import RunError, get_run, run_as_dict
 

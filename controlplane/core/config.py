@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dags.events import DEFAULT_MAX_STEP_LOG_BYTES
-from workers.labels import LabelError, check_worker_id, parse_labels
-from workers.yamlload import YamlError, load_one
+from controlplane.core.events import DEFAULT_MAX_STEP_LOG_BYTES
+from controlplane.core.labels import LabelError, check_worker_id, parse_labels
+from controlplane.core.yamlload import YamlError, load_one
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class LogsConfig:
-    # Output kept per step; beyond it a truncation marker ends the log (dags.events).
+    # Output kept per step; beyond it a truncation marker ends the log (controlplane.core.events).
     max_step_bytes: int = DEFAULT_MAX_STEP_LOG_BYTES
 
 
