@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import IsAuthenticated
 
 from controlplane import pages
+from controlplane.metrics import MetricsView
 from dags import api as dags_api
 from workers import api as workers_api
 
@@ -52,6 +53,7 @@ urlpatterns = [
     path("workers/", pages.workers_page, name="workers-page"),
     path("runs/", pages.runs_page, name="runs-page"),
     path("runs/<str:run_id>/", pages.run_page, name="run-page"),
+    path("metrics", MetricsView.as_view(), name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v2/", include(api_urlpatterns)),
 ]
