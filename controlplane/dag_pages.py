@@ -24,7 +24,7 @@ from controlplane.rpc.client import wake_coordinator
 from dags.api import dag_files, describe_dag_file, find_dag_path, params_from_request
 from dags.models import DagRun
 from dags.runs import RunError, create_run
-from dags.spec import Dag, DagFile
+from dags.spec import Dag, DagFile, DagSpecError, parse_dag_file
 
 RUNS_PER_PAGE = 25
 
@@ -76,6 +76,17 @@ def step_graph(dag: Dag) -> dict[str, Any]:
     else:
         edges = [[a.name, b.name] for a, b in zip(dag.steps, dag.steps[1:], strict=False)]
     return {"nodes": nodes, "edges": edges}
+
+
+def run_step_graph(run: DagRun) -> dict[str, Any] | None:
+    """The graph of the DAG a run executes, from the YAML stored with the run (the file in
+    the DAGs dir may have changed since); None if that text no longer parses."""
+    try:
+        dag_file = parse_dag_file(run.spec, source=run.source or run.id, default_name=run.dag_name)
+    except DagSpecError:
+        return None
+    dag = dag_file.get(run.dag_name) or dag_file.main
+    return step_graph(dag)
 
 
 def _last_run(name: str) -> DagRun | None:

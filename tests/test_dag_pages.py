@@ -117,3 +117,11 @@ def test_start_form_needs_staff(client, staff):
     client.logout()
     assert client.post("/dags/hello/", {"param_NAME": "x"}).status_code == 302  # to login
     assert not DagRun.objects.exists()
+
+
+def test_run_page_carries_the_step_graph_of_the_run(staff):
+    staff.post("/dags/train-model/", {})
+    run = DagRun.objects.get()
+    html = staff.get(f"/runs/{run.id}/").content.decode()
+    assert '"edges": [["prep", "train"], ["prep", "report"]]' in html
+    assert "dag_graph.js" in html
