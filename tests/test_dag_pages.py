@@ -13,18 +13,10 @@ from django.test import Client
 from controlplane.dag_pages import dag_matches_search, next_run, step_graph
 from dags.models import DagRun
 from dags.spec import parse_dag_file
+from tests.test_api_runs import HELLO
 
 pytestmark = pytest.mark.django_db
 
-HELLO = """\
-description: says hello
-params: NAME=world
-steps:
-  - name: greet
-    command: echo "hello ${NAME}"
-  - name: bye
-    command: echo bye
-"""
 GPU = """\
 name: train-model
 schedule: "0 * * * *"
