@@ -19,6 +19,8 @@ from django.shortcuts import render
 
 from controlplane.core.health import HEALTHY, OFFLINE
 from controlplane.core.states import values
+from controlplane.dag_pages import run_step_graph
+from controlplane.placement import run_placement
 from dags.models import TERMINAL_RUN_STATUSES, DagRun, RunStatus
 from dags.reports import read_step_log, step_tries
 from workers.summary import worker_summaries
@@ -140,5 +142,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "attempts": run.attempts.order_by("number"),
         "decisions": run.dispatch_decisions.order_by("decided_at", "id"),
         "children": run.children.order_by("queued_at", "id"),
+        "graph": run_step_graph(run),
+        "placement": run_placement(run, now=datetime.now(UTC), timing=settings.DAGU.timing),
     }
     return render(request, "pages/run.html", context)

@@ -34,6 +34,8 @@ from controlplane.core.spec import (
     parse_params_string,
 )
 from controlplane.core.states import values
+from controlplane.placement import with_placement
+from controlplane.placement_api import PlacementSerializer
 from dags.models import DagRun, RunStatus, StepRun
 from dags.progress import DagNotFound, resolve_dag_path
 from dags.reports import read_step_log, step_tries
@@ -147,6 +149,9 @@ class RunDetailSerializer(serializers.Serializer):
     steps = StepJsonSerializer(many=True)
     attempts = AttemptJsonSerializer(many=True)
     dispatch_decisions = DecisionJsonSerializer(many=True)
+    placement = PlacementSerializer(
+        allow_null=True, help_text="why a queued distributed run is not running; else null"
+    )
 
 
 class RunCreateSerializer(serializers.Serializer):
@@ -443,7 +448,9 @@ class DagRunDetailView(APIView):
         operation_id="getDagRun", responses={200: RunDetailSerializer, 404: ErrorSerializer}
     )
     def get(self, request: Request, run_id: str) -> Response:
-        return Response(run_as_dict(_run_or_404(run_id)))
+        run = _run_or_404(run_id)
+        timing = settings.DAGU.timing
+        return Response(with_placement(run_as_dict(run), run, now=utcnow(), timing=timing))
 
 
 class DagRunCancelView(APIView):

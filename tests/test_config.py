@@ -128,6 +128,7 @@ def default_of(key: str, home: Path) -> Any:
         "limits.max_subdag_depth": 16,
         "logs.max_step_bytes": 16 * 1024 * 1024,
         "retention.days": 30,
+        "metrics.public": False,
     }[key]
 
 
@@ -176,6 +177,7 @@ CASES = [
     Case("limits.max_subdag_depth", 4, "8", "32", 4, 8, 32),
     Case("logs.max_step_bytes", 1000, "2000", "3000", 1000, 2000, 3000),
     Case("retention.days", 0, "7", "90", 0, 7, 90),
+    Case("metrics.public", True, "false", "true", True, False, True),
 ]  # fmt: skip
 ENV_CASES = [case for case in CASES if any(v.startswith("DAGU_") for v in env_vars(case.key))]
 

@@ -122,6 +122,13 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # /metrics is served without authentication only when this is true (a scraper inside a
+    # trusted network); otherwise it takes a viewer's API token or session like the API.
+    public: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     coordinator: CoordinatorConfig
     worker: WorkerConfig
@@ -137,6 +144,7 @@ class Config:
     # The config.yaml that was read, if any.
     config_file: Path | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def default_data_dir() -> Path:
@@ -443,6 +451,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("limits.max_subdag_depth", _parse_positive_int, ("LIMITS_MAX_SUBDAG_DEPTH",)),
     _Setting("logs.max_step_bytes", _parse_positive_int, ("LOGS_MAX_STEP_BYTES",)),
     _Setting("retention.days", _parse_non_negative_int, ("RETENTION_DAYS",)),
+    _Setting("metrics.public", _parse_bool, ("METRICS_PUBLIC",)),
 )
 _BY_KEY: dict[str, _Setting] = {s.key: s for s in _SETTINGS}
 SETTING_KEYS: tuple[str, ...] = tuple(_BY_KEY)
@@ -720,6 +729,7 @@ def resolve(
         limits=LimitsConfig(
             max_subdag_depth=picked.get("limits.max_subdag_depth", LimitsConfig.max_subdag_depth)
         ),
+        metrics=MetricsConfig(public=picked.get("metrics.public", False)),
     )
 
 
