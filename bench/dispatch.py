@@ -108,7 +108,7 @@ class Bench:
     """What the phases share: the cluster, the resolved config, the parsed DAG files."""
 
     cluster: Cluster
-    config: Any  # controlplane.config.Config (imported after django.setup())
+    config: Any  # controlplane.core.config.Config (imported after django.setup())
     markers: Path
     latency_dag: Any
     throughput_dag: Any
@@ -153,8 +153,8 @@ def prepare(cluster: Cluster, *, workers: int, max_runs: int) -> Bench:
     cluster.start_coordinator()
     worker_ids = start_workers(cluster, count=workers, max_runs=max_runs)
     setup_django(cluster)
-    from controlplane.config import resolve
-    from dags.spec import parse_dag_file
+    from controlplane.core.config import resolve
+    from controlplane.core.spec import parse_dag_file
 
     markers = cluster.home / "markers"
     markers.mkdir()
@@ -177,7 +177,7 @@ def prepare(cluster: Cluster, *, workers: int, max_runs: int) -> Bench:
 
 def create_and_wake(bench: Bench, dag_file: Any, *, wake: bool = True) -> tuple[str, datetime]:
     """What `manage.py start` does for a distributed run, minus the interpreter start-up."""
-    from controlplane.rpc.client import wake_coordinator
+    from controlplane.core.rpc.client import wake_coordinator
     from dags.runs import create_run
 
     now = utcnow()
@@ -282,7 +282,7 @@ def set_drained(bench: Bench, *, draining: bool) -> None:
 
 def create_runs(bench: Bench, *, count: int, wake_every: int) -> tuple[list[str], float]:
     """Create `count` runs as fast as possible; returns their ids and the creation time."""
-    from controlplane.rpc.client import wake_coordinator
+    from controlplane.core.rpc.client import wake_coordinator
 
     ids = []
     t0 = time.monotonic()
@@ -387,7 +387,7 @@ def measure_backlog(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any
     released = utcnow()
     meter.start()
     set_drained(bench, draining=False)
-    from controlplane.rpc.client import wake_coordinator
+    from controlplane.core.rpc.client import wake_coordinator
 
     wake_coordinator(bench.config)
     wait_all_finished(ids, timeout=timeout)
@@ -548,11 +548,12 @@ def measure_unmatched_backlog(bench: Bench, *, runs: int, probes: int) -> dict[s
     """Queue `runs` that no worker matches, then matching runs behind them."""
     from django.db import transaction
 
-    from controlplane.dispatch import WorkerView, dispatch_once
-    from controlplane.rpc.client import wake_coordinator
+    from controlplane.core.routing import WorkerView
+    from controlplane.core.rpc.client import wake_coordinator
+    from controlplane.core.spec import parse_dag_file
+    from controlplane.dispatch import dispatch_once
     from dags.models import DagRun, RunStatus
     from dags.runs import create_run
-    from dags.spec import parse_dag_file
 
     unmatched = parse_dag_file(
         UNMATCHED_DAG, source="bench-unmatched.yaml", default_name="bench-unmatched"

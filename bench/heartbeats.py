@@ -12,7 +12,7 @@
    receives the heartbeats, so the Worker rows exist and are fresh), a user and token from
    `manage.py create_api_token` (or a DRF token made by `manage.py shell` if that command
    is missing), ~50 sequential requests on one keep-alive connection.
-3. The service registry: 1,000 worker files written with `workers.registry.write_record`,
+3. The service registry: 1,000 worker files written with `controlplane.core.registry.write_record`,
    then `registry.scan(root, "worker")` and `registry.cleanup(...)` timed (p50 of 20).
 
 Usage: .venv/bin/python bench/heartbeats.py [--steps 250,500,1000,1500,2000] [--skip-api]
@@ -64,7 +64,7 @@ RPC_DEADLINE_S = 5.0
 
 
 def worker_request(index: int, *, started_ms: int) -> Any:
-    from controlplane.rpc.v1 import coordinator_pb2 as pb
+    from controlplane.core.rpc.v1 import coordinator_pb2 as pb
 
     return pb.HeartbeatRequest(
         worker=pb.WorkerInfo(
@@ -164,7 +164,7 @@ async def generate(
 ) -> None:
     import grpc
 
-    from controlplane.rpc.v1 import coordinator_pb2_grpc
+    from controlplane.core.rpc.v1 import coordinator_pb2_grpc
 
     parent = os.getppid()
     opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
@@ -475,7 +475,7 @@ def print_api(result: dict[str, Any]) -> None:
 
 
 def measure_registry(*, files: int, repeats: int) -> dict[str, Any]:
-    from workers import registry
+    from controlplane.core import registry
 
     now = datetime.now(UTC)
     host = socket.gethostname()

@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import socket
 
-from controlplane.config import Config
+from controlplane.core.config import Config
 
 logger = logging.getLogger(__name__)
 

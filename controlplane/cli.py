@@ -1,7 +1,7 @@
 """Configuration as command-line flags, and the base class for commands that take them.
 
 Every flag defaults to None so `config_from_options` can tell "not passed" from "passed the
-default value"; only passed flags become the top layer of `controlplane.config.resolve`.
+default value"; only passed flags become the top layer of `controlplane.core.config.resolve`.
 Values stay strings here: the resolver parses them, so a bad flag gets the same one-line
 error (naming `--coordinator.port` etc.) as a bad env var or config file entry.
 """
@@ -17,9 +17,12 @@ from typing import Any, ClassVar, NoReturn
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations.executor import MigrationExecutor
+from django.db.utils import OperationalError
 
-from controlplane.config import Config, ConfigError, check_peer_files, env_vars, resolve
-from workers.labels import LabelError
+from controlplane.core.config import Config, ConfigError, check_peer_files, env_vars, resolve
+from controlplane.core.labels import LabelError
 
 SECTIONS = ("coordinator", "worker", "peer", "paths")
 
@@ -196,10 +199,6 @@ def process_config(config: Config) -> Iterator[Config]:
 
 def check_database(config: Config) -> None:
     """The database answers and is migrated, or one ConfigError saying which is not so."""
-    from django.db import DEFAULT_DB_ALIAS, connections
-    from django.db.migrations.executor import MigrationExecutor
-    from django.db.utils import OperationalError
-
     source = config.sources.get("database_url", "default") if config.database_url else "default"
     connection = connections[DEFAULT_DB_ALIAS]
     try:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from django.core.management import execute_from_command_line
 
-from controlplane.config import ConfigError, export_early_flags
+from controlplane.core.config import ConfigError, export_early_flags
 
 
 def command_argv(argv: Sequence[str]) -> list[str]:

@@ -11,32 +11,29 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-from django.db import close_old_connections, connection
+from django.db import close_old_connections
 from django.db.models import Count, F
 
-from controlplane.config import Config
+from controlplane.core import registry
+from controlplane.core.clock import utcnow
+from controlplane.core.config import Config
+from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from controlplane.dispatch import dispatch_once
-from controlplane.failover import ACTIVE, failover_once
+from controlplane.failover import failover_once
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.reports import ApplyResult, Event, apply_events
 from dags.runs import RunError, completed_steps, get_run, request_cancel, start_child_run
-from dags.spec import DagSpecError
-from workers import registry
 from workers.models import Worker
 from workers.presence import Fleet, Identity, Running, flush_fleet, purge_offline
 
 logger = logging.getLogger(__name__)
 
 MAX_POLL_WAIT = 20.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,7 @@ class Coordinator:
         keep = set(
             Attempt.objects.filter(
                 token__in=tokens,
-                status__in=ACTIVE,
+                status__in=ACTIVE_ATTEMPT_STATUSES,
                 run__attempt=F("number"),
                 run__status=RunStatus.RUNNING,
                 run__cancel_requested=False,
@@ -152,7 +149,10 @@ class Coordinator:
         """Create (or find again, on a replay) the child run of a parent's sub-DAG step."""
         parent = get_run(parent_run_id)
         current = Attempt.objects.filter(
-            run=parent, token=parent_token, number=parent.attempt, status__in=ACTIVE
+            run=parent,
+            token=parent_token,
+            number=parent.attempt,
+            status__in=ACTIVE_ATTEMPT_STATUSES,
         ).exists()
         if parent_token and not current:
             raise RunError(f'attempt of run "{parent_run_id}" is no longer current')
@@ -195,7 +195,9 @@ class Coordinator:
         # run queued right after it.
         self.sync_draining()
         held = dict(
-            Attempt.objects.filter(status__in=ACTIVE, mode=ExecutionMode.DISTRIBUTED)
+            Attempt.objects.filter(
+                status__in=ACTIVE_ATTEMPT_STATUSES, mode=ExecutionMode.DISTRIBUTED
+            )
             .values("worker_id")
             .annotate(n=Count("id"))
             .values_list("worker_id", "n")
@@ -258,41 +260,6 @@ class Coordinator:
 
     def load_fleet(self) -> None:
         self.fleet.load(Worker.objects.all())
-
-
-def run_loop(
-    name: str,
-    step: Callable[[], object],
-    *,
-    stop: threading.Event,
-    interval: float,
-    wake: threading.Event | None = None,
-) -> threading.Thread:
-    """Start a thread that calls `step` until `stop` is set, pausing `interval` between calls.
-
-    With a `wake` event the pause ends early when it is set. A failing step is logged and
-    retried on the next round: one bad row must not stop the coordinator.
-    """
-
-    def loop() -> None:
-        while not stop.is_set():
-            close_old_connections()
-            try:
-                step()
-            except DagSpecError as exc:
-                logger.error("%s: %s", name, exc)
-            except Exception:
-                logger.exception("%s step failed; retrying", name)
-            if wake is not None:
-                wake.wait(interval)
-                wake.clear()
-            else:
-                stop.wait(interval)
-        connection.close()
-
-    thread = threading.Thread(target=loop, name=name, daemon=True)
-    thread.start()
-    return thread
 
 
 def coordinator_record(

@@ -1,101 +1,35 @@
-"""Where a run goes: the local/distributed decision, worker choice, and the dispatch step.
+"""The dispatch step: claim queued distributed runs for workers, or record why they wait.
 
-The first three functions are pure (plain data in, plain data out) so every rule has a
-table test; `dispatch_once` is the one place that claims queued runs for workers.
+`dispatch_once` is the one place that claims queued runs for workers; the rules it applies
+(which worker, which waiting reason) are the pure functions of `controlplane.core.routing`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-from workers.health import DISPATCHABLE, OFFLINE
-from workers.labels import matches
+from django.db import transaction
+from django.db.models import Count, Q, QuerySet
 
-if TYPE_CHECKING:
-    from django.db.models import QuerySet
-
-    from dags.models import Attempt, DagRun
-    from dags.spec import Dag
+from controlplane.core.labels import matches
+from controlplane.core.routing import (
+    WorkerView,
+    can_take_a_run,
+    choose_worker,
+    waiting_reason,
+)
+from controlplane.models import DecisionEvent, DispatchDecision
+from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
+from dags.runs import decision_row, record_decision, start_attempt
 
 logger = logging.getLogger(__name__)
 
-LOCAL = "local"
-DISTRIBUTED = "distributed"
 # Rows per UPDATE ... IN (...) and per INSERT when a whole backlog changes its reason.
 WRITE_BATCH = 500
-
-
-@dataclass(frozen=True)
-class ModeDecision:
-    mode: str  # "local" | "distributed"
-    why: str  # "forced_local" | "selector" | "default_mode"
-    selector: Mapping[str, str] = field(default_factory=dict)
-
-
-def decide_execution_mode(
-    dag: Dag, *, step_selector: Mapping[str, str], default_mode: str
-) -> ModeDecision:
-    """SPEC section 5: forced local, else a non-empty selector, else the default mode.
-
-    A step-level selector (on the parent's call step) overrides the child DAG's own.
-    """
-    if dag.force_local:
-        return ModeDecision(LOCAL, "forced_local")
-    selector = dict(step_selector) if step_selector else dict(dag.worker_selector)
-    if selector:
-        return ModeDecision(DISTRIBUTED, "selector", selector)
-    return ModeDecision(default_mode, "default_mode")
-
-
-@dataclass(frozen=True)
-class WorkerView:
-    """What dispatch needs to know about one worker, as of now."""
-
-    id: str
-    labels: Mapping[str, str]
-    health: str
-    draining: bool
-    free_slots: int
-
-
-def waiting_reason(selector: Mapping[str, str], workers: Sequence[WorkerView]) -> str:
-    """Why no worker can take a run with this selector (SPEC section 5), most basic first."""
-    known = [w for w in workers if w.health != OFFLINE]
-    if not known:
-        return "no_workers"
-    matching = [w for w in known if matches(w.labels, selector)]
-    if not matching:
-        return "no_matching_worker"
-    healthy = [w for w in matching if w.health in DISPATCHABLE]
-    if not healthy:
-        return "matching_workers_unhealthy"
-    if all(w.draining for w in healthy):
-        return "matching_workers_draining"
-    return "matching_workers_busy"
-
-
-def can_take_a_run(worker: WorkerView) -> bool:
-    return worker.health in DISPATCHABLE and not worker.draining and worker.free_slots > 0
-
-
-def choose_worker(
-    selector: Mapping[str, str], workers: Sequence[WorkerView]
-) -> tuple[WorkerView | None, int]:
-    """The matching, dispatchable worker with the most free slots, and how many matched.
-
-    Most-free-first spreads runs across equal workers; ties break on id for determinism.
-    """
-    matching = [w for w in workers if w.health != OFFLINE and matches(w.labels, selector)]
-    candidates = [w for w in matching if can_take_a_run(w)]
-    if not candidates:
-        return None, len(matching)
-    best = min(candidates, key=lambda w: (-w.free_slots, w.id))
-    return best, len(matching)
 
 
 @dataclass
@@ -126,7 +60,6 @@ def dispatch_once(
     Each claim is a compare-and-set on the run row, so two dispatchers can never hand the
     same attempt to two workers. Returns how many runs were assigned.
     """
-    from django.db import transaction
 
     views = {w.id: w for w in workers}
     claimed: list[Attempt] = []
@@ -170,7 +103,6 @@ def _takers(selector: Mapping[str, str], workers: Iterable[WorkerView]) -> list[
 
 
 def _queued() -> QuerySet[DagRun]:
-    from dags.models import DagRun, ExecutionMode, RunStatus
 
     return DagRun.objects.filter(
         status=RunStatus.QUEUED,
@@ -180,7 +112,6 @@ def _queued() -> QuerySet[DagRun]:
 
 
 def _queued_groups() -> list[SelectorGroup]:
-    from django.db.models import Count
 
     groups: dict[tuple[tuple[str, str], ...], SelectorGroup] = {}
     rows = (
@@ -200,7 +131,6 @@ def _queued_groups() -> list[SelectorGroup]:
 
 
 def _in_group(group: SelectorGroup) -> QuerySet[DagRun]:
-    from django.db.models import Q
 
     match = Q()
     for form in group.forms:
@@ -215,10 +145,8 @@ def _oldest_runs(group: SelectorGroup, *, limit: int) -> list[DagRun]:
 def _assign(
     run: DagRun, worker: WorkerView, *, now: datetime, considered: int, matched: int
 ) -> Attempt | None:
-    from controlplane.models import DecisionEvent
-    from dags.runs import record_decision, start_attempt
 
-    attempt = start_attempt(run, now=now, mode=DISTRIBUTED, worker_id=worker.id)
+    attempt = start_attempt(run, now=now, mode=ExecutionMode.DISTRIBUTED, worker_id=worker.id)
     if attempt is None:
         return None  # another dispatcher, or a cancel, got there first
     record_decision(
@@ -239,8 +167,6 @@ def _record_waiting(
     group: SelectorGroup, reason: str, *, now: datetime, considered: int, matched: int
 ) -> None:
     """Give every run of the group `reason`; a decision row only where the reason changes."""
-    from controlplane.models import DecisionEvent, DispatchDecision
-    from dags.runs import decision_row
 
     changing = list(
         _in_group(group)

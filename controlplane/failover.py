@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.db.models import F
 
+from controlplane.core.health import OFFLINE, UNHEALTHY
+from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from controlplane.models import DecisionEvent
 from dags.models import (
     Attempt,
@@ -27,12 +29,10 @@ from dags.models import (
     StepStatus,
 )
 from dags.runs import record_decision
-from workers.health import OFFLINE, UNHEALTHY
 from workers.presence import Fleet
 
 logger = logging.getLogger(__name__)
 
-ACTIVE = (AttemptStatus.ASSIGNED, AttemptStatus.RUNNING)
 # An assignment the worker has not acknowledged (in a heartbeat) after this long was lost
 # in transit, e.g. the coordinator restarted between handing it out and the worker's poll.
 ASSIGNMENT_ACK_SECONDS = 10.0
@@ -41,7 +41,9 @@ ASSIGNMENT_ACK_SECONDS = 10.0
 def failover_once(*, fleet: Fleet, now: datetime, mailbox_tokens: set[str]) -> int:
     """Supersede attempts whose worker is lost or never started them. Returns how many."""
     handled = 0
-    attempts = Attempt.objects.filter(status__in=ACTIVE, mode=ExecutionMode.DISTRIBUTED)
+    attempts = Attempt.objects.filter(
+        status__in=ACTIVE_ATTEMPT_STATUSES, mode=ExecutionMode.DISTRIBUTED
+    )
     for attempt in attempts.select_related("run"):
         reason = _lost_reason(attempt, fleet=fleet, now=now, mailbox_tokens=mailbox_tokens)
         if reason is None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
-from dags.models import DagRun, ExecutionMode, WaitingReason
+from controlplane.core.states import ExecutionMode, WaitingReason, choices
+from dags.models import DagRun
 
 
 class DecisionWhy(models.TextChoices):
@@ -27,14 +28,14 @@ class DispatchDecision(models.Model):
     run = models.ForeignKey(DagRun, on_delete=models.CASCADE, related_name="dispatch_decisions")
     attempt = models.PositiveIntegerField(default=0)
     event = models.CharField(max_length=24, choices=DecisionEvent.choices)
-    mode = models.CharField(max_length=16, choices=ExecutionMode.choices)
+    mode = models.CharField(max_length=16, choices=choices(ExecutionMode))
     why = models.CharField(max_length=16, choices=DecisionWhy.choices)
     selector = models.JSONField(default=dict, blank=True)
     workers_considered = models.PositiveIntegerField(default=0)
     workers_matched = models.PositiveIntegerField(default=0)
     chosen_worker = models.CharField(max_length=255, blank=True)
     waiting_reason = models.CharField(
-        max_length=32, choices=WaitingReason.choices, blank=True, default=""
+        max_length=32, choices=choices(WaitingReason), blank=True, default=""
     )
     detail = models.TextField(blank=True)
     decided_at = models.DateTimeField(db_index=True)

@@ -17,9 +17,12 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from controlplane.core.health import HEALTHY, OFFLINE
+from controlplane.core.states import values
+from controlplane.dag_pages import run_step_graph
+from controlplane.placement import run_placement
 from dags.models import TERMINAL_RUN_STATUSES, DagRun, RunStatus
 from dags.reports import read_step_log, step_tries
-from workers.health import HEALTHY, OFFLINE
 from workers.summary import worker_summaries
 
 RECENT_RUNS = 50
@@ -104,7 +107,7 @@ def workers_page(request: HttpRequest) -> HttpResponse:
 def runs_page(request: HttpRequest) -> HttpResponse:
     runs = DagRun.objects.select_related("parent").order_by("-queued_at", "-id")
     status = request.GET.get("status", "")
-    if status in RunStatus.values:
+    if status in values(RunStatus):
         runs = runs.filter(status=status)
     else:
         status = ""
@@ -112,7 +115,7 @@ def runs_page(request: HttpRequest) -> HttpResponse:
         "active": "runs",
         "runs": runs[:RECENT_RUNS],
         "status": status,
-        "statuses": RunStatus.values,
+        "statuses": values(RunStatus),
         "limit": RECENT_RUNS,
     }
     return render(request, "pages/runs.html", context)
@@ -139,5 +142,7 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "attempts": run.attempts.order_by("number"),
         "decisions": run.dispatch_decisions.order_by("decided_at", "id"),
         "children": run.children.order_by("queued_at", "id"),
+        "graph": run_step_graph(run),
+        "placement": run_placement(run, now=datetime.now(UTC), timing=settings.DAGU.timing),
     }
     return render(request, "pages/run.html", context)

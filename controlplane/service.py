@@ -13,12 +13,14 @@ import grpc
 from grpc_health.v1 import health
 
 from controlplane.address import advertised_host
-from controlplane.config import Config, ConfigError
-from controlplane.coordinator import Coordinator, coordinator_record, run_loop, utcnow
+from controlplane.coordinator import Coordinator, coordinator_record
+from controlplane.core import registry
+from controlplane.core.clock import utcnow
+from controlplane.core.config import Config, ConfigError
+from controlplane.loops import run_loop
 from controlplane.rpc.server import build_server
 from dags.local import LocalExecutor
 from dags.retention import apply_retention
-from workers import registry
 
 logger = logging.getLogger(__name__)
 

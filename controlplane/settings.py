@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from controlplane.config import resolve
+from controlplane.core.config import resolve
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

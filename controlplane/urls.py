@@ -8,7 +8,8 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import IsAuthenticated
 
-from controlplane import pages
+from controlplane import dag_pages, pages
+from controlplane.metrics import MetricsView
 from dags import api as dags_api
 from workers import api as workers_api
 
@@ -51,7 +52,10 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="workers-page", permanent=False)),
     path("workers/", pages.workers_page, name="workers-page"),
     path("runs/", pages.runs_page, name="runs-page"),
+    path("dags/", dag_pages.dags_page, name="dags-page"),
+    path("dags/<str:name>/", dag_pages.dag_page, name="dag-page"),
     path("runs/<str:run_id>/", pages.run_page, name="run-page"),
+    path("metrics", MetricsView.as_view(), name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v2/", include(api_urlpatterns)),
 ]

@@ -1,14 +1,14 @@
 """REST API for runs and DAG files (SPEC section 9).
 
-Views are glue over `dags.runs` (run lifecycle and the run JSON), `dags.spec` (parsing) and
-`dags.reports` (logs). Serializers describe the JSON for the OpenAPI schema; only the run
-list goes through one, because DRF's pagination wants it.
+Views are glue over `dags.runs` (run lifecycle and the run JSON), `controlplane.core.spec`
+(parsing) and `dags.reports` (logs). Serializers describe the JSON for the OpenAPI schema;
+only the run list goes through one, because DRF's pagination wants it.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,22 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.rpc.client import wake_coordinator
+from controlplane.core.clock import utcnow
+from controlplane.core.rpc.client import wake_coordinator
+from controlplane.core.spec import (
+    DagFile,
+    DagSpecError,
+    load_dag_file,
+    parse_dag_file,
+    parse_params_string,
+)
+from controlplane.core.states import values
+from controlplane.placement import with_placement
+from controlplane.placement_api import PlacementSerializer
 from dags.models import DagRun, RunStatus, StepRun
 from dags.progress import DagNotFound, resolve_dag_path
 from dags.reports import read_step_log, step_tries
 from dags.runs import RunError, create_run, get_run, iso, request_cancel, retry_run, run_as_dict
-from dags.spec import DagFile, DagSpecError, load_dag_file, parse_dag_file, parse_params_string
 from workers.api import ErrorSerializer
 
 # What a DAG file name / explicit DAG name may contain (the parser's rule); it also keeps
@@ -139,6 +149,9 @@ class RunDetailSerializer(serializers.Serializer):
     steps = StepJsonSerializer(many=True)
     attempts = AttemptJsonSerializer(many=True)
     dispatch_decisions = DecisionJsonSerializer(many=True)
+    placement = PlacementSerializer(
+        allow_null=True, help_text="why a queued distributed run is not running; else null"
+    )
 
 
 class RunCreateSerializer(serializers.Serializer):
@@ -243,10 +256,6 @@ class RunPagination(LimitOffsetPagination):
 
 
 # ---- helpers
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _run_or_404(run_id: str) -> DagRun:
@@ -377,10 +386,10 @@ class DagRunListView(ListAPIView):
         qs = DagRun.objects.select_related("parent").order_by("-queued_at", "-id")
         query = self.request.query_params
         if run_status := query.get("status"):
-            if run_status not in RunStatus.values:
+            if run_status not in values(RunStatus):
                 raise ParseError(
                     f'status: unknown status "{run_status}"; expected one of '
-                    + ", ".join(RunStatus.values)
+                    + ", ".join(values(RunStatus))
                 )
             qs = qs.filter(status=run_status)
         if dag_name := query.get("dag_name"):
@@ -396,7 +405,7 @@ class DagRunListView(ListAPIView):
     @extend_schema(
         operation_id="listDagRuns",
         parameters=[
-            OpenApiParameter("status", OpenApiTypes.STR, enum=RunStatus.values),
+            OpenApiParameter("status", OpenApiTypes.STR, enum=values(RunStatus)),
             OpenApiParameter("dag_name", OpenApiTypes.STR),
             OpenApiParameter("worker_id", OpenApiTypes.STR),
             OpenApiParameter(
@@ -423,7 +432,7 @@ class DagRunListView(ListAPIView):
         try:
             run = create_run(
                 dag_file,
-                now=_now(),
+                now=utcnow(),
                 default_mode=settings.DAGU.default_execution_mode,
                 params=params,
                 source=source,
@@ -439,7 +448,9 @@ class DagRunDetailView(APIView):
         operation_id="getDagRun", responses={200: RunDetailSerializer, 404: ErrorSerializer}
     )
     def get(self, request: Request, run_id: str) -> Response:
-        return Response(run_as_dict(_run_or_404(run_id)))
+        run = _run_or_404(run_id)
+        timing = settings.DAGU.timing
+        return Response(with_placement(run_as_dict(run), run, now=utcnow(), timing=timing))
 
 
 class DagRunCancelView(APIView):
@@ -451,7 +462,7 @@ class DagRunCancelView(APIView):
     def post(self, request: Request, run_id: str) -> Response:
         _run_or_404(run_id)
         try:
-            run = request_cancel(run_id, now=_now())
+            run = request_cancel(run_id, now=utcnow())
         except RunError as exc:
             raise Conflict(str(exc)) from None
         return Response(run_as_dict(run))
@@ -466,7 +477,7 @@ class DagRunRetryView(APIView):
     def post(self, request: Request, run_id: str) -> Response:
         _run_or_404(run_id)
         try:
-            run = retry_run(run_id, now=_now())
+            run = retry_run(run_id, now=utcnow())
         except RunError as exc:
             raise Conflict(str(exc)) from None
         wake_coordinator(settings.DAGU)

@@ -15,14 +15,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from django.db import close_old_connections, connection
 
-from controlplane.config import Config
-from dags.events import STEP_FINISHED, Event, EventReporter
-from dags.execution import (
+from controlplane.core.clock import utcnow
+from controlplane.core.config import Config
+from controlplane.core.events import STEP_FINISHED, Event, EventReporter
+from controlplane.core.execution import (
     ChildRequest,
     ChildResult,
     RunContext,
@@ -30,10 +31,14 @@ from dags.execution import (
     StepOutcome,
     execute_run,
 )
+from controlplane.core.registry import pid_alive
+from controlplane.core.spec import DagSpecError, parse_stored_dag_file
+from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
+from controlplane.failover import supersede_attempt
+from controlplane.loops import run_loop
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus, StepStatus
 from dags.reports import apply_events
 from dags.runs import completed_steps, request_cancel, start_attempt, start_child_run
-from dags.spec import DagSpecError, parse_stored_dag_file
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +59,6 @@ REPORT_BATCH_EVENTS = 500
 REPORT_FLUSH_SECONDS = 0.2
 REPORT_CLOSE_SECONDS = 60.0
 _DURABLE_STEP_ENDS = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED})
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class BatchedReports:
@@ -297,12 +298,9 @@ def recover_lost_local_attempts(*, now: datetime, started_at: datetime, mine: se
     Lost are the main instance's own attempts from before it (re)started, and attempts of
     `manage.py start` processes on this host that have exited. Returns how many.
     """
-    from controlplane.failover import ACTIVE, supersede_attempt
-    from workers.registry import pid_alive
-
     cli_prefix = f"local:{socket.gethostname()}:"
     lost = 0
-    attempts = Attempt.objects.filter(mode=ExecutionMode.LOCAL, status__in=ACTIVE)
+    attempts = Attempt.objects.filter(mode=ExecutionMode.LOCAL, status__in=ACTIVE_ATTEMPT_STATUSES)
     for attempt in attempts.select_related("run"):
         holder = attempt.worker_id
         if holder == LOCAL_WORKER_ID:
@@ -338,8 +336,6 @@ class LocalExecutor:
         self._next_recovery = 0.0
 
     def start(self) -> threading.Thread:
-        from controlplane.coordinator import run_loop
-
         return run_loop("local-executor", self.run_once, stop=self.stop, interval=0.25)
 
     def run_once(self) -> int:

@@ -9,39 +9,30 @@ from __future__ import annotations
 
 from django.db import models
 
+from controlplane.core.states import (
+    TERMINAL_RUN_STATUSES,
+    AttemptStatus,
+    ExecutionMode,
+    RunStatus,
+    StepStatus,
+    WaitingReason,
+    choices,
+)
 
-class RunStatus(models.TextChoices):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
-
-
-class StepStatus(models.TextChoices):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"
-
-
-class ExecutionMode(models.TextChoices):
-    LOCAL = "local"
-    DISTRIBUTED = "distributed"
-
-
-class WaitingReason(models.TextChoices):
-    NONE = "", "-"
-    NO_WORKERS = "no_workers"
-    NO_MATCHING_WORKER = "no_matching_worker"
-    MATCHING_WORKERS_BUSY = "matching_workers_busy"
-    MATCHING_WORKERS_DRAINING = "matching_workers_draining"
-    MATCHING_WORKERS_UNHEALTHY = "matching_workers_unhealthy"
+# The states live in the core (the worker uses them too); these names are re-exported so the
+# apps keep importing them with their models.
+__all__ = [
+    "TERMINAL_RUN_STATUSES",
+    "Attempt",
+    "AttemptStatus",
+    "DagRun",
+    "ExecutionMode",
+    "OnWorkerLost",
+    "RunStatus",
+    "StepRun",
+    "StepStatus",
+    "WaitingReason",
+]
 
 
 class OnWorkerLost(models.TextChoices):
@@ -56,11 +47,11 @@ class DagRun(models.Model):
     spec = models.TextField()
     source = models.CharField(max_length=1024, blank=True)
     params = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    status = models.CharField(max_length=16, choices=choices(RunStatus), default=RunStatus.QUEUED)
     waiting_reason = models.CharField(
-        max_length=32, choices=WaitingReason.choices, blank=True, default=""
+        max_length=32, choices=choices(WaitingReason), blank=True, default=""
     )
-    execution_mode = models.CharField(max_length=16, choices=ExecutionMode.choices)
+    execution_mode = models.CharField(max_length=16, choices=choices(ExecutionMode))
     # Why that mode: "forced_local", "selector" or "default_mode" (see controlplane.dispatch).
     mode_reason = models.CharField(max_length=16, default="default_mode")
     worker_selector = models.JSONField(default=dict, blank=True)
@@ -122,23 +113,14 @@ class DagRun(models.Model):
         return self.status in TERMINAL_RUN_STATUSES
 
 
-class AttemptStatus(models.TextChoices):
-    ASSIGNED = "assigned"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SUPERSEDED = "superseded"
-
-
 class Attempt(models.Model):
     run = models.ForeignKey(DagRun, on_delete=models.CASCADE, related_name="attempts")
     number = models.PositiveIntegerField()
     token = models.CharField(max_length=64, unique=True)
-    mode = models.CharField(max_length=16, choices=ExecutionMode.choices)
+    mode = models.CharField(max_length=16, choices=choices(ExecutionMode))
     worker_id = models.CharField(max_length=255, blank=True, db_index=True)
     status = models.CharField(
-        max_length=16, choices=AttemptStatus.choices, default=AttemptStatus.ASSIGNED
+        max_length=16, choices=choices(AttemptStatus), default=AttemptStatus.ASSIGNED
     )
     created_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
@@ -165,7 +147,9 @@ class StepRun(models.Model):
     run = models.ForeignKey(DagRun, on_delete=models.CASCADE, related_name="steps")
     name = models.CharField(max_length=255)
     position = models.PositiveIntegerField(default=0)
-    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
+    status = models.CharField(
+        max_length=16, choices=choices(StepStatus), default=StepStatus.PENDING
+    )
     exit_code = models.IntegerField(null=True, blank=True)
     attempt = models.PositiveIntegerField(default=0)
     retries = models.PositiveIntegerField(default=0)

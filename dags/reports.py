@@ -19,12 +19,19 @@ from pathlib import Path
 from django.db import transaction
 from django.db.models import Q
 
-from dags.events import ATTEMPT_STARTED, RUN_FINISHED, STEP_FINISHED, STEP_LOG, STEP_STARTED, Event
+from controlplane.core.events import (
+    ATTEMPT_STARTED,
+    RUN_FINISHED,
+    STEP_FINISHED,
+    STEP_LOG,
+    STEP_STARTED,
+    Event,
+)
+from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from dags.models import Attempt, AttemptStatus, DagRun, RunStatus, StepRun, StepStatus
 
 logger = logging.getLogger(__name__)
 
-_ACTIVE_ATTEMPT = (AttemptStatus.ASSIGNED, AttemptStatus.RUNNING)
 _ATTEMPT_END = {
     RunStatus.SUCCEEDED: AttemptStatus.SUCCEEDED,
     RunStatus.FAILED: AttemptStatus.FAILED,
@@ -84,7 +91,7 @@ def _apply_attempt_batch(token: str, batch: list[Event], *, result: ApplyResult)
     if not fresh:
         return
     run = attempt.run
-    if run.attempt != attempt.number or attempt.status not in _ACTIVE_ATTEMPT:
+    if run.attempt != attempt.number or attempt.status not in ACTIVE_ATTEMPT_STATUSES:
         logger.info(
             "rejected %d report(s) from superseded attempt %s #%d of run %s",
             len(fresh),
@@ -108,7 +115,7 @@ def _write_logs(token: str, batch: list[Event], *, log_dir: Path) -> None:
     attempt = Attempt.objects.select_related("run").filter(token=token).first() if logs else None
     if attempt is None or attempt.run.attempt != attempt.number:
         return
-    if attempt.status not in _ACTIVE_ATTEMPT:
+    if attempt.status not in ACTIVE_ATTEMPT_STATUSES:
         return
     for event in logs:
         if event.seq > attempt.last_event_seq:

@@ -16,8 +16,17 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from controlplane.config import Config
-from controlplane.dispatch import ModeDecision, decide_execution_mode
+from controlplane.core.config import Config
+from controlplane.core.routing import ModeDecision, decide_execution_mode
+from controlplane.core.spec import (
+    Dag,
+    DagFile,
+    dag_name_problem,
+    find_in_dags_dir,
+    load_dag_file,
+    parse_stored_dag_file,
+    resolve_params,
+)
 from controlplane.models import DecisionEvent, DispatchDecision
 from dags.models import (
     TERMINAL_RUN_STATUSES,
@@ -27,15 +36,6 @@ from dags.models import (
     RunStatus,
     StepRun,
     StepStatus,
-)
-from dags.spec import (
-    Dag,
-    DagFile,
-    dag_name_problem,
-    find_in_dags_dir,
-    load_dag_file,
-    parse_stored_dag_file,
-    resolve_params,
 )
 
 logger = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from croniter import croniter
 
-from controlplane.config import Config
+from controlplane.core.config import Config
+from controlplane.core.spec import DagFile, DagSpecError, load_dag_file
 from dags.runs import create_run
-from dags.spec import DagFile, DagSpecError, load_dag_file
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""The one way to (re)generate controlplane/rpc/v1 from proto/: `python proto/generate.py`.
+"""The one way to (re)generate controlplane/core/rpc/v1 from proto/: `python proto/generate.py`.
 
 The proto path mirrors the Python package, so protoc's imports are right as generated
-(`from controlplane.rpc.v1 import coordinator_pb2`): nothing is post-processed.
+(`from controlplane.core.rpc.v1 import coordinator_pb2`): nothing is post-processed.
 `--check` regenerates into a temporary directory and exits 1 if the committed code differs.
 """
 
@@ -16,7 +16,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-PACKAGE = Path("controlplane/rpc/v1")
+PACKAGE = Path("controlplane/core/rpc/v1")
 GENERATED = ("coordinator_pb2.py", "coordinator_pb2.pyi", "coordinator_pb2_grpc.py")
 
 

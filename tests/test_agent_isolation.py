@@ -10,7 +10,7 @@ from tests.procs import ROOT
 
 PROBE = """
 import sys
-import workers.agent  # noqa: F401
+import controlplane.core.agent  # noqa: F401
 loaded = sorted(m for m in sys.modules if m.endswith(".models") or m.startswith("django.db.models"))
 print(",".join(loaded))
 """

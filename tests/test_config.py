@@ -28,7 +28,7 @@ from controlplane.cli import (
     config_from_options,
     flags_from_options,
 )
-from controlplane.config import (
+from controlplane.core.config import (
     SETTING_KEYS,
     Config,
     ConfigError,
@@ -40,7 +40,7 @@ from controlplane.config import (
     parse_coordinator_address,
     resolve,
 )
-from workers.labels import LabelError
+from controlplane.core.labels import LabelError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -128,6 +128,7 @@ def default_of(key: str, home: Path) -> Any:
         "limits.max_subdag_depth": 16,
         "logs.max_step_bytes": 16 * 1024 * 1024,
         "retention.days": 30,
+        "metrics.public": False,
     }[key]
 
 
@@ -176,6 +177,7 @@ CASES = [
     Case("limits.max_subdag_depth", 4, "8", "32", 4, 8, 32),
     Case("logs.max_step_bytes", 1000, "2000", "3000", 1000, 2000, 3000),
     Case("retention.days", 0, "7", "90", 0, 7, 90),
+    Case("metrics.public", True, "false", "true", True, False, True),
 ]  # fmt: skip
 ENV_CASES = [case for case in CASES if any(v.startswith("DAGU_") for v in env_vars(case.key))]
 
@@ -954,7 +956,7 @@ def test_export_early_flags_copies_config_and_data_dir(argv, expected):
 
 def test_config_module_imports_no_django():
     code = (
-        "import sys, controlplane.config; "
+        "import sys, controlplane.core.config; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'django'); "
         "print(','.join(bad)); sys.exit(1 if bad else 0)"
     )
@@ -1077,7 +1079,7 @@ class ProbeCommand(ConfigCommand):
         parser.add_argument("--selector", default="")
 
     def handle_config(self, config, **options):
-        from workers.labels import parse_label_string
+        from controlplane.core.labels import parse_label_string
 
         parse_label_string(options["selector"])  # may raise LabelError
         self.stdout.write(f"port={config.coordinator.port} labels={dict(config.worker.labels)}")

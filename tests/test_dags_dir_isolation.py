@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from controlplane.config import resolve
+from controlplane.core.config import resolve
 from dags.models import DagRun
 from dags.scheduler import CronScheduler
 

@@ -8,12 +8,13 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from controlplane.config import TimingConfig
-from controlplane.dispatch import WorkerView, dispatch_once
+from controlplane.core.config import TimingConfig
+from controlplane.core.routing import WorkerView
+from controlplane.core.spec import parse_dag_file
+from controlplane.dispatch import dispatch_once
 from controlplane.models import DispatchDecision
 from dags.models import Attempt, DagRun
 from dags.runs import create_run
-from dags.spec import parse_dag_file
 from workers.models import Worker
 from workers.presence import Fleet, Identity
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.dispatch import (
+from controlplane.core.routing import (
     WorkerView,
     choose_worker,
     decide_execution_mode,
     waiting_reason,
 )
-from dags.spec import Dag, Step
+from controlplane.core.spec import Dag, Step
 
 GPU = {"gpu": "true"}
 

@@ -12,13 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from dags.execution import (
+from controlplane.core.execution import (
     ChildRequest,
     ChildResult,
     RunContext,
     execute_run,
 )
-from dags.spec import KIND_COMMAND, KIND_PARALLEL, Dag, DagFile, load_dag_file, resolve_params
+from controlplane.core.spec import (
+    KIND_COMMAND,
+    KIND_PARALLEL,
+    Dag,
+    DagFile,
+    load_dag_file,
+    resolve_params,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dags.execution import (
+from controlplane.core.execution import (
     ChildRequest,
     ChildResult,
     RunContext,
@@ -21,7 +21,7 @@ from dags.execution import (
     execute_run,
     expand_vars,
 )
-from dags.spec import KIND_DAG, KIND_PARALLEL, Dag, Parallel, RetryPolicy, Step
+from controlplane.core.spec import KIND_DAG, KIND_PARALLEL, Dag, Parallel, RetryPolicy, Step
 
 WAIT = 10.0  # upper bound for anything a test waits on; never reached when things work
 

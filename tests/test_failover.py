@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.config import resolve
+from controlplane.core.config import resolve
+from controlplane.core.health import OFFLINE, UNHEALTHY, WARNING, health_status
 from tests.procs import Cluster, wait_for, write_dag
-from workers.health import OFFLINE, UNHEALTHY, WARNING, health_status
 
 pytestmark = pytest.mark.processes
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from workers.labels import (
+from controlplane.core.labels import (
     LabelError,
     format_labels,
     matches,

@@ -16,22 +16,12 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from controlplane.config import ConfigError, PeerConfig, TimingConfig, resolve
 from controlplane.coordinator import Coordinator
-from controlplane.rpc.server import build_server
-from controlplane.rpc.v1 import coordinator_pb2 as pb
-from controlplane.rpc.v1 import coordinator_pb2_grpc
-from dags import reports
-from dags.events import STEP_FINISHED, STEP_LOG, EventReporter, truncation_marker
-from dags.local import execute_attempt
-from dags.models import DagRun
-from dags.reports import read_step_log
-from dags.runs import create_run, start_attempt
-from dags.spec import parse_dag_file
-from tests.test_registry import valid_worker_json
-from workers import registry
-from workers.agent import OUTBOX_DROP_MARKER, Outbox
-from workers.labels import (
+from controlplane.core import registry
+from controlplane.core.agent import OUTBOX_DROP_MARKER, Outbox
+from controlplane.core.config import ConfigError, PeerConfig, TimingConfig, resolve
+from controlplane.core.events import STEP_FINISHED, STEP_LOG, EventReporter, truncation_marker
+from controlplane.core.labels import (
     MAX_LABEL_KEY_NAME,
     MAX_LABEL_VALUE,
     MAX_LABELS,
@@ -39,6 +29,16 @@ from workers.labels import (
     check_labels,
     parse_labels,
 )
+from controlplane.core.rpc.v1 import coordinator_pb2 as pb
+from controlplane.core.rpc.v1 import coordinator_pb2_grpc
+from controlplane.core.spec import parse_dag_file
+from controlplane.rpc.server import build_server
+from dags import reports
+from dags.local import execute_attempt
+from dags.models import DagRun
+from dags.reports import read_step_log
+from dags.runs import create_run, start_attempt
+from tests.test_registry import valid_worker_json
 from workers.models import Worker
 from workers.presence import Fleet, Identity, flush_fleet
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 
+from controlplane.core.spec import parse_dag_file
 from dags.models import DagRun, StepRun
 from dags.reports import step_log_path
 from dags.runs import create_run
-from dags.spec import parse_dag_file
 from workers.models import Worker, WorkerLabel
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -9,11 +9,11 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from controlplane.config import TimingConfig, resolve
 from controlplane.coordinator import Coordinator
+from controlplane.core import registry
+from controlplane.core.config import TimingConfig, resolve
 from dags.models import DagRun
 from dags.scheduler import CronScheduler
-from workers import registry
 from workers.models import Worker, WorkerLabel
 from workers.presence import Fleet, Identity, flush_fleet, purge_offline
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from workers import registry
-from workers.registry import (
+from controlplane.core import registry
+from controlplane.core.registry import (
     CoordinatorRecord,
     Registrant,
     RegistryError,
@@ -225,7 +225,7 @@ def test_write_leaves_no_temp_files(tmp_path: Path):
 
 
 def test_concurrent_scans_never_see_a_partial_file(tmp_path: Path):
-    # As large as a valid record gets (see workers.labels for the limits).
+    # As large as a valid record gets (see controlplane.core.labels for the limits).
     big = {f"label-{i:05d}-" + "k" * 50: "v" * 63 for i in range(64)}
     records = [make_worker(labels=big, active_tasks=0), make_worker(labels=big, active_tasks=1)]
     write_record(tmp_path, records[0])
@@ -383,7 +383,7 @@ def test_scan_warns_once_per_file_and_reason(tmp_path: Path, caplog: pytest.LogC
     d.mkdir()
     bad = d / "bad.json"
     bad.write_text("{")
-    caplog.set_level(logging.WARNING, logger="workers.registry")
+    caplog.set_level(logging.WARNING, logger="controlplane.core.registry")
 
     for _ in range(3):
         scan(tmp_path, "worker")
@@ -401,7 +401,7 @@ def test_scan_does_not_warn_about_temp_files(tmp_path: Path, caplog: pytest.LogC
     d = tmp_path / "worker"
     d.mkdir()
     (d / ".x.json.123.tmp").write_text("{")
-    caplog.set_level(logging.WARNING, logger="workers.registry")
+    caplog.set_level(logging.WARNING, logger="controlplane.core.registry")
 
     assert len(scan(tmp_path, "worker").skipped) == 1
     assert caplog.records == []
@@ -613,7 +613,7 @@ def test_refresh_failures_are_logged_once_and_recover(
     record_fn = Counter(make_worker())
     registrant = Registrant(tmp_path, record_fn, interval=3600)
     registrant.start()
-    caplog.set_level(logging.INFO, logger="workers.registry")
+    caplog.set_level(logging.INFO, logger="controlplane.core.registry")
     try:
         record_fn.fail_with = OSError("disk on fire")
         registrant.refresh_now()

@@ -11,15 +11,15 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from controlplane.config import resolve
 from controlplane.coordinator import Coordinator
+from controlplane.core.config import resolve
+from controlplane.core.spec import parse_dag_file
 from controlplane.failover import failover_once
 from controlplane.models import DispatchDecision
 from dags.local import recover_lost_local_attempts
 from dags.models import Attempt, DagRun, StepRun
 from dags.retention import DurationError, apply_retention, parse_duration, prune_runs
 from dags.runs import create_run, start_attempt
-from dags.spec import parse_dag_file
 
 pytestmark = pytest.mark.django_db
 

@@ -7,14 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.config import TimingConfig
-from controlplane.dispatch import WorkerView, dispatch_once
+from controlplane.core.config import TimingConfig
+from controlplane.core.events import (
+    ATTEMPT_STARTED,
+    RUN_FINISHED,
+    STEP_FINISHED,
+    STEP_LOG,
+    STEP_STARTED,
+    Event,
+)
+from controlplane.core.routing import WorkerView
+from controlplane.core.spec import parse_dag_file
+from controlplane.dispatch import dispatch_once
 from controlplane.failover import failover_once
-from dags.events import ATTEMPT_STARTED, RUN_FINISHED, STEP_FINISHED, STEP_LOG, STEP_STARTED, Event
 from dags.models import Attempt, DagRun
 from dags.reports import apply_events
 from dags.runs import create_run, request_cancel, retry_run, start_attempt
-from dags.spec import parse_dag_file
 from workers.presence import Fleet, Identity, Running
 
 pytestmark = pytest.mark.django_db

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from controlplane.config import Config, TimingConfig, resolve
+from controlplane.core.config import Config, TimingConfig, resolve
+from controlplane.core.spec import parse_dag_file
 from controlplane.failover import failover_once, supersede_attempt
 from dags import runs
 from dags.models import Attempt, DagRun
 from dags.runs import create_run, request_cancel, retry_run, start_attempt, start_child_run
-from dags.spec import parse_dag_file
 from tests.test_run_lifecycle import T0, new_run
 from workers.presence import Fleet, Identity, Running
 

@@ -19,9 +19,9 @@ import trustme
 
 from controlplane import address
 from controlplane.address import advertised_host, is_loopback, non_loopback_address
-from controlplane.config import check_peer_files, resolve
 from controlplane.console import command_argv
-from controlplane.rpc.client import uses_tls
+from controlplane.core.config import check_peer_files, resolve
+from controlplane.core.rpc.client import uses_tls
 from controlplane.service import coordinator_on_web_host
 from tests.procs import DAGU, Cluster, free_port, wait_for, write_dag
 
@@ -142,7 +142,7 @@ def test_seed_001_peer_block_means_plaintext_and_says_the_files_are_ignored(tmp_
         "",
     )
     assert not uses_tls(config.peer)
-    with caplog.at_level(logging.WARNING, logger="controlplane.config"):
+    with caplog.at_level(logging.WARNING, logger="controlplane.core.config"):
         check_peer_files(config)  # /path/to/cert.pem does not exist: no error, it is ignored
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1

@@ -1,4 +1,4 @@
-"""DAG file parsing and validation (dags/spec.py). Pure: no database."""
+"""DAG file parsing and validation (controlplane/core/spec.py). Pure: no database."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dags.spec import (
+from controlplane.core.spec import (
     KIND_COMMAND,
     KIND_DAG,
     KIND_PARALLEL,
@@ -1054,9 +1054,9 @@ def test_dag_step_lookup_raises_key_error_for_unknown_names():
 
 
 def test_spec_module_imports_no_django():
-    # The worker agent imports dags.spec and must not need Django settings.
+    # The worker agent imports controlplane.core.spec and must not need Django settings.
     code = (
-        "import sys, dags.spec; "
+        "import sys, controlplane.core.spec; "
         "bad = sorted(m for m in sys.modules if m == 'django' or m.startswith('django.')); "
         "print(bad)"
     )

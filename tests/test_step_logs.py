@@ -10,12 +10,12 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
-from controlplane.rpc.events import event_from_pb, event_to_pb
-from dags.events import EventReporter
+from controlplane.core.events import EventReporter
+from controlplane.core.rpc.events import event_from_pb, event_to_pb
+from controlplane.core.spec import parse_dag_file
 from dags.models import DagRun
 from dags.reports import apply_events, read_step_log
 from dags.runs import create_run, start_attempt
-from dags.spec import parse_dag_file
 
 pytestmark = pytest.mark.django_db
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.config import resolve
+from controlplane.core.config import resolve
+from controlplane.core.spec import parse_dag_file
 from dags.models import DagRun
 from dags.runs import RunError, child_dag_file, create_run, start_child_run
-from dags.spec import parse_dag_file
 from tests.procs import Cluster
 from tests.test_validate_command import run_validate
 
@@ -154,7 +154,7 @@ def test_call_with_a_variable_runs_the_dag_it_expands_to(cluster: Cluster, tmp_p
     ok = cluster.manage("start", "fan", "--wait", timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     child = cluster.query("SELECT dag_name, status FROM dags_dagrun WHERE parent_id IS NOT NULL")
-    assert [tuple(r) for r in child] == [("child-eu", "succeeded")]
+    assert [(r["dag_name"], r["status"]) for r in child] == [("child-eu", "succeeded")]
 
     outside = cluster.manage(
         "start", "fan", "--params", f"REGION=x/../../{tmp_path.name}/x", "--wait", timeout=120

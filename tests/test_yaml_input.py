@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.config import ConfigError, resolve
-from dags.spec import DagSpecError, parse_dag_file
+from controlplane.core.config import ConfigError, resolve
+from controlplane.core.labels import matches
+from controlplane.core.spec import DagSpecError, parse_dag_file
+from controlplane.core.yamlload import MAX_DEPTH, YamlError, load_all, load_one
 from tests.test_validate_command import run_validate
-from workers.labels import matches
-from workers.yamlload import MAX_DEPTH, YamlError, load_all, load_one
 
 # 457 bytes in the report; nine levels of ten expand to a billion strings.
 ALIAS_BOMB = "\n".join(

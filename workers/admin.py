@@ -15,8 +15,15 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from controlplane.core.health import (
+    HEALTH_STATES,
+    HEALTHY,
+    OFFLINE,
+    UNHEALTHY,
+    WARNING,
+    health_status,
+)
 from dags.models import DagRun, RunStatus
-from workers.health import HEALTH_STATES, HEALTHY, OFFLINE, UNHEALTHY, WARNING, health_status
 from workers.models import Worker, WorkerLabel
 from workers.presence import set_draining
 

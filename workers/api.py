@@ -7,7 +7,6 @@ and the `workers` command; the serializers below only describe it for the OpenAP
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -19,8 +18,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from workers.health import HEALTH_STATES
-from workers.labels import LabelError, parse_label_string
+from controlplane.core.clock import utcnow
+from controlplane.core.health import HEALTH_STATES
+from controlplane.core.labels import LabelError, parse_label_string
 from workers.models import RegisteredVia
 from workers.presence import set_draining
 from workers.summary import worker_summaries
@@ -60,12 +60,8 @@ class WorkerListSerializer(serializers.Serializer):
     workers = WorkerSerializer(many=True)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _one_worker(worker_id: str) -> dict[str, Any]:
-    rows = worker_summaries(now=_now(), timing=settings.DAGU.timing, worker_id=worker_id)
+    rows = worker_summaries(now=utcnow(), timing=settings.DAGU.timing, worker_id=worker_id)
     if not rows:
         raise NotFound(f'worker "{worker_id}" not found')
     return rows[0]
@@ -99,7 +95,7 @@ class WorkerListView(APIView):
             raise ParseError(f"selector: {exc}") from None
         health = _health_filter(request.query_params.get("health"))
         rows = worker_summaries(
-            now=_now(), timing=settings.DAGU.timing, selector=selector, health=health
+            now=utcnow(), timing=settings.DAGU.timing, selector=selector, health=health
         )
         return Response({"workers": rows})
 

@@ -41,6 +41,9 @@ class Worker(models.Model):
         max_length=16, choices=RegisteredVia.choices, default=RegisteredVia.HEARTBEAT
     )
     registry_file = models.CharField(max_length=1024, blank=True)
+    # gRPC heartbeats received from this worker, carried across coordinator restarts
+    # (the fleet loads it from here); read by dagu_heartbeats_total on /metrics.
+    heartbeats = models.BigIntegerField(default=0)
 
     objects = WorkerQuerySet.as_manager()
 

@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 
 from django.db import connection, transaction
 
-from controlplane.config import TimingConfig
-from controlplane.dispatch import WorkerView
-from workers.health import OFFLINE, UNHEALTHY, health_status
+from controlplane.core.config import TimingConfig
+from controlplane.core.health import OFFLINE, UNHEALTHY, health_status
+from controlplane.core.routing import WorkerView
 from workers.models import RegisteredVia, Worker, WorkerLabel
 
 logger = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ class Fleet:
                         draining=row.draining,
                         via=row.registered_via,
                         registry_file=row.registry_file,
+                        heartbeats=row.heartbeats,
                         dirty=False,
                         labels_changed=False,
                     ),
@@ -295,6 +296,7 @@ def _row(state: WorkerState, *, now: datetime) -> Worker:
         last_heartbeat_at=state.last_heartbeat,
         registered_via=state.via,
         registry_file=state.registry_file,
+        heartbeats=state.heartbeats,
     )
 
 
@@ -343,6 +345,7 @@ def _write_states(states: list[WorkerState], *, now: datetime) -> None:
             "active_tasks",
             "last_heartbeat_at",
             "registry_file",
+            "heartbeats",
         ),
     )
     relabel = [s for s in states if s.labels_changed or s.id not in existing]

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from controlplane.config import TimingConfig
+from controlplane.core.config import TimingConfig
+from controlplane.core.health import health_status
 from dags.models import DagRun, RunStatus
 from dags.runs import iso
-from workers.health import health_status
 from workers.models import Worker
 
 

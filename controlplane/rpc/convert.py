@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from controlplane.coordinator import TaskPayload
-from controlplane.rpc.events import from_ms, ms
-from controlplane.rpc.v1 import coordinator_pb2 as pb
-from workers.labels import LabelError, check_host, check_labels, check_worker_id
+from controlplane.core.labels import LabelError, check_host, check_labels, check_worker_id
+from controlplane.core.rpc.events import from_ms, ms
+from controlplane.core.rpc.v1 import coordinator_pb2 as pb
 from workers.presence import Identity, Running, WorkerState
 
 
@@ -69,7 +67,3 @@ def identity_of(state: WorkerState) -> Identity:
         max_active_runs=state.max_active_runs,
         started_at=state.started_at,
     )
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -9,10 +9,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane.config import ConfigError, PeerConfig
 from controlplane.coordinator import Coordinator
+from controlplane.core.config import ConfigError, PeerConfig
+from controlplane.core.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from controlplane.rpc.servicer import CoordinatorService
-from controlplane.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024

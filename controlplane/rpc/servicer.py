@@ -10,13 +10,14 @@ import grpc
 from django_grpc_framework.services import Service
 
 from controlplane.coordinator import Coordinator
+from controlplane.core.clock import utcnow
+from controlplane.core.health import OFFLINE
+from controlplane.core.labels import LabelError
+from controlplane.core.rpc.events import event_from_pb, ms
+from controlplane.core.rpc.v1 import coordinator_pb2 as pb
+from controlplane.core.spec import DagSpecError
 from controlplane.rpc import convert
-from controlplane.rpc.events import event_from_pb, ms
-from controlplane.rpc.v1 import coordinator_pb2 as pb
 from dags.runs import RunError
-from dags.spec import DagSpecError
-from workers.health import OFFLINE
-from workers.labels import LabelError
 from workers.presence import Identity
 
 
@@ -92,7 +93,7 @@ class CoordinatorService(Service):
     def ListWorkers(
         self, request: pb.ListWorkersRequest, context: grpc.ServicerContext
     ) -> pb.ListWorkersResponse:
-        now = convert.utcnow()
+        now = utcnow()
         fleet = self.core.fleet
         workers = []
         for state in fleet.states():

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db.backends.sqlite3 import base
 
-from controlplane.config import ConfigError
+from controlplane.core.config import ConfigError
 
 _WRITE_LOCK = threading.Lock()
 

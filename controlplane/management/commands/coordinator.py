@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config
+from controlplane.core.config import Config
 from controlplane.service import install_stop_signals, start_coordinator, stop_coordinator
 
 

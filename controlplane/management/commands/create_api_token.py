@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config
+from controlplane.core.config import Config
 
 
 class Command(ConfigCommand):

@@ -25,7 +25,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config
+from controlplane.core.config import Config
 
 DEMO_WORKERS = (("demo-gpu", "gpu=true,cuda=12.0"), ("demo-eu", "region=eu-west-1,compliance=gdpr"))
 DEMO_DAG = "gpu-cpu-routing.yaml"

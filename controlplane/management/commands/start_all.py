@@ -14,8 +14,8 @@ from typing import Any
 from waitress.server import create_server
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config, ConfigError
-from controlplane.coordinator import run_loop
+from controlplane.core.config import Config, ConfigError
+from controlplane.loops import run_loop
 from controlplane.service import (
     coordinator_on_web_host,
     install_stop_signals,

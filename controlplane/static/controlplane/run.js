@@ -122,6 +122,8 @@
     const [run, logs] = await Promise.all([
       Pages.api(head.dataset.api), Pages.api(head.dataset.logsApi)]);
     renderFacts(run);
+    // run_extras.js (placement, step graph) paints from the same fetch.
+    document.dispatchEvent(new CustomEvent("run:refresh", {detail: run}));
     renderSteps(run.steps);
     renderLogs(logs.steps);
     renderAttempts(run.attempts);

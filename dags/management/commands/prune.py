@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config
+from controlplane.core.config import Config
 from dags.progress import EXIT_INVALID
 from dags.retention import DurationError, parse_duration, prune_runs
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config
+from controlplane.core.config import Config
 from dags.management.commands.start import run_and_report
 from dags.progress import EXIT_INVALID
 from dags.runs import RunError, retry_run

@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config
-from controlplane.rpc.client import wake_coordinator
+from controlplane.core.clock import utcnow
+from controlplane.core.config import Config
+from controlplane.core.rpc.client import wake_coordinator
+from controlplane.core.spec import DagSpecError, load_dag_file, parse_params_string
 from controlplane.service import install_stop_signals
 from dags.local import cli_executor_id, execute_attempt
 from dags.models import DagRun, ExecutionMode
@@ -24,7 +25,6 @@ from dags.progress import (
     resolve_dag_path,
 )
 from dags.runs import RunError, create_run, run_as_dict, start_attempt
-from dags.spec import DagSpecError, load_dag_file, parse_params_string
 
 
 class Command(ConfigCommand):
@@ -53,7 +53,7 @@ class Command(ConfigCommand):
         try:
             run = create_run(
                 dag_file,
-                now=_now(),
+                now=utcnow(),
                 default_mode=config.default_execution_mode,
                 params=params,
                 source=str(path),
@@ -65,10 +65,6 @@ class Command(ConfigCommand):
     def _fail(self, message: str) -> None:
         self.stderr.write(f"error: {message}")
         sys.exit(EXIT_INVALID)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def run_and_report(
@@ -83,7 +79,7 @@ def run_and_report(
     install_stop_signals(interrupted.set)
     if run.execution_mode == ExecutionMode.LOCAL:
         attempt = start_attempt(
-            run, now=_now(), mode=ExecutionMode.LOCAL, worker_id=cli_executor_id()
+            run, now=utcnow(), mode=ExecutionMode.LOCAL, worker_id=cli_executor_id()
         )
         if attempt is not None:
             follower = None

@@ -8,7 +8,9 @@ import sys
 from typing import Any
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config
+from controlplane.core.clock import utcnow
+from controlplane.core.config import Config
+from controlplane.placement import with_placement
 from dags.progress import EXIT_INVALID, describe_step
 from dags.runs import RunError, get_run, run_as_dict
 
@@ -27,7 +29,7 @@ class Command(ConfigCommand):
         except RunError as exc:
             self.stderr.write(f"error: {exc}")
             sys.exit(EXIT_INVALID)
-        data = run_as_dict(run)
+        data = with_placement(run_as_dict(run), run, now=utcnow(), timing=config.timing)
         if options["json"]:
             self.stdout.write(json.dumps(data, indent=2))
             return
@@ -35,6 +37,8 @@ class Command(ConfigCommand):
         out(f"run {data['dag_run_id']} ({data['dag_name']}): {data['status']}")
         if data["waiting_reason"]:
             out(f"  waiting: {data['waiting_reason']}")
+        if data["placement"]:
+            out(f"  placement: {data['placement']['summary']}")
         out(
             f"  mode: {data['execution_mode']}  worker: {data['worker_id'] or '-'}  "
             f"attempt: {data['attempt']}"

@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from dags.spec import DagSpecError, load_dag_file
+from controlplane.core.spec import DagSpecError, load_dag_file
 
 EXIT_INVALID = 2
 

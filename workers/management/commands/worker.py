@@ -6,9 +6,9 @@ import argparse
 from typing import Any
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config
+from controlplane.core.agent import WorkerAgent
+from controlplane.core.config import Config
 from controlplane.service import install_stop_signals
-from workers.agent import WorkerAgent
 
 
 class Command(ConfigCommand):

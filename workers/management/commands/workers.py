@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.cli import ConfigCommand
-from controlplane.config import Config
-from workers.labels import LabelError, format_labels, parse_label_string
+from controlplane.core.config import Config
+from controlplane.core.labels import LabelError, format_labels, parse_label_string
 from workers.presence import set_draining
 from workers.summary import worker_summaries
 

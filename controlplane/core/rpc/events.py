@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from controlplane.rpc.v1 import coordinator_pb2 as pb
-from dags.events import (
+from controlplane.core.events import (
     ATTEMPT_STARTED,
     RUN_FINISHED,
     STEP_FINISHED,
@@ -13,6 +13,7 @@ from dags.events import (
     STEP_STARTED,
     Event,
 )
+from controlplane.core.rpc.v1 import coordinator_pb2 as pb
 
 
 def ms(value: datetime | None) -> int:
@@ -24,7 +25,12 @@ def from_ms(value: int) -> datetime | None:
 
 
 def event_from_pb(e: pb.RunEvent) -> Event:
-    base = {"seq": e.seq, "dag_run_id": e.dag_run_id, "attempt_token": e.attempt_token}
+    # Any: the common fields are an int and two strings, spread into each Event below.
+    base: dict[str, Any] = {
+        "seq": e.seq,
+        "dag_run_id": e.dag_run_id,
+        "attempt_token": e.attempt_token,
+    }
     kind = e.WhichOneof("event")
     if kind == ATTEMPT_STARTED:
         return Event(kind=kind, at=from_ms(e.attempt_started.at_ms), **base)

@@ -34,7 +34,7 @@ Decisions the contract leaves open:
 - Explicit DAG names and `call` targets are restricted to letters, digits, `_`, `-` and `.`,
   because a call target doubles as a file name in the DAGs dir. Names from the file stem are
   taken as they are; a call target containing `$` is resolved at run time and not checked.
-- YAML is read by `workers.yamlload`, as config files are: duplicate keys are an error,
+- YAML is read by `controlplane.core.yamlload`, as config files are: duplicate keys are an error,
   only `true`/`false` are booleans (`on`, `yes`, `no` are text), alias bombs and recursive
   aliases are refused with one line.
 - `parallel` items are strings, numbers, booleans or mappings; an empty literal list is an
@@ -58,8 +58,8 @@ from types import MappingProxyType
 
 from croniter import croniter
 
-from workers.labels import LabelError, normalize_label_map
-from workers.yamlload import YamlError, load_all
+from controlplane.core.labels import LabelError, normalize_label_map
+from controlplane.core.yamlload import YamlError, load_all
 
 __all__ = [
     "KIND_COMMAND",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from controlplane.config import TimingConfig
+from controlplane.core.config import TimingConfig
 
 HEALTHY = "HEALTHY"
 WARNING = "WARNING"

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dags.events import DEFAULT_MAX_STEP_LOG_BYTES
-from workers.labels import LabelError, check_worker_id, parse_labels
-from workers.yamlload import YamlError, load_one
+from controlplane.core.events import DEFAULT_MAX_STEP_LOG_BYTES
+from controlplane.core.labels import LabelError, check_worker_id, parse_labels
+from controlplane.core.yamlload import YamlError, load_one
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class LogsConfig:
-    # Output kept per step; beyond it a truncation marker ends the log (dags.events).
+    # Output kept per step; beyond it a truncation marker ends the log (controlplane.core.events).
     max_step_bytes: int = DEFAULT_MAX_STEP_LOG_BYTES
 
 
@@ -119,6 +119,13 @@ class LogsConfig:
 class RetentionConfig:
     # Finished runs older than this are deleted daily by the main instance; 0 keeps them.
     days: int = 30
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # /metrics is served without authentication only when this is true (a scraper inside a
+    # trusted network); otherwise it takes a viewer's API token or session like the API.
+    public: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,7 @@ class Config:
     # The config.yaml that was read, if any.
     config_file: Path | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def default_data_dir() -> Path:
@@ -443,6 +451,7 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("limits.max_subdag_depth", _parse_positive_int, ("LIMITS_MAX_SUBDAG_DEPTH",)),
     _Setting("logs.max_step_bytes", _parse_positive_int, ("LOGS_MAX_STEP_BYTES",)),
     _Setting("retention.days", _parse_non_negative_int, ("RETENTION_DAYS",)),
+    _Setting("metrics.public", _parse_bool, ("METRICS_PUBLIC",)),
 )
 _BY_KEY: dict[str, _Setting] = {s.key: s for s in _SETTINGS}
 SETTING_KEYS: tuple[str, ...] = tuple(_BY_KEY)
@@ -720,6 +729,7 @@ def resolve(
         limits=LimitsConfig(
             max_subdag_depth=picked.get("limits.max_subdag_depth", LimitsConfig.max_subdag_depth)
         ),
+        metrics=MetricsConfig(public=picked.get("metrics.public", False)),
     )
 
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from controlplane.rpc.v1 import coordinator_pb2 as controlplane_dot_rpc_dot_v1_dot_coordinator__pb2
+from controlplane.core.rpc.v1 import coordinator_pb2 as controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in controlplane/rpc/v1/coordinator_pb2_grpc.py depends on'
+        + ' but the generated code in controlplane/core/rpc/v1/coordinator_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,43 +36,43 @@ class CoordinatorStub:
         """
         self.Poll = channel.unary_unary(
                 '/controlplane.rpc.v1.Coordinator/Poll',
-                request_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.PollRequest.SerializeToString,
-                response_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.PollResponse.FromString,
+                request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.PollRequest.SerializeToString,
+                response_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.PollResponse.FromString,
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/controlplane.rpc.v1.Coordinator/Heartbeat',
-                request_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
-                response_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
+                request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
         self.Report = channel.unary_unary(
                 '/controlplane.rpc.v1.Coordinator/Report',
-                request_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
-                response_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ReportResponse.FromString,
+                request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
+                response_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ReportResponse.FromString,
                 _registered_method=True)
         self.StartChild = channel.unary_unary(
                 '/controlplane.rpc.v1.Coordinator/StartChild',
-                request_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildRequest.SerializeToString,
-                response_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildResponse.FromString,
+                request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildRequest.SerializeToString,
+                response_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildResponse.FromString,
                 _registered_method=True)
         self.GetRunStatus = channel.unary_unary(
                 '/controlplane.rpc.v1.Coordinator/GetRunStatus',
-                request_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusRequest.SerializeToString,
-                response_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusResponse.FromString,
+                request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusRequest.SerializeToString,
+                response_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusResponse.FromString,
                 _registered_method=True)
         self.CancelRun = channel.unary_unary(
                 '/controlplane.rpc.v1.Coordinator/CancelRun',
-                request_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunRequest.SerializeToString,
-                response_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunResponse.FromString,
+                request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
         self.ListWorkers = channel.unary_unary(
                 '/controlplane.rpc.v1.Coordinator/ListWorkers',
-                request_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersRequest.SerializeToString,
-                response_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersResponse.FromString,
+                request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
         self.Wake = channel.unary_unary(
                 '/controlplane.rpc.v1.Coordinator/Wake',
-                request_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.WakeRequest.SerializeToString,
-                response_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.WakeResponse.FromString,
+                request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.WakeRequest.SerializeToString,
+                response_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.WakeResponse.FromString,
                 _registered_method=True)
 
 
@@ -137,43 +137,43 @@ def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Poll': grpc.unary_unary_rpc_method_handler(
                     servicer.Poll,
-                    request_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.PollRequest.FromString,
-                    response_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.PollResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.PollRequest.FromString,
+                    response_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.PollResponse.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
-                    request_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.FromString,
-                    response_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.FromString,
+                    response_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.SerializeToString,
             ),
             'Report': grpc.unary_unary_rpc_method_handler(
                     servicer.Report,
-                    request_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ReportRequest.FromString,
-                    response_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ReportResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ReportRequest.FromString,
+                    response_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ReportResponse.SerializeToString,
             ),
             'StartChild': grpc.unary_unary_rpc_method_handler(
                     servicer.StartChild,
-                    request_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildRequest.FromString,
-                    response_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildRequest.FromString,
+                    response_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildResponse.SerializeToString,
             ),
             'GetRunStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRunStatus,
-                    request_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusRequest.FromString,
-                    response_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusRequest.FromString,
+                    response_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusResponse.SerializeToString,
             ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRun,
-                    request_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunRequest.FromString,
-                    response_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunRequest.FromString,
+                    response_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunResponse.SerializeToString,
             ),
             'ListWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkers,
-                    request_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersRequest.FromString,
-                    response_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersRequest.FromString,
+                    response_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersResponse.SerializeToString,
             ),
             'Wake': grpc.unary_unary_rpc_method_handler(
                     servicer.Wake,
-                    request_deserializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.WakeRequest.FromString,
-                    response_serializer=controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.WakeResponse.SerializeToString,
+                    request_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.WakeRequest.FromString,
+                    response_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.WakeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -201,8 +201,8 @@ class Coordinator:
             request,
             target,
             '/controlplane.rpc.v1.Coordinator/Poll',
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.PollRequest.SerializeToString,
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.PollResponse.FromString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.PollRequest.SerializeToString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.PollResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -228,8 +228,8 @@ class Coordinator:
             request,
             target,
             '/controlplane.rpc.v1.Coordinator/Heartbeat',
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -255,8 +255,8 @@ class Coordinator:
             request,
             target,
             '/controlplane.rpc.v1.Coordinator/Report',
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ReportResponse.FromString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -282,8 +282,8 @@ class Coordinator:
             request,
             target,
             '/controlplane.rpc.v1.Coordinator/StartChild',
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildRequest.SerializeToString,
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildResponse.FromString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildRequest.SerializeToString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.StartChildResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -309,8 +309,8 @@ class Coordinator:
             request,
             target,
             '/controlplane.rpc.v1.Coordinator/GetRunStatus',
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusRequest.SerializeToString,
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusResponse.FromString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusRequest.SerializeToString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.GetRunStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -336,8 +336,8 @@ class Coordinator:
             request,
             target,
             '/controlplane.rpc.v1.Coordinator/CancelRun',
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunRequest.SerializeToString,
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunResponse.FromString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunRequest.SerializeToString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.CancelRunResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -363,8 +363,8 @@ class Coordinator:
             request,
             target,
             '/controlplane.rpc.v1.Coordinator/ListWorkers',
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersRequest.SerializeToString,
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersResponse.FromString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersRequest.SerializeToString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -390,8 +390,8 @@ class Coordinator:
             request,
             target,
             '/controlplane.rpc.v1.Coordinator/Wake',
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.WakeRequest.SerializeToString,
-            controlplane_dot_rpc_dot_v1_dot_coordinator__pb2.WakeResponse.FromString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.WakeRequest.SerializeToString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.WakeResponse.FromString,
             options,
             channel_credentials,
             insecure,

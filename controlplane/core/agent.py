@@ -17,22 +17,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import grpc
 
-from controlplane.config import Config
-from controlplane.rpc.client import (
-    Backoff,
-    CoordinatorClient,
-    CoordinatorUnavailable,
-    address_source,
-)
-from controlplane.rpc.events import event_to_pb, ms
-from controlplane.rpc.v1 import coordinator_pb2 as pb
-from dags.events import STEP_LOG, Event, EventReporter
-from dags.execution import (
+from controlplane.core import registry
+from controlplane.core.clock import utcnow
+from controlplane.core.config import Config
+from controlplane.core.events import STEP_LOG, Event, EventReporter
+from controlplane.core.execution import (
     ChildRequest,
     ChildResult,
     RunContext,
@@ -40,8 +34,16 @@ from dags.execution import (
     StepOutcome,
     execute_run,
 )
-from dags.spec import DagSpecError, parse_stored_dag_file
-from workers import registry
+from controlplane.core.rpc.client import (
+    Backoff,
+    CoordinatorClient,
+    CoordinatorUnavailable,
+    address_source,
+)
+from controlplane.core.rpc.events import event_to_pb, ms
+from controlplane.core.rpc.v1 import coordinator_pb2 as pb
+from controlplane.core.spec import DagSpecError, parse_stored_dag_file
+from controlplane.core.states import TERMINAL_RUN_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +57,6 @@ OUTBOX_DROP_MARKER = (
     b"\n[log output dropped here: the worker's report buffer was full while the "
     b"coordinator was unreachable]\n"
 )
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Outbox:
@@ -172,7 +170,7 @@ class GrpcChildLauncher:
         while True:
             try:
                 status = self.client.call("GetRunStatus", request, timeout=RPC_TIMEOUT_SECONDS)
-                if status.found and status.status in ("succeeded", "failed", "cancelled"):
+                if status.found and status.status in TERMINAL_RUN_STATUSES:
                     return ChildResult(run_id, status.status, dict(status.outputs), status.error)
                 if cancel.is_set() and cancel_sent is None:
                     self.client.call(

@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from workers.labels import LabelError, check_host, check_labels, check_worker_id
+from controlplane.core.labels import LabelError, check_host, check_labels, check_worker_id
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,10 @@ def _get_labels(data: dict[str, Any], key: str) -> dict[str, str]:
     return _checked(check_labels, value, key)
 
 
-def _checked(check: Callable[[Any], Any], value: object, key: str) -> Any:
+_T = TypeVar("_T")
+
+
+def _checked(check: Callable[[Any], _T], value: object, key: str) -> _T:
     try:
         return check(value)
     except LabelError as exc:

@@ -38,10 +38,11 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
-from dags.spec import (
+from controlplane.core.clock import utcnow
+from controlplane.core.spec import (
     KIND_COMMAND,
     KIND_DAG,
     KIND_PARALLEL,
@@ -50,17 +51,13 @@ from dags.spec import (
     Step,
     dag_name_problem,
 )
+from controlplane.core.states import StepStatus
 
 logger = logging.getLogger(__name__)
 
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-SKIPPED = "skipped"
-RUNNING = "running"
 
 # Statuses a `completed` entry may carry to be taken as finished on resume.
-_FINISHED_ON_RESUME = frozenset({SUCCEEDED, FAILED, SKIPPED})
+_FINISHED_ON_RESUME = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
 
 READ_CHUNK = 64 * 1024
 OUTPUT_LIMIT = 1 << 20  # bytes of stdout kept for an `output:` variable
@@ -71,10 +68,6 @@ POLL_SEC = 0.05  # how often waits look at cancel and deadlines
 READER_LINGER_SEC = 1.0
 
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -97,7 +90,7 @@ class StepOutcome:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    status: str  # "succeeded" | "failed" | "cancelled"
+    status: str  # a terminal RunStatus value
     error: str = ""
     outputs: Mapping[str, str] = field(default_factory=dict)
 
@@ -212,7 +205,7 @@ class _Run:
         self.base_env = dict(base_env)
         self.abort = threading.Event()
         self.abort_reason = ""  # set once, before `abort`
-        self.abort_status = CANCELLED
+        self.abort_status = StepStatus.CANCELLED
         self.lock = threading.Lock()  # guards statuses, results and outputs
         self.statuses: dict[str, str] = {}
         self.results: dict[str, _StepResult] = {}
@@ -271,7 +264,7 @@ class _Run:
             self.abort_reason = "cancelled"
         elif deadline is not None and time.monotonic() >= deadline:
             self.abort_reason = f"DAG timed out after {_seconds(self.dag.timeout_sec)} s"
-            self.abort_status = FAILED
+            self.abort_status = StepStatus.FAILED
         else:
             return
         logger.info("run %s: %s, stopping steps", self.context.dag_run_id, self.abort_reason)
@@ -302,9 +295,11 @@ class _Run:
         with self.lock:
             for dep in self.deps[step.name]:
                 status = self.statuses.get(dep)
-                if status is None or status == RUNNING:
+                if status is None or status == StepStatus.RUNNING:
                     return "wait", ""
-                if status == SUCCEEDED or (status == FAILED and self._may_fail(dep)):
+                if status == StepStatus.SUCCEEDED or (
+                    status == StepStatus.FAILED and self._may_fail(dep)
+                ):
                     continue
                 return "skip", f'skipped because step "{dep}" {status}'
         return "run", ""
@@ -318,7 +313,7 @@ class _Run:
     def _launch(self, step: Step) -> None:
         with self.lock:
             # Marked before the thread starts so the next pass does not start it again.
-            self.statuses[step.name] = RUNNING
+            self.statuses[step.name] = StepStatus.RUNNING
         runner = _StepRunner(self, step)
         threading.Thread(target=runner.run, name=f"step-{step.name}", daemon=True).start()
 
@@ -333,19 +328,24 @@ class _Run:
 
     def _finish_skipped(self, step: Step, reason: str) -> None:
         with self.lock:
-            self.statuses[step.name] = SKIPPED
-            self.results[step.name] = _StepResult(SKIPPED, error=reason)
+            self.statuses[step.name] = StepStatus.SKIPPED
+            self.results[step.name] = _StepResult(StepStatus.SKIPPED, error=reason)
         self.reporter.step_finished(
-            step.name, status=SKIPPED, exit_code=None, at=self.now(), output=None, error=reason
+            step.name,
+            status=StepStatus.SKIPPED,
+            exit_code=None,
+            at=self.now(),
+            output=None,
+            error=reason,
         )
 
     def _finish_unstarted(self, step: Step) -> None:
         if self.abort.is_set():
-            status, reason = CANCELLED, self.abort_reason
+            status, reason = StepStatus.CANCELLED, self.abort_reason
         else:
             # Only reachable with dependencies that can never finish (unknown or cyclic),
             # which the parser rejects; still, every step gets a final state.
-            status, reason = SKIPPED, "dependencies can never be satisfied"
+            status, reason = StepStatus.SKIPPED, "dependencies can never be satisfied"
         with self.lock:
             self.statuses[step.name] = status
             self.results[step.name] = _StepResult(status, error=reason)
@@ -360,14 +360,16 @@ class _Run:
         failures = [
             (s.name, self.results[s.name])
             for s in self.dag.steps
-            if self.results[s.name].status != SUCCEEDED
-            and not (self.results[s.name].status == FAILED and s.continue_on_failure)
+            if self.results[s.name].status != StepStatus.SUCCEEDED
+            and not (self.results[s.name].status == StepStatus.FAILED and s.continue_on_failure)
         ]
-        status = SUCCEEDED
+        status = StepStatus.SUCCEEDED
         error = ""
         if failures:
-            status = FAILED
-            name, result = next(((n, r) for n, r in failures if r.status != SKIPPED), failures[0])
+            status = StepStatus.FAILED
+            name, result = next(
+                ((n, r) for n, r in failures if r.status != StepStatus.SKIPPED), failures[0]
+            )
             error = f'step "{name}" {result.status}'
             if result.error:
                 error += f": {result.error}"
@@ -410,12 +412,12 @@ class _StepRunner:
 
     def run(self) -> None:
         run = self.run_state
-        result = _StepResult(FAILED, error="internal error")
+        result = _StepResult(StepStatus.FAILED, error="internal error")
         try:
             result = self._run_with_retries()
         except Exception as exc:  # a bug here must not hang the scheduler
             logger.exception("step %s of run %s crashed", self.step.name, run.context.dag_run_id)
-            result = _StepResult(FAILED, error=f"internal error: {exc}")
+            result = _StepResult(StepStatus.FAILED, error=f"internal error: {exc}")
         finally:
             run.reporter.step_finished(
                 self.step.name,
@@ -434,7 +436,7 @@ class _StepRunner:
         while True:
             run.reporter.step_started(self.step.name, at=run.now(), retry=retry)
             result = self._try_once()
-            if result.status != FAILED or retry >= policy.limit:
+            if result.status != StepStatus.FAILED or retry >= policy.limit:
                 return result
             retry += 1
             logger.info(
@@ -446,7 +448,7 @@ class _StepRunner:
                 policy.limit,
             )
             if run.abort.wait(policy.interval_sec):
-                return _StepResult(CANCELLED, error=run.abort_reason)
+                return _StepResult(StepStatus.CANCELLED, error=run.abort_reason)
 
     def _try_once(self) -> _StepResult:
         stop = _TryStop(self.run_state.abort, self.step.timeout_sec)
@@ -456,11 +458,13 @@ class _StepRunner:
         elif self.step.kind in (KIND_DAG, KIND_PARALLEL):
             result = self._run_children(env, stop)
         else:
-            return _StepResult(FAILED, error=f'unsupported step kind "{self.step.kind}"')
+            return _StepResult(StepStatus.FAILED, error=f'unsupported step kind "{self.step.kind}"')
         if stop.timed_out:
-            return _StepResult(FAILED, error=f"timed out after {_seconds(self.step.timeout_sec)} s")
+            return _StepResult(
+                StepStatus.FAILED, error=f"timed out after {_seconds(self.step.timeout_sec)} s"
+            )
         if stop.event.is_set() and self.run_state.abort.is_set():
-            return _StepResult(CANCELLED, error=self.run_state.abort_reason)
+            return _StepResult(StepStatus.CANCELLED, error=self.run_state.abort_reason)
         return result
 
     # ---- command / script
@@ -470,7 +474,9 @@ class _StepRunner:
         if self.step.dir:
             cwd = os.path.expanduser(expand_vars(self.step.dir, env))
             if not os.path.isdir(cwd):
-                return _StepResult(FAILED, error=f'working directory "{cwd}" does not exist')
+                return _StepResult(
+                    StepStatus.FAILED, error=f'working directory "{cwd}" does not exist'
+                )
         script_path = None
         try:
             if self.step.script is not None:
@@ -502,7 +508,7 @@ class _StepRunner:
             for fd in (out_r, err_r):
                 os.close(fd)
             reason = getattr(exc, "strerror", None) or exc
-            return _StepResult(FAILED, error=f"cannot start {argv[0]}: {reason}")
+            return _StepResult(StepStatus.FAILED, error=f"cannot start {argv[0]}: {reason}")
         finally:
             os.close(out_w)
             os.close(err_w)
@@ -518,13 +524,17 @@ class _StepRunner:
         for reader in readers:
             reader.finish(until=linger_until)
         if stop.event.is_set():
-            return _StepResult(FAILED, error="stopped")  # caller turns this into its reason
+            return _StepResult(
+                StepStatus.FAILED, error="stopped"
+            )  # caller turns this into its reason
         output = captured.text() if captured else None
         if code == 0:
-            return _StepResult(SUCCEEDED, 0, output)
+            return _StepResult(StepStatus.SUCCEEDED, 0, output)
         if code < 0:
-            return _StepResult(FAILED, code, output, f"killed by signal {_signal_name(-code)}")
-        return _StepResult(FAILED, code, output, f"exit status {code}")
+            return _StepResult(
+                StepStatus.FAILED, code, output, f"killed by signal {_signal_name(-code)}"
+            )
+        return _StepResult(StepStatus.FAILED, code, output, f"exit status {code}")
 
     def _log_sink(self, stream: str, captured: _Capture | None) -> Callable[[bytes], None]:
         reporter = self.run_state.reporter
@@ -542,14 +552,14 @@ class _StepRunner:
     def _run_children(self, env: dict[str, str], stop: _TryStop) -> _StepResult:
         launcher = self.run_state.launcher
         if launcher is None:
-            return _StepResult(FAILED, error="sub-DAG steps need a coordinator")
+            return _StepResult(StepStatus.FAILED, error="sub-DAG steps need a coordinator")
         if not self.step.call:
-            return _StepResult(FAILED, error="sub-DAG step has no DAG to call")
+            return _StepResult(StepStatus.FAILED, error="sub-DAG step has no DAG to call")
         # `call: ${VAR}` names its DAG from params and env now, under the file's name rules.
         self.call_target = expand_vars(self.step.call, env)
         problem = dag_name_problem(self.call_target)
         if problem:
-            return _StepResult(FAILED, error=f'call "{self.step.call}": {problem}')
+            return _StepResult(StepStatus.FAILED, error=f'call "{self.step.call}": {problem}')
         done = threading.Event()
         # Launchers wait on a plain Event, so something must set it on abort or timeout.
         watcher = threading.Thread(
@@ -570,16 +580,16 @@ class _StepRunner:
         params = {k: expand_vars(v, env) for k, v in self.step.params.items()}
         result = self._launch_child(launcher, params, item_index=None, stop=stop)
         output = json.dumps(dict(result.outputs)) if self.step.output else None
-        if result.status == SUCCEEDED:
-            return _StepResult(SUCCEEDED, output=output)
-        return _StepResult(FAILED, output=output, error=_child_error(result))
+        if result.status == StepStatus.SUCCEEDED:
+            return _StepResult(StepStatus.SUCCEEDED, output=output)
+        return _StepResult(StepStatus.FAILED, output=output, error=_child_error(result))
 
     def _call_parallel(
         self, launcher: ChildLauncher, env: dict[str, str], stop: _TryStop
     ) -> _StepResult:
         parallel = self.step.parallel
         if parallel is None or (parallel.items is None and parallel.variable is None):
-            return _StepResult(FAILED, error="parallel step has no items or variable")
+            return _StepResult(StepStatus.FAILED, error="parallel step has no items or variable")
         items = _parallel_items(parallel, env)
         limit = max(1, min(parallel.max_concurrent, len(items) or 1))
 
@@ -593,13 +603,13 @@ class _StepRunner:
             results = list(pool.map(call, range(len(items))))
         outputs = [dict(r.outputs) if r else {} for r in results]
         output = json.dumps(outputs) if self.step.output else None
-        failed = [r for r in results if r is None or r.status != SUCCEEDED]
+        failed = [r for r in results if r is None or r.status != StepStatus.SUCCEEDED]
         if not failed:
-            return _StepResult(SUCCEEDED, output=output)
+            return _StepResult(StepStatus.SUCCEEDED, output=output)
         first = failed[0]
         reason = _child_error(first) if first else "not started"
         error = f"{len(failed)} of {len(items)} sub DAG runs did not succeed; first: {reason}"
-        return _StepResult(FAILED, output=output, error=error)
+        return _StepResult(StepStatus.FAILED, output=output, error=error)
 
     def _launch_child(
         self,
@@ -622,7 +632,9 @@ class _StepRunner:
             logger.exception(
                 "launching sub DAG %s for step %s failed", request.dag_name, self.step.name
             )
-            return ChildResult(run_id="", status=FAILED, error=f"cannot run sub DAG: {exc}")
+            return ChildResult(
+                run_id="", status=StepStatus.FAILED, error=f"cannot run sub DAG: {exc}"
+            )
 
 
 # --------------------------------------------------------------------------- helpers
