@@ -70,8 +70,8 @@ steps:
 async def simulate(args: argparse.Namespace) -> dict[str, Any]:
     import grpc
 
-    from controlplane.rpc.v1 import coordinator_pb2 as pb
-    from controlplane.rpc.v1 import coordinator_pb2_grpc as rpc
+    from controlplane.core.rpc.v1 import coordinator_pb2 as pb
+    from controlplane.core.rpc.v1 import coordinator_pb2_grpc as rpc
 
     address = f"127.0.0.1:{args.port}"
     channels = [grpc.aio.insecure_channel(address) for _ in range(math.ceil(args.count / 50))]
@@ -155,8 +155,8 @@ def start_simulators(
 def stored_health() -> dict[str, str]:
     from django.utils import timezone
 
-    from controlplane.config import resolve
-    from workers.health import health_status
+    from controlplane.core.config import resolve
+    from controlplane.core.health import health_status
     from workers.models import Worker
 
     timing, now = resolve().timing, timezone.now()
@@ -180,11 +180,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         setup_django(cluster)
         from django.utils import timezone
 
-        from controlplane.config import resolve
-        from controlplane.rpc.client import wake_coordinator
+        from controlplane.core.config import resolve
+        from controlplane.core.rpc.client import wake_coordinator
+        from controlplane.core.spec import parse_dag_file
         from dags.models import TERMINAL_RUN_STATUSES, DagRun
         from dags.runs import create_run
-        from dags.spec import parse_dag_file
 
         ramp = max(10.0, args.workers / 100)
         window_start = time.time() + 5 + ramp + args.settle
