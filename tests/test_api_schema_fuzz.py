@@ -59,6 +59,8 @@ def test_every_api_operation_keeps_its_schema_under_schemathesis(cluster: Cluste
         [
             SCHEMATHESIS,
             "--no-color",
+            "--config-file",
+            str(ROOT / "tests" / "schemathesis.toml"),
             "run",
             f"http://127.0.0.1:{web}/api/v2/schema/?format=json",
             "--header",
