@@ -48,7 +48,10 @@ def add_links(
             _link(operations, source, status, target, {"parameters": parameters})
     for (source, status), targets in BODY_LINKS.items():
         for target, body in targets.items():
-            _link(operations, source, status, target, {"requestBody": body})
+            # OpenAPI's requestBody is the whole body; schemathesis merges it into a generated
+            # one (which may also carry `spec`) unless told to take it as given.
+            how = {"requestBody": body, "x-schemathesis": {"merge_body": False}}
+            _link(operations, source, status, target, how)
     return result
 
 

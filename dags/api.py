@@ -20,6 +20,7 @@ from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, NotFound, ParseError
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -404,11 +405,12 @@ def spec_error_response(exc: DagSpecError) -> Response:
 class DagRunListView(ListAPIView):
     serializer_class = RunListItemSerializer
     pagination_class = RunPagination
+    parser_classes = [JSONParser]  # the body is JSON (params is an object): no form encodings
 
     def get_queryset(self) -> QuerySet[DagRun]:
         qs = DagRun.objects.select_related("parent").order_by("-queued_at", "-id")
         query = self.request.query_params
-        if run_status := query.get("status"):
+        if (run_status := query.get("status")) is not None:
             if run_status not in RunStatus.values:
                 raise ParseError(
                     f'status: unknown status "{run_status}"; expected one of '

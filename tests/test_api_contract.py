@@ -92,12 +92,12 @@ def test_the_selector_pattern_is_in_the_schema(api):
 
 
 @pytest.mark.parametrize(
-    "query", ["offset=null", "offset=-1", "limit=0", "limit=ten", f"offset={2**63}"]
+    "query", ["offset=null", "offset=-1", "limit=0", "limit=ten", f"offset={2**63}", "status="]
 )
-def test_a_bad_page_is_a_400_not_the_first_page(api, query):
+def test_a_bad_page_or_filter_is_a_400_not_every_run(api, query):
     response = api.get(f"/api/v2/dag-runs?{query}")
     assert response.status_code == 400
-    assert response.json()["detail"].split(":")[0] in ("offset", "limit")
+    assert response.json()["detail"].split(":")[0] == query.split("=")[0]
 
 
 def test_page_bounds_are_in_the_schema(api):
@@ -116,6 +116,13 @@ def test_a_spec_with_a_control_character_is_a_400_naming_it(api):
     assert "unacceptable character" in response.json()["errors"][0]
     with pytest.raises(YamlError):
         load_all("steps:\n  - command: echo \x07")
+
+
+def test_a_run_is_created_from_json_only(api):
+    response = api.post("/api/v2/dag-runs", {"dag": "hello"}, format="multipart")
+    assert response.status_code == 415 and response["Content-Type"] == "application/json"
+    body = schema(api)["paths"]["/api/v2/dag-runs"]["post"]["requestBody"]
+    assert set(body["content"]) == {"application/json"}
 
 
 def test_the_request_body_error_matches_its_documented_400(api):

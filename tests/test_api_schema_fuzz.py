@@ -29,7 +29,7 @@ pytestmark = pytest.mark.processes
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 # Enough to find schema drift in every operation while the test stays well under a minute.
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 15
 RUN_TIMEOUT = 240
 
 
