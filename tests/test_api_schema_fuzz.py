@@ -89,6 +89,7 @@ def test_every_api_operation_keeps_its_schema_under_schemathesis(cluster: Cluste
         timeout=RUN_TIMEOUT,
     )
     report = result.stdout + result.stderr
+    print(report)  # pytest shows it with -s / -rP: phases, links covered, seed
     assert result.returncode == 0, f"schemathesis found problems:\n{report}"
     # Every operation in the schema ran: none was skipped or filtered out.
     selected = re.search(r"Operations:\s+(\d+) selected / (\d+) total", report)
