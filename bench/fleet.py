@@ -10,7 +10,7 @@ idle fleet). Their starts are spread over a ramp; then for the window (60 s):
 
 - heartbeat latency (send -> reply, timeouts at 10 s counted as 10 s) of every simulated
   heartbeat in the window: p50, p99, max, errors;
-- left_healthy: simulated workers whose stored health (workers.health.health_status of the
+- left_healthy: simulated workers whose stored health (controlplane.core.health.health_status of the
   row's last_heartbeat_at, sampled every second from the database) was not HEALTHY at least
   once in the window;
 - a real `manage.py worker` alongside: whether it stayed HEALTHY, and a single-step run
@@ -50,8 +50,8 @@ from _common import (
 )
 
 PER_SIMULATOR = 500
-POLL_WAIT_MS = 10_000  # workers.agent.POLL_WAIT_SECONDS
-RPC_TIMEOUT_S = 10.0  # workers.agent.RPC_TIMEOUT_SECONDS
+POLL_WAIT_MS = 10_000  # controlplane.core.agent.POLL_WAIT_SECONDS
+RPC_TIMEOUT_S = 10.0  # controlplane.core.agent.RPC_TIMEOUT_SECONDS
 HEARTBEAT_TARGET_P99_MS = 100.0
 REAL_WORKER = "fleet-real"
 REAL_DAG = """\

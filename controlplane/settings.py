@@ -154,6 +154,10 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Control plane API",
     "VERSION": "2.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "controlplane.api_links.add_links",
+    ],
 }
 
 LOGGING = {

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import IsAuthenticated
 
-from controlplane import dag_pages, pages
+from controlplane import api_errors, dag_pages, pages
 from controlplane.metrics import MetricsView
 from dags import api as dags_api
 from workers import api as workers_api
@@ -46,7 +46,11 @@ api_urlpatterns = [
         SpectacularAPIView.as_view(permission_classes=[IsAuthenticated]),
         name="api-schema",
     ),
+    # Last: any other path under /api/v2/ is a JSON 404, not Django's HTML page.
+    re_path(r"^(?P<path>.*)$", api_errors.not_found, name="api-not-found"),
 ]
+
+handler500 = api_errors.server_error
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="workers-page", permanent=False)),

@@ -20,6 +20,7 @@ from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, NotFound, ParseError
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -170,7 +171,9 @@ class RunCreatedSerializer(serializers.Serializer):
 class SpecErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     errors = serializers.ListField(
-        child=serializers.CharField(), help_text="PATH: MESSAGE, or PATH: hint: HOW TO FIX"
+        child=serializers.CharField(),
+        required=False,
+        help_text="PATH: MESSAGE, or PATH: hint: HOW TO FIX (only for an invalid DAG spec)",
     )
 
 
@@ -230,6 +233,26 @@ class DagDetailSerializer(DagSerializer):
 class RunPagination(LimitOffsetPagination):
     default_limit = 50
     max_limit = 500
+    max_offset = 2**31 - 1  # far past any run table; a bigger one would overflow SQLite
+
+    # DRF falls back to the defaults on a bad limit or offset; a typo should not silently
+    # page from the start, so it is a 400 and the schema says what is valid.
+    def get_limit(self, request: Request) -> int:
+        limit = _query_int(request, self.limit_query_param, low=1, high=None)
+        return self.default_limit if limit is None else min(limit, self.max_limit)
+
+    def get_offset(self, request: Request) -> int:
+        return _query_int(request, self.offset_query_param, low=0, high=self.max_offset) or 0
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.limit_query_param:
+                parameter["schema"]["minimum"] = 1
+                parameter["description"] += f" (at most {self.max_limit} are returned)"
+            elif parameter["name"] == self.offset_query_param:
+                parameter["schema"].update(minimum=0, maximum=self.max_offset)
+        return parameters
 
     def get_paginated_response(self, data: list[Any]) -> Response:
         return Response(
@@ -256,6 +279,16 @@ class RunPagination(LimitOffsetPagination):
 
 
 # ---- helpers
+
+
+def _query_int(request: Request, name: str, *, low: int, high: int | None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < low or (high and int(raw) > high):
+        within = f"from {low} to {high}" if high else f"from {low}"
+        raise ParseError(f"{name}: expected an integer {within}, got {raw[:40]!r}")
+    return int(raw)
 
 
 def _run_or_404(run_id: str) -> DagRun:
@@ -381,11 +414,12 @@ def spec_error_response(exc: DagSpecError) -> Response:
 class DagRunListView(ListAPIView):
     serializer_class = RunListItemSerializer
     pagination_class = RunPagination
+    parser_classes = [JSONParser]  # the body is JSON (params is an object): no form encodings
 
     def get_queryset(self) -> QuerySet[DagRun]:
         qs = DagRun.objects.select_related("parent").order_by("-queued_at", "-id")
         query = self.request.query_params
-        if run_status := query.get("status"):
+        if (run_status := query.get("status")) is not None:
             if run_status not in values(RunStatus):
                 raise ParseError(
                     f'status: unknown status "{run_status}"; expected one of '

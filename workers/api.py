@@ -7,6 +7,7 @@ and the `workers` command; the serializers below only describe it for the OpenAP
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.conf import settings
@@ -20,7 +21,14 @@ from rest_framework.views import APIView
 
 from controlplane.core.clock import utcnow
 from controlplane.core.health import HEALTH_STATES
-from controlplane.core.labels import LabelError, parse_label_string
+from controlplane.core.labels import (
+    MAX_LABEL_KEY_NAME,
+    MAX_LABEL_KEY_PREFIX,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    LabelError,
+    parse_label_string,
+)
 from workers.models import RegisteredVia
 from workers.presence import set_draining
 from workers.summary import worker_summaries
@@ -60,6 +68,22 @@ class WorkerListSerializer(serializers.Serializer):
     workers = WorkerSerializer(many=True)
 
 
+# The `?selector=` grammar, exactly as the view enforces it and the schema documents it:
+# k=v pairs split by commas, spaces allowed around "," and "=", within the label limits.
+# Keys and values carry no commas, whitespace or control characters (the class spells out
+# what Python's str.strip() removes, so the regex means the same in every engine), keys no
+# "=", and a key's name (after an optional prefix/) no "/".
+_NOT_TEXT = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_SELECTOR_PAIR = (
+    rf" *(?:[^,={_NOT_TEXT}]{{0,{MAX_LABEL_KEY_PREFIX}}}/)?"
+    rf"[^,=/{_NOT_TEXT}]{{1,{MAX_LABEL_KEY_NAME}}}"
+    rf" *= *[^,{_NOT_TEXT}]{{0,{MAX_LABEL_VALUE}}} *"
+)
+SELECTOR_PATTERN = rf"^(?:{_SELECTOR_PAIR}(?:,{_SELECTOR_PAIR}){{0,{MAX_LABELS - 1}}})?$"
+# `?health=` takes a state as the API prints it, or in lower case.
+HEALTH_FILTERS = (*HEALTH_STATES, *(state.lower() for state in HEALTH_STATES))
+
+
 def _one_worker(worker_id: str) -> dict[str, Any]:
     rows = worker_summaries(now=utcnow(), timing=settings.DAGU.timing, worker_id=worker_id)
     if not rows:
@@ -67,10 +91,24 @@ def _one_worker(worker_id: str) -> dict[str, Any]:
     return rows[0]
 
 
+def _selector_filter(value: str) -> dict[str, str]:
+    try:
+        selector = parse_label_string(value)
+    except LabelError as exc:
+        raise ParseError(f"selector: {exc}") from None
+    # The same engine hypothesis generates from: Python's `$` also takes a trailing newline.
+    if not re.search(SELECTOR_PATTERN, value):
+        raise ParseError(
+            "selector: expected k=v,... with no empty items, and no spaces, commas or "
+            "control characters inside a key or value"
+        )
+    return selector
+
+
 def _health_filter(value: str | None) -> str | None:
-    if not value:
+    if value is None:
         return None
-    if value.upper() not in HEALTH_STATES:
+    if value not in HEALTH_FILTERS:
         raise ParseError(
             f'health: unknown state "{value}"; expected one of {", ".join(HEALTH_STATES)}'
         )
@@ -81,18 +119,18 @@ class WorkerListView(APIView):
     @extend_schema(
         operation_id="listWorkers",
         parameters=[
-            OpenApiParameter("health", OpenApiTypes.STR, enum=HEALTH_STATES),
+            OpenApiParameter("health", OpenApiTypes.STR, enum=HEALTH_FILTERS),
             OpenApiParameter(
-                "selector", OpenApiTypes.STR, description="only workers carrying every k=v,..."
+                "selector",
+                OpenApiTypes.STR,
+                description="only workers carrying every k=v,...",
+                pattern=SELECTOR_PATTERN,
             ),
         ],
         responses={200: WorkerListSerializer, 400: ErrorSerializer},
     )
     def get(self, request: Request) -> Response:
-        try:
-            selector = parse_label_string(request.query_params.get("selector", ""))
-        except LabelError as exc:
-            raise ParseError(f"selector: {exc}") from None
+        selector = _selector_filter(request.query_params.get("selector", ""))
         health = _health_filter(request.query_params.get("health"))
         rows = worker_summaries(
             now=utcnow(), timing=settings.DAGU.timing, selector=selector, health=health

@@ -88,7 +88,10 @@ _Loader.add_implicit_resolver(
 
 def load_all(text: str) -> list[object]:
     """Every non-empty document of `text` (`---` at either end yields no empty ones)."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:  # the reader refuses control characters before parsing
+        raise YamlError(str(exc).splitlines()[0]) from None
     documents: list[object] = []
     try:
         while loader.check_node():

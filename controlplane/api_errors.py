@@ -1,0 +1,20 @@
+"""JSON for the responses under /api/ that no DRF view produces: unmatched paths and 500s.
+
+An API client reads every answer as JSON; Django's own 404 and 500 pages are HTML.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+
+
+def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
+    """The last route under /api/v2/: whatever no other route matched."""
+    return JsonResponse({"detail": f"no API endpoint at {request.path[:200]}"}, status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "internal server error"}, status=500)
+    return defaults.server_error(request)
