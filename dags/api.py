@@ -477,14 +477,17 @@ class DagRunListView(ListAPIView):
         return Response({"dag_run_id": run.id}, status=status.HTTP_201_CREATED)
 
 
+def run_detail(run: DagRun) -> dict[str, Any]:
+    """The run JSON every RunDetail response sends: the run with its placement diagnosis."""
+    return with_placement(run_as_dict(run), run, now=utcnow(), timing=settings.DAGU.timing)
+
+
 class DagRunDetailView(APIView):
     @extend_schema(
         operation_id="getDagRun", responses={200: RunDetailSerializer, 404: ErrorSerializer}
     )
     def get(self, request: Request, run_id: str) -> Response:
-        run = _run_or_404(run_id)
-        timing = settings.DAGU.timing
-        return Response(with_placement(run_as_dict(run), run, now=utcnow(), timing=timing))
+        return Response(run_detail(_run_or_404(run_id)))
 
 
 class DagRunCancelView(APIView):
@@ -499,7 +502,7 @@ class DagRunCancelView(APIView):
             run = request_cancel(run_id, now=utcnow())
         except RunError as exc:
             raise Conflict(str(exc)) from None
-        return Response(run_as_dict(run))
+        return Response(run_detail(run))
 
 
 class DagRunRetryView(APIView):
@@ -515,7 +518,7 @@ class DagRunRetryView(APIView):
         except RunError as exc:
             raise Conflict(str(exc)) from None
         wake_coordinator(settings.DAGU)
-        return Response(run_as_dict(run))
+        return Response(run_detail(run))
 
 
 class DagRunLogsView(APIView):
