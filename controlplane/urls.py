@@ -51,6 +51,18 @@ api_urlpatterns = [
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="workers-page", permanent=False)),
     path("workers/", pages.workers_page, name="workers-page"),
+    path(
+        "workers/<path:worker_id>/drain",
+        pages.worker_drain,
+        {"draining": True},
+        name="worker-drain",
+    ),
+    path(
+        "workers/<path:worker_id>/undrain",
+        pages.worker_drain,
+        {"draining": False},
+        name="worker-undrain",
+    ),
     path("runs/", pages.runs_page, name="runs-page"),
     path("dags/", dag_pages.dags_page, name="dags-page"),
     path("dags/<str:name>/", dag_pages.dag_page, name="dag-page"),
