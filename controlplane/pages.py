@@ -29,14 +29,15 @@ from controlplane.dag_pages import run_step_graph
 from controlplane.placement import run_placement
 from controlplane.roles import can_drain_workers
 from dags.models import TERMINAL_RUN_STATUSES, DagRun, RunStatus
-from dags.reports import read_step_log, step_tries
+from dags.reports import read_step_log_chunk, step_tries
 from workers.presence import set_draining
 from workers.summary import filtered_workers, fleet_overview, summarize
 
 logger = logging.getLogger(__name__)
 
 RECENT_RUNS = 50
-# A run page shows at most this much of each step's log; the API serves the full tail.
+# A run page shows at most this much of each step's log (run.js keeps it so while it
+# follows); the API serves the full tail.
 PAGE_LOG_LIMIT = 64 * 1024
 
 
@@ -165,9 +166,15 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "steps": steps,
         # The last try's log; earlier tries of a retried step are links to the logs API.
         "logs": [
-            (s, read_step_log(log_dir, s, limit=PAGE_LOG_LIMIT), range(1, step_tries(s)))
+            (
+                s,
+                read_step_log_chunk(log_dir, s, limit=PAGE_LOG_LIMIT),
+                range(1, step_tries(s)),
+                f"{s.attempt}/{step_tries(s)}",
+            )
             for s in steps
         ],
+        "log_limit": PAGE_LOG_LIMIT,
         "attempts": run.attempts.order_by("number"),
         "decisions": run.dispatch_decisions.order_by("decided_at", "id"),
         "children": run.children.order_by("queued_at", "id"),

@@ -199,3 +199,50 @@ def test_run_page_follows_the_run_and_its_buttons_work(site, page, tmp_path):
                        now=datetime.now(UTC), default_mode="distributed")  # fmt: skip
     tab.wait_for_selector(f'#run-rows tr[data-run-id="{later.id}"][data-status="queued"]')
     tab.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
+
+
+def test_run_page_follows_the_running_steps_log_by_offsets_bounded(site, page, tmp_path):
+    tab = page
+    run = create_run(parse_dag_file(SPEC, source="hello.yaml", default_name="hello"),
+                     now=datetime.now(UTC), default_mode="local")  # fmt: skip
+    now = datetime.now(UTC)
+    log = tmp_path / "logs" / step_log_path(run.id, 1, "greet")
+    log.parent.mkdir(parents=True)
+    log.write_text("line 0\n")
+    DagRun.objects.filter(pk=run.id).update(status="running", started_at=now, attempt=1)
+    StepRun.objects.filter(run=run, name="greet").update(
+        status="running", started_at=now, attempt=1, log_path=step_log_path(run.id, 1, "greet")
+    )
+    tab.goto(f"{site}/runs/{run.id}/")
+    pre = "document.querySelector('#logs details[data-step=\"greet\"] pre')"
+    assert tab.is_checked("#log-follow")
+    assert tab.get_attribute('#logs details[data-step="greet"]', "open") is not None
+
+    # Lines appended to the file appear after the ones already shown, in order.
+    with open(log, "a") as fh:
+        fh.write("line 1\nline 2\n")
+    tab.wait_for_function(f"{pre}.textContent === 'line 0\\nline 1\\nline 2\\n'")
+
+    # A burst far past the bound: the page keeps only the last 64 KiB and says so.
+    with open(log, "a") as fh:
+        fh.writelines(f"burst {i:06d}\n" for i in range(20_000))  # 260 KB
+    tab.wait_for_function(f"{pre}.textContent.endsWith('burst 019999\\n')")
+    shown = tab.evaluate(f"{pre}.textContent")
+    assert len(shown) <= 64 * 1024 and shown.startswith("burst ")
+    assert tab.is_visible('#logs details[data-step="greet"] .trimmed')
+    # Follow mode keeps the newest line in view.
+    assert tab.evaluate(f"{pre}.scrollTop + {pre}.clientHeight >= {pre}.scrollHeight - 4")
+    tab.screenshot(path=str(tmp_path / "run-tail.png"), full_page=True)
+
+    # The run ends: the last bytes arrive, then the page stops asking.
+    with open(log, "a") as fh:
+        fh.write("done\n")
+    DagRun.objects.filter(pk=run.id).update(status="succeeded", finished_at=datetime.now(UTC))
+    StepRun.objects.filter(run=run).update(status="succeeded", exit_code=0)
+    tab.wait_for_function("document.getElementById('run-status').textContent === 'succeeded'")
+    tab.wait_for_function(f"{pre}.textContent.endsWith('done\\n')")
+    assert tab.is_hidden("#log-follow-label")
+    requests: list[str] = []
+    tab.on("request", lambda request: requests.append(request.url))
+    tab.wait_for_timeout(2500)
+    assert requests == []
