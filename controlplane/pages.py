@@ -141,9 +141,11 @@ def runs_page(request: HttpRequest) -> HttpResponse:
         runs = runs.filter(status=status)
     else:
         status = ""
+    page = Paginator(runs, RECENT_RUNS).get_page(request.GET.get("page"))
     context = {
         "active": "runs",
-        "runs": runs[:RECENT_RUNS],
+        "runs": page,
+        "offset": (page.number - 1) * RECENT_RUNS,
         "status": status,
         "statuses": values(RunStatus),
         "limit": RECENT_RUNS,
