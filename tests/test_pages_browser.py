@@ -18,9 +18,8 @@ from controlplane.core.spec import parse_dag_file
 from dags.models import DagRun, StepRun
 from dags.reports import step_log_path
 from dags.runs import create_run
+from tests.browser import CHROMIUM, PASSWORD, USER, logged_in_tab
 from workers.models import Worker, WorkerLabel
-
-CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = [
     pytest.mark.browser,
@@ -47,33 +46,14 @@ def site(settings, tmp_path: Path, monkeypatch, live_server) -> str:
     # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
     # between browser steps are still plain synchronous code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    get_user_model().objects.create_user("ops", password="ops-password-1", is_staff=True)
+    get_user_model().objects.create_user(USER, password=PASSWORD, is_staff=True)
     return live_server.url
 
 
 @pytest.fixture
 def page(site: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 900})
-            tab = context.new_page()
-            tab.set_default_timeout(WAIT_MS)
-            tab.on("pageerror", lambda exc: errors.append(str(exc)))
-            tab.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
-            tab.goto(f"{site}/workers/")
-            # Not logged in yet: the admin login form, then back to the page asked for.
-            tab.fill("#id_username", "ops")
-            tab.fill("#id_password", "ops-password-1")
-            tab.click("input[type=submit]")
-            tab.wait_for_url(f"{site}/workers/")
-            yield tab
-        finally:
-            browser.close()
-    assert errors == [], f"browser errors: {errors}"
+    with logged_in_tab(site, timeout_ms=WAIT_MS) as tab:
+        yield tab
 
 
 def make_worker(wid: str, *, age: float, labels: dict[str, str], **fields) -> Worker:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, PASSWORD, USER, logged_in_tab
 from tests.procs import Cluster, wait_for, write_dag
-
-CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = [
     pytest.mark.browser,
@@ -47,7 +45,7 @@ def site(cluster: Cluster) -> Iterator[tuple[Cluster, str]]:
     made = cluster.manage(
         "shell", "-c",
         "from django.contrib.auth import get_user_model; "
-        "get_user_model().objects.create_user('ops', password='ops-password-1', is_staff=True)",
+        f"get_user_model().objects.create_user({USER!r}, password={PASSWORD!r}, is_staff=True)",
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     yield cluster, f"http://127.0.0.1:{web}"
@@ -55,26 +53,8 @@ def site(cluster: Cluster) -> Iterator[tuple[Cluster, str]]:
 
 @pytest.fixture
 def tab(site: tuple[Cluster, str]) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    _, url = site
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-            page.set_default_timeout(WAIT_MS)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
-            page.goto(f"{url}/workers/")
-            page.fill("#id_username", "ops")
-            page.fill("#id_password", "ops-password-1")
-            page.click("input[type=submit]")
-            page.wait_for_url(f"{url}/workers/")
-            yield page
-        finally:
-            browser.close()
-    assert errors == [], f"browser errors: {errors}"
+    with logged_in_tab(site[1], timeout_ms=WAIT_MS) as page:
+        yield page
 
 
 def test_start_a_run_from_the_dag_page_and_watch_it_finish(site, tab, tmp_path):
