@@ -15,6 +15,7 @@ from typing import Any
 from croniter import croniter
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -23,6 +24,7 @@ from rest_framework.exceptions import NotFound, ParseError
 from controlplane.core.clock import utcnow
 from controlplane.core.rpc.client import wake_coordinator
 from controlplane.core.spec import Dag, DagFile, DagSpecError, parse_dag_file
+from controlplane.roles import can_start_runs
 from dags.api import dag_files, describe_dag_file, find_dag_path, params_from_request
 from dags.models import DagRun
 from dags.runs import RunError, create_run
@@ -144,6 +146,8 @@ def dag_page(request: HttpRequest, name: str) -> HttpResponse:
         raise Http404(str(exc.detail)) from None
     entry, dag_file = describe_dag_file(path, dags_dir=dags_dir)
     error = ""
+    if request.method == "POST" and not can_start_runs(request.user):
+        raise PermissionDenied("starting runs needs the operator role")
     if request.method == "POST" and dag_file is not None:
         run_id, error = _start(request, dag_file, str(path))
         if run_id:
@@ -160,5 +164,6 @@ def dag_page(request: HttpRequest, name: str) -> HttpResponse:
         "yaml": path.read_text(encoding="utf-8", errors="replace"),
         "runs": page,
         "start_error": error,
+        "can_start": can_start_runs(request.user),
     }
     return render(request, "pages/dag.html", context, status=400 if error else 200)

@@ -7,26 +7,38 @@ The page and the API read the same core functions, so both paints agree.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+import logging
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
 
-from controlplane.core.health import HEALTHY, OFFLINE
+from controlplane.core.clock import utcnow
+from controlplane.core.health import HEALTH_STATES
 from controlplane.core.states import values
 from controlplane.dag_pages import run_step_graph
 from controlplane.placement import run_placement
+from controlplane.roles import can_drain_workers
 from dags.models import TERMINAL_RUN_STATUSES, DagRun, RunStatus
-from dags.reports import read_step_log, step_tries
-from workers.summary import worker_summaries
+from dags.reports import read_step_log_chunk, step_tries
+from workers.presence import set_draining
+from workers.summary import filtered_workers, fleet_overview, summarize
+
+logger = logging.getLogger(__name__)
 
 RECENT_RUNS = 50
-# A run page shows at most this much of each step's log; the API serves the full tail.
+# A run page shows at most this much of each step's log (run.js keeps it so while it
+# follows); the API serves the full tail.
 PAGE_LOG_LIMIT = 64 * 1024
 
 
@@ -39,31 +51,6 @@ def relative_age(then: datetime | None, *, now: datetime) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit} ago"
     return f"{seconds}s ago"
-
-
-def workers_overview(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """The metric cards. Slots count only workers that are not offline: an offline worker's
-    capacity is not available, and counting it would make the fleet look idle."""
-    online = [w for w in rows if w["health_status"] != OFFLINE]
-    busy = sum(w["busy"] for w in online)
-    total = sum(w["max_active_runs"] for w in online)
-    return {
-        "workers": len(rows),
-        "healthy": sum(1 for w in rows if w["health_status"] == HEALTHY),
-        "busy": busy,
-        "total": total,
-        "active_tasks": sum(len(w["running_tasks"]) for w in rows),
-        "utilisation": round(busy * 100 / total) if total else 0,
-    }
-
-
-def worker_matches_search(worker: Mapping[str, Any], *, query: str) -> bool:
-    """Case-insensitive substring of the id or of any `key=value` label."""
-    needle = query.strip().lower()
-    if not needle:
-        return True
-    haystack = [worker["id"], *(f"{k}={v}" for k, v in worker["labels"].items())]
-    return any(needle in text.lower() for text in haystack)
 
 
 def _worker_row(worker: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
@@ -88,19 +75,63 @@ def _worker_row(worker: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
     }
 
 
+WORKERS_PER_PAGE = 50
+
+
+def _workers_query(request: HttpRequest) -> tuple[str, str]:
+    """The page's filters: a health state ("" for all, unknown ones ignored) and a search."""
+    health = request.GET.get("health", "").upper()
+    return (health if health in HEALTH_STATES else ""), request.GET.get("q", "")[:200]
+
+
+def _page_path(request: HttpRequest) -> str:
+    """This page's address without the script's `fragment` flag: where a button returns to."""
+    params = request.GET.copy()
+    params.pop("fragment", None)
+    return f"{request.path}?{params.urlencode()}" if params else request.path
+
+
 @staff_member_required
 def workers_page(request: HttpRequest) -> HttpResponse:
-    now = datetime.now(UTC)
-    rows = worker_summaries(now=now, timing=settings.DAGU.timing)
-    query = request.GET.get("q", "")
+    now = utcnow()
+    timing = settings.DAGU.timing
+    health, query = _workers_query(request)
+    workers = filtered_workers(now=now, timing=timing, health=health, query=query)
+    page = Paginator(workers, WORKERS_PER_PAGE).get_page(request.GET.get("page"))
     context = {
         "active": "workers",
-        "overview": workers_overview(rows),
-        "workers": [_worker_row(w, now=now) for w in rows if worker_matches_search(w, query=query)],
-        "any_workers": bool(rows),
+        "overview": fleet_overview(now=now, timing=timing),
+        "workers": [_worker_row(w, now=now) for w in summarize(list(page), now=now, timing=timing)],
+        "page": page,
+        "health": health,
+        "health_states": HEALTH_STATES,
         "q": query,
+        "can_drain": can_drain_workers(request.user),
+        "back": _page_path(request),
     }
-    return render(request, "pages/workers.html", context)
+    # The page's script swaps in the rows and cards of this fragment every second.
+    template = "pages/_workers_live.html" if request.GET.get("fragment") else "pages/workers.html"
+    return render(request, template, context)
+
+
+@staff_member_required
+@require_POST
+def worker_drain(request: HttpRequest, worker_id: str, *, draining: bool) -> HttpResponse:
+    """The Drain/Undrain buttons; without JavaScript the browser comes back to the page."""
+    if not can_drain_workers(request.user):
+        raise PermissionDenied("draining workers needs the manager role")
+    if not set_draining(worker_id, draining=draining):
+        raise Http404(f'worker "{worker_id}" not found')
+    logger.info(
+        "worker %s %s from the Workers page by %s",
+        worker_id,
+        "draining" if draining else "undrained",
+        request.user,
+    )
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
+        back = reverse("workers-page")
+    return redirect(back)
 
 
 @staff_member_required
@@ -111,9 +142,11 @@ def runs_page(request: HttpRequest) -> HttpResponse:
         runs = runs.filter(status=status)
     else:
         status = ""
+    page = Paginator(runs, RECENT_RUNS).get_page(request.GET.get("page"))
     context = {
         "active": "runs",
-        "runs": runs[:RECENT_RUNS],
+        "runs": page,
+        "offset": (page.number - 1) * RECENT_RUNS,
         "status": status,
         "statuses": values(RunStatus),
         "limit": RECENT_RUNS,
@@ -136,13 +169,19 @@ def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
         "steps": steps,
         # The last try's log; earlier tries of a retried step are links to the logs API.
         "logs": [
-            (s, read_step_log(log_dir, s, limit=PAGE_LOG_LIMIT), range(1, step_tries(s)))
+            (
+                s,
+                read_step_log_chunk(log_dir, s, limit=PAGE_LOG_LIMIT),
+                range(1, step_tries(s)),
+                f"{s.attempt}/{step_tries(s)}",
+            )
             for s in steps
         ],
+        "log_limit": PAGE_LOG_LIMIT,
         "attempts": run.attempts.order_by("number"),
         "decisions": run.dispatch_decisions.order_by("decided_at", "id"),
         "children": run.children.order_by("queued_at", "id"),
         "graph": run_step_graph(run),
-        "placement": run_placement(run, now=datetime.now(UTC), timing=settings.DAGU.timing),
+        "placement": run_placement(run, now=utcnow(), timing=settings.DAGU.timing),
     }
     return render(request, "pages/run.html", context)

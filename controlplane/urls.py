@@ -55,6 +55,18 @@ handler500 = api_errors.server_error
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="workers-page", permanent=False)),
     path("workers/", pages.workers_page, name="workers-page"),
+    path(
+        "workers/<path:worker_id>/drain",
+        pages.worker_drain,
+        {"draining": True},
+        name="worker-drain",
+    ),
+    path(
+        "workers/<path:worker_id>/undrain",
+        pages.worker_drain,
+        {"draining": False},
+        name="worker-undrain",
+    ),
     path("runs/", pages.runs_page, name="runs-page"),
     path("dags/", dag_pages.dags_page, name="dags-page"),
     path("dags/<str:name>/", dag_pages.dag_page, name="dag-page"),

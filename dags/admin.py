@@ -4,7 +4,6 @@ Cancel and Retry actions, which go through `dags.runs` like the API and the CLI 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -14,6 +13,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from controlplane.admin import DECISION_COLUMNS
+from controlplane.core.clock import utcnow
 from controlplane.models import DispatchDecision
 from dags.models import Attempt, DagRun, StepRun
 from dags.runs import RunError, request_cancel, retry_run
@@ -150,7 +150,7 @@ class DagRunAdmin(admin.ModelAdmin):
         operation: Callable[..., DagRun],
         done: str,
     ) -> None:
-        now = datetime.now(UTC)
+        now = utcnow()
         ok = 0
         for run_id in queryset.values_list("pk", flat=True):
             try:

@@ -39,7 +39,7 @@ from controlplane.placement import with_placement
 from controlplane.placement_api import PlacementSerializer
 from dags.models import DagRun, RunStatus, StepRun
 from dags.progress import DagNotFound, resolve_dag_path
-from dags.reports import read_step_log, step_tries
+from dags.reports import read_step_log_chunk, step_tries
 from dags.runs import RunError, create_run, get_run, iso, request_cancel, retry_run, run_as_dict
 from workers.api import ErrorSerializer
 
@@ -183,7 +183,11 @@ class StepLogSerializer(serializers.Serializer):
     attempt = serializers.IntegerField()
     tries = serializers.IntegerField(help_text="tries of a retried step in this attempt")
     try_ = serializers.IntegerField(help_text="which try the log is of (the last unless ?try=)")
-    log = serializers.CharField(help_text="the tail of the step's log (at most 1 MiB)")
+    log = serializers.CharField(
+        help_text="the tail of the step's log (at most 1 MiB; 64 KiB with ?offset=)"
+    )
+    start = serializers.IntegerField(help_text="byte offset in the log file where `log` begins")
+    end = serializers.IntegerField(help_text="byte offset after `log`: the next ?offset=")
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
@@ -531,6 +535,12 @@ class DagRunLogsView(APIView):
                 OpenApiTypes.INT,
                 description="with step: an earlier try (1 = first) of a retried step",
             ),
+            OpenApiParameter(
+                "offset",
+                OpenApiTypes.INT,
+                description="with step: follow the log from this byte (the last `end`); "
+                "returns at most the last 64 KiB",
+            ),
         ],
         responses={200: RunLogsSerializer, 400: ErrorSerializer, 404: ErrorSerializer},
     )
@@ -543,7 +553,13 @@ class DagRunLogsView(APIView):
             if not steps:
                 raise NotFound(f'run "{run_id}" has no step "{step_name}"')
         wanted = _try_param(request, steps if step_name else None)
+        offset = _offset_param(request, steps if step_name else None)
         log_dir = Path(settings.DAGU.paths.log_dir)
+        limit = FOLLOW_LOG_LIMIT if offset is not None else 1 << 20
+        chunks = [
+            (s, read_step_log_chunk(log_dir, s, offset=offset or 0, limit=limit, try_number=wanted))
+            for s in steps
+        ]
         return Response(
             {
                 "steps": [
@@ -553,12 +569,31 @@ class DagRunLogsView(APIView):
                         "attempt": s.attempt,
                         "tries": step_tries(s),
                         "try": wanted or step_tries(s),
-                        "log": read_step_log(log_dir, s, try_number=wanted),
+                        "log": chunk.text,
+                        "start": chunk.start,
+                        "end": chunk.end,
                     }
-                    for s in steps
+                    for s, chunk in chunks
                 ]
             }
         )
+
+
+# A follower (the run page's log tail) gets at most this much per poll: bounded however
+# fast the step writes or however far behind the reader is.
+FOLLOW_LOG_LIMIT = 64 * 1024
+
+
+def _offset_param(request: Request, steps: list[StepRun] | None) -> int | None:
+    """`?offset=N` of the logs endpoint: a byte offset in the one named step's log."""
+    raw = request.query_params.get("offset")
+    if raw is None:
+        return None
+    if steps is None:
+        raise ParseError("offset: give the step too (?step=NAME&offset=N)")
+    if not raw.isdigit() or len(raw) > 15:
+        raise ParseError(f"offset: expected a byte offset from 0, got {raw[:40]!r}")
+    return int(raw)
 
 
 def _try_param(request: Request, steps: list[StepRun] | None) -> int | None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from django.db import close_old_connections
 
+from controlplane.core.clock import utcnow
 from dags.models import DagRun, RunStatus
 from dags.runs import request_cancel
 
@@ -75,6 +75,6 @@ def follow_run(
             return run
         if interrupted.is_set() and not cancel_sent:
             write(f"run {run.id}: cancelling")
-            request_cancel(run.id, now=datetime.now(UTC))
+            request_cancel(run.id, now=utcnow())
             cancel_sent = True
         time.sleep(interval)

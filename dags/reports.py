@@ -197,6 +197,71 @@ def step_tries(step: StepRun) -> int:
     return step.retries + 1 if step.log_path else 0
 
 
+@dataclass(frozen=True)
+class LogChunk:
+    """Bytes [start, end) of a step's log file, decoded; `end` is where a follower asks next."""
+
+    text: str
+    start: int
+    end: int
+
+
+def _utf8_start(data: bytes) -> int:
+    """Bytes to skip so a chunk cut mid-file does not begin inside a character."""
+    skip = 0
+    while skip < min(len(data), 3) and data[skip] & 0xC0 == 0x80:
+        skip += 1
+    return skip
+
+
+def _utf8_end(data: bytes) -> int:
+    """Length of `data` without a trailing, still incomplete character (the writer may be in
+    the middle of it); the follower reads those bytes again on its next call."""
+    for back in range(1, min(len(data), 4) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # a continuation byte: keep looking for the lead byte
+        if byte >= 0xC0:
+            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) - back if back < needed else len(data)
+        return len(data)
+    return len(data)
+
+
+def read_step_log_chunk(
+    log_dir: Path,
+    step: StepRun,
+    *,
+    offset: int = 0,
+    limit: int = 1 << 20,
+    try_number: int | None = None,
+) -> LogChunk:
+    """The log from byte `offset` on, but never more than its last `limit` bytes.
+
+    A follower passes the `end` of its last chunk as the next `offset`, so each poll reads
+    only what is new; one that fell far behind skips ahead to the bounded tail. An offset past
+    the end (the file was replaced) also starts over at the tail.
+    """
+    if not step.log_path:
+        return LogChunk("", 0, 0)
+    relative = step.log_path
+    if try_number is not None:
+        relative = step_log_path(step.run_id, step.attempt, step.name, try_number - 1)
+    try:
+        with open(log_dir / relative, "rb") as fh:
+            size = fh.seek(0, 2)
+            start = max(0, size - limit) if offset > size else max(offset, size - limit)
+            fh.seek(start)
+            data = fh.read(size - start)
+    except FileNotFoundError:
+        return LogChunk("", 0, 0)
+    skip = _utf8_start(data) if start not in (0, offset) else 0
+    keep = _utf8_end(data)
+    return LogChunk(
+        data[skip:keep].decode("utf-8", errors="replace"), start + skip, start + max(skip, keep)
+    )
+
+
 def read_step_log(
     log_dir: Path, step: StepRun, *, limit: int = 1 << 20, try_number: int | None = None
 ) -> str:
@@ -204,17 +269,4 @@ def read_step_log(
 
     The last try's by default; `try_number` (1-based) picks an earlier try of the attempt.
     """
-    if not step.log_path:
-        return ""
-    relative = step.log_path
-    if try_number is not None:
-        relative = step_log_path(step.run_id, step.attempt, step.name, try_number - 1)
-    path = log_dir / relative
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - limit))
-            return fh.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
+    return read_step_log_chunk(log_dir, step, limit=limit, try_number=try_number).text

@@ -363,8 +363,19 @@ def test_logs_per_step(api, dagu):
                 "tries": 1,
                 "try": 1,
                 "log": "hello ops\n",
+                "start": 0,
+                "end": 10,
             },
-            {"name": "bye", "status": "succeeded", "attempt": 1, "tries": 1, "try": 1, "log": ""},
+            {
+                "name": "bye",
+                "status": "succeeded",
+                "attempt": 1,
+                "tries": 1,
+                "try": 1,
+                "log": "",
+                "start": 0,
+                "end": 0,
+            },
         ]
     }
     one = api.get("/api/v2/dag-runs/r1/logs?step=greet").json()

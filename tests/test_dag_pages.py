@@ -117,3 +117,10 @@ def test_run_page_carries_the_step_graph_of_the_run(staff):
     html = staff.get(f"/runs/{run.id}/").content.decode()
     assert '"edges": [["prep", "train"], ["prep", "report"]]' in html
     assert "dag_graph.js" in html
+
+
+def test_the_start_form_asks_the_one_permission_check(staff, monkeypatch):
+    monkeypatch.setattr("controlplane.dag_pages.can_start_runs", lambda user: False)
+    assert 'id="start-form"' not in staff.get("/dags/hello/").content.decode()
+    assert staff.post("/dags/hello/", {}).status_code == 403
+    assert not DagRun.objects.exists()

@@ -9,11 +9,14 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from controlplane.core.config import TimingConfig
+from controlplane.core.health import HEALTH_STATES, health_status
 from controlplane.models import DispatchDecision
-from controlplane.pages import relative_age, worker_matches_search, workers_overview
+from controlplane.pages import relative_age
 from dags.models import Attempt, DagRun, StepRun
 from dags.reports import step_log_path
 from workers.models import Worker
+from workers.summary import filtered_workers, fleet_overview
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -34,19 +37,30 @@ def test_relative_age_of_never_and_of_clock_skew():
     assert relative_age(NOW + timedelta(seconds=3), now=NOW) == "0s ago"
 
 
-def summary(wid: str, health: str, *, busy: int = 0, slots: int = 10, tasks: int = 0) -> dict:
-    return {"id": wid, "labels": {"gpu": "true"} if wid.startswith("gpu") else {},
-            "health_status": health, "busy": busy, "max_active_runs": slots,
-            "running_tasks": [{}] * tasks}  # fmt: skip
+def make_worker(wid: str, *, age: float | None, slots: int = 10, **labels: str) -> Worker:
+    beat = None if age is None else NOW - timedelta(seconds=age)
+    worker = Worker.objects.create(id=wid, labels=labels, registered_at=NOW,
+                                   last_heartbeat_at=beat, max_active_runs=slots)  # fmt: skip
+    for key, value in labels.items():
+        worker.label_rows.create(key=key, value=value)
+    return worker
 
 
+def running_on(wid: str, n: int) -> None:
+    for i in range(n):
+        DagRun.objects.create(id=f"{wid}-{i}", dag_name="d", spec="", queued_at=NOW,
+                              execution_mode="distributed", status="running",
+                              worker_id=wid)  # fmt: skip
+
+
+@pytest.mark.django_db
 def test_overview_counts_slots_of_workers_that_are_not_offline():
-    rows = [
-        summary("gpu-1", "HEALTHY", busy=3, slots=4, tasks=3),
-        summary("cpu-1", "WARNING", busy=1, slots=4, tasks=1),
-        summary("cpu-2", "OFFLINE", busy=0, slots=8),
-    ]
-    assert workers_overview(rows) == {
+    make_worker("gpu-1", age=1, slots=4, gpu="true")
+    make_worker("cpu-1", age=20, slots=4)
+    make_worker("cpu-2", age=None, slots=8)
+    running_on("gpu-1", 3)
+    running_on("cpu-1", 1)
+    assert fleet_overview(now=NOW, timing=TimingConfig()) == {
         "workers": 3,
         "healthy": 1,
         "busy": 4,
@@ -54,15 +68,41 @@ def test_overview_counts_slots_of_workers_that_are_not_offline():
         "active_tasks": 4,
         "utilisation": 50,
     }
-    assert workers_overview([])["utilisation"] == 0
+    Worker.objects.all().delete()
+    assert fleet_overview(now=NOW, timing=TimingConfig())["utilisation"] == 0
 
 
+@pytest.mark.django_db
 def test_search_matches_id_or_label_pair_case_insensitively():
-    worker = summary("gpu-1@host", "HEALTHY")
-    assert worker_matches_search(worker, query="")
-    assert worker_matches_search(worker, query="GPU-1")
-    assert worker_matches_search(worker, query="gpu=tr")
-    assert not worker_matches_search(worker, query="region=")
+    make_worker("gpu-1@host", age=1, gpu="true")
+    make_worker("cpu-1@host", age=1, region="eu-west-1")
+
+    def found(query: str) -> list[str]:
+        return list(filtered_workers(now=NOW, timing=TimingConfig(), query=query)
+                    .values_list("id", flat=True))  # fmt: skip
+
+    assert found("") == ["cpu-1@host", "gpu-1@host"]
+    assert found("GPU-1") == ["gpu-1@host"]
+    assert found("gpu=tr") == ["gpu-1@host"]
+    assert found("U=TRUE") == ["gpu-1@host"]
+    assert found("west") == ["cpu-1@host"]
+    assert found("region=us") == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("age", "state"),
+    [(0, "HEALTHY"), (4.9, "HEALTHY"), (5, "WARNING"), (14.9, "WARNING"), (15, "UNHEALTHY"),
+     (30, "UNHEALTHY"), (30.1, "OFFLINE"), (None, "OFFLINE")],
+)  # fmt: skip
+def test_health_filter_in_the_database_agrees_with_health_status(age, state):
+    timing = TimingConfig(health_warning_after=5, health_unhealthy_after=15,
+                          health_offline_after=30)  # fmt: skip
+    worker = make_worker("w", age=age)
+    assert health_status(worker.last_heartbeat_at, now=NOW, timing=timing) == state
+    for other in HEALTH_STATES:
+        ids = list(filtered_workers(now=NOW, timing=timing, health=other))
+        assert ids == ([worker] if other == state else []), other
 
 
 # ---- pages
@@ -84,8 +124,9 @@ def run(settings, tmp_path: Path) -> DagRun:
         settings.DAGU, paths=dataclasses.replace(settings.DAGU.paths, log_dir=tmp_path)
     )
     now = datetime.now(UTC)
-    Worker.objects.create(id="gpu-1@7", labels={"gpu": "true"}, registered_at=now,
-                          last_heartbeat_at=now, host="gpu-host")  # fmt: skip
+    worker = Worker.objects.create(id="gpu-1@7", labels={"gpu": "true"}, registered_at=now,
+                                   last_heartbeat_at=now, host="gpu-host")  # fmt: skip
+    worker.label_rows.create(key="gpu", value="true")
     parent = DagRun.objects.create(id="parent1", dag_name="pipeline", spec="", queued_at=now,
                                    execution_mode="local", status="running")  # fmt: skip
     child = DagRun.objects.create(
@@ -160,7 +201,7 @@ def test_workers_page_renders_rows_cards_and_tasks(staff_client: Client, run: Da
 def test_workers_page_search_without_javascript(staff_client: Client, run: DagRun):
     assert "gpu-1@7" in staff_client.get("/workers/?q=gpu=true").content.decode()
     html = staff_client.get("/workers/?q=region=eu").content.decode()
-    assert "gpu-1@7" not in html and "No workers match the search" in html
+    assert "gpu-1@7" not in html and "No workers match the filter" in html
 
 
 @pytest.mark.django_db
@@ -198,3 +239,61 @@ def test_run_page_of_a_parent_links_its_children(staff_client: Client, run: DagR
 @pytest.mark.django_db
 def test_unknown_run_page_is_a_404(staff_client: Client):
     assert staff_client.get("/runs/nope/").status_code == 404
+
+
+# ---- Workers page: health filter, pages, Drain/Undrain
+
+
+@pytest.mark.django_db
+def test_workers_page_filters_by_health_and_pages_the_rows(staff_client: Client, settings):
+    now = datetime.now(UTC)
+    Worker.objects.bulk_create(
+        Worker(id=f"w{i:03d}", registered_at=now,
+               last_heartbeat_at=now if i % 2 else now - timedelta(days=1))
+        for i in range(120)
+    )  # fmt: skip
+    first = staff_client.get("/workers/?health=offline").content.decode()
+    assert "w000" in first and "w001" not in first
+    assert "workers 1-50 of 60" in first
+    last = staff_client.get("/workers/?health=offline&page=2").content.decode()
+    assert "w118" in last and "w000" not in last
+    # An unknown state is ignored rather than an error: the page shows everyone.
+    assert "workers 1-50 of 120" in staff_client.get("/workers/?health=nope").content.decode()
+    # The script's live refresh gets only the changing part.
+    fragment = staff_client.get("/workers/?health=healthy&fragment=1").content.decode()
+    assert "<html" not in fragment and "w001" in fragment and "w000" not in fragment
+
+
+@pytest.mark.django_db
+def test_drain_and_undrain_buttons_change_the_row_and_come_back(staff_client: Client):
+    make_worker("gpu-1@7", age=0)
+    html = staff_client.get("/workers/?q=gpu").content.decode()
+    assert 'action="/workers/gpu-1@7/drain"' in html
+    response = staff_client.post("/workers/gpu-1@7/drain", {"next": "/workers/?q=gpu"})
+    assert (response.status_code, response["Location"]) == (302, "/workers/?q=gpu")
+    assert Worker.objects.get(pk="gpu-1@7").draining
+    assert 'action="/workers/gpu-1@7/undrain"' in staff_client.get("/workers/").content.decode()
+    # `next` never sends the browser off the site.
+    response = staff_client.post("/workers/gpu-1@7/undrain", {"next": "https://evil.example/"})
+    assert response["Location"] == "/workers/"
+    assert not Worker.objects.get(pk="gpu-1@7").draining
+
+
+@pytest.mark.django_db
+def test_drain_needs_a_post_a_known_worker_and_the_permission(staff_client: Client, monkeypatch):
+    make_worker("gpu-1@7", age=0)
+    assert staff_client.get("/workers/gpu-1@7/drain").status_code == 405
+    assert staff_client.post("/workers/nobody/drain").status_code == 404
+    # The one permission check: with it denied, no button and no drain.
+    monkeypatch.setattr("controlplane.pages.can_drain_workers", lambda user: False)
+    assert "/drain" not in staff_client.get("/workers/").content.decode()
+    assert staff_client.post("/workers/gpu-1@7/drain").status_code == 403
+    assert not Worker.objects.get(pk="gpu-1@7").draining
+
+
+@pytest.mark.django_db
+def test_non_staff_cannot_drain(client: Client):
+    make_worker("gpu-1@7", age=0)
+    client.force_login(get_user_model().objects.create_user("viewer"))
+    assert client.post("/workers/gpu-1@7/drain").status_code == 302
+    assert not Worker.objects.get(pk="gpu-1@7").draining

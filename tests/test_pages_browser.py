@@ -18,9 +18,8 @@ from controlplane.core.spec import parse_dag_file
 from dags.models import DagRun, StepRun
 from dags.reports import step_log_path
 from dags.runs import create_run
+from tests.browser import CHROMIUM, PASSWORD, USER, logged_in_tab
 from workers.models import Worker, WorkerLabel
-
-CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = [
     pytest.mark.browser,
@@ -47,33 +46,14 @@ def site(settings, tmp_path: Path, monkeypatch, live_server) -> str:
     # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
     # between browser steps are still plain synchronous code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    get_user_model().objects.create_user("ops", password="ops-password-1", is_staff=True)
+    get_user_model().objects.create_user(USER, password=PASSWORD, is_staff=True)
     return live_server.url
 
 
 @pytest.fixture
 def page(site: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 900})
-            tab = context.new_page()
-            tab.set_default_timeout(WAIT_MS)
-            tab.on("pageerror", lambda exc: errors.append(str(exc)))
-            tab.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
-            tab.goto(f"{site}/workers/")
-            # Not logged in yet: the admin login form, then back to the page asked for.
-            tab.fill("#id_username", "ops")
-            tab.fill("#id_password", "ops-password-1")
-            tab.click("input[type=submit]")
-            tab.wait_for_url(f"{site}/workers/")
-            yield tab
-        finally:
-            browser.close()
-    assert errors == [], f"browser errors: {errors}"
+    with logged_in_tab(site, timeout_ms=WAIT_MS) as tab:
+        yield tab
 
 
 def make_worker(wid: str, *, age: float, labels: dict[str, str], **fields) -> Worker:
@@ -199,3 +179,50 @@ def test_run_page_follows_the_run_and_its_buttons_work(site, page, tmp_path):
                        now=datetime.now(UTC), default_mode="distributed")  # fmt: skip
     tab.wait_for_selector(f'#run-rows tr[data-run-id="{later.id}"][data-status="queued"]')
     tab.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
+
+
+def test_run_page_follows_the_running_steps_log_by_offsets_bounded(site, page, tmp_path):
+    tab = page
+    run = create_run(parse_dag_file(SPEC, source="hello.yaml", default_name="hello"),
+                     now=datetime.now(UTC), default_mode="local")  # fmt: skip
+    now = datetime.now(UTC)
+    log = tmp_path / "logs" / step_log_path(run.id, 1, "greet")
+    log.parent.mkdir(parents=True)
+    log.write_text("line 0\n")
+    DagRun.objects.filter(pk=run.id).update(status="running", started_at=now, attempt=1)
+    StepRun.objects.filter(run=run, name="greet").update(
+        status="running", started_at=now, attempt=1, log_path=step_log_path(run.id, 1, "greet")
+    )
+    tab.goto(f"{site}/runs/{run.id}/")
+    pre = "document.querySelector('#logs details[data-step=\"greet\"] pre')"
+    assert tab.is_checked("#log-follow")
+    assert tab.get_attribute('#logs details[data-step="greet"]', "open") is not None
+
+    # Lines appended to the file appear after the ones already shown, in order.
+    with open(log, "a") as fh:
+        fh.write("line 1\nline 2\n")
+    tab.wait_for_function(f"{pre}.textContent === 'line 0\\nline 1\\nline 2\\n'")
+
+    # A burst far past the bound: the page keeps only the last 64 KiB and says so.
+    with open(log, "a") as fh:
+        fh.writelines(f"burst {i:06d}\n" for i in range(20_000))  # 260 KB
+    tab.wait_for_function(f"{pre}.textContent.endsWith('burst 019999\\n')")
+    shown = tab.evaluate(f"{pre}.textContent")
+    assert len(shown) <= 64 * 1024 and shown.startswith("burst ")
+    assert tab.is_visible('#logs details[data-step="greet"] .trimmed')
+    # Follow mode keeps the newest line in view.
+    assert tab.evaluate(f"{pre}.scrollTop + {pre}.clientHeight >= {pre}.scrollHeight - 4")
+    tab.screenshot(path=str(tmp_path / "run-tail.png"), full_page=True)
+
+    # The run ends: the last bytes arrive, then the page stops asking.
+    with open(log, "a") as fh:
+        fh.write("done\n")
+    DagRun.objects.filter(pk=run.id).update(status="succeeded", finished_at=datetime.now(UTC))
+    StepRun.objects.filter(run=run).update(status="succeeded", exit_code=0)
+    tab.wait_for_function("document.getElementById('run-status').textContent === 'succeeded'")
+    tab.wait_for_function(f"{pre}.textContent.endsWith('done\\n')")
+    assert tab.is_hidden("#log-follow-label")
+    requests: list[str] = []
+    tab.on("request", lambda request: requests.append(request.url))
+    tab.wait_for_timeout(2500)
+    assert requests == []

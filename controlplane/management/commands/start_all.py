@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 from waitress.server import create_server
 
 from controlplane.cli import ConfigCommand
+from controlplane.core.clock import utcnow
 from controlplane.core.config import Config, ConfigError
 from controlplane.loops import run_loop
 from controlplane.service import (
@@ -53,9 +53,9 @@ class Command(ConfigCommand):
             problem = f"cannot listen on {address}: {exc.strerror}"
             raise ConfigError("web port", "--port", problem) from None
         running = start_coordinator(config, stop=stop)
-        scheduler = CronScheduler(config, now=datetime.now(UTC), on_queued=running.core.wake)
+        scheduler = CronScheduler(config, now=utcnow(), on_queued=running.core.wake)
         scheduler_thread = run_loop(
-            "scheduler", lambda: scheduler.tick(now=datetime.now(UTC)), stop=stop, interval=1.0
+            "scheduler", lambda: scheduler.tick(now=utcnow()), stop=stop, interval=1.0
         )
         web_thread = threading.Thread(target=web.run, name="web", daemon=True)
         web_thread.start()

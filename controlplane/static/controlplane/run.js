@@ -1,4 +1,5 @@
-/* Run page: refresh from /api/v2/dag-runs/<id> (+ /logs) every second until the run ends. */
+/* Run page: refresh from /api/v2/dag-runs/<id> (+ its logs' new bytes) every second until
+   the run ends. */
 "use strict";
 
 (() => {
@@ -57,31 +58,104 @@
     return [`, try ${step.try}; earlier tries:`, ...links];
   }
 
-  function renderLogs(steps) {
-    const container = document.getElementById("logs");
-    for (const step of steps) {
-      let details = container.querySelector(`details[data-step="${CSS.escape(step.name)}"]`);
-      if (!details) {
-        details = el("details", {class: "log", dataset: {step: step.name}},
-          el("summary", {}), el("pre", {}));
-        container.append(details);
-      }
-      details.querySelector("summary").replaceChildren(step.name, " ",
-        Pages.statusBadge(step.status), " ", el("span", {class: "sub"}, `attempt ${step.attempt}`,
-          ...triesLinks(step)));
-      const pre = details.querySelector("pre");
-      const text = step.log || "(no output yet)";
-      if (pre.textContent !== text) {
-        // Keep following the tail if the reader was at the bottom.
-        const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-        // Open a step's log when its first output arrives; later, the reader decides.
-        const wasEmpty = !pre.textContent || pre.textContent === "(no output yet)";
-        if (step.log && wasEmpty) details.open = true;
-        pre.textContent = text;
-        if (atBottom) pre.scrollTop = pre.scrollHeight;
-      }
-    }
+  // The log tail. Each step's log is read by byte offsets, so a poll moves only what is
+  // new; the server bounds each answer and the page keeps at most the last `keep`
+  // characters per step. Polling (and so the tail) stops when the run ends.
+  const logs = document.getElementById("logs");
+  const keep = Number(logs.dataset.keep);
+  const follow = document.getElementById("log-follow");
+  const tails = new Map();
+  let followed = null;
+  for (const details of logs.querySelectorAll("details[data-step]")) {
+    const text = details.querySelector("pre").textContent;
+    tails.set(details.dataset.step, {
+      key: details.dataset.key, end: Number(details.dataset.end), status: details.dataset.status,
+      text: text === "(no output yet)" ? "" : text,
+      trimmed: !details.querySelector(".trimmed").hidden});
   }
+
+  function logDetails(name) {
+    let details = logs.querySelector(`details[data-step="${CSS.escape(name)}"]`);
+    if (!details) {
+      const full = `${head.dataset.logsApi}?${new URLSearchParams({step: name})}`;
+      details = el("details", {class: "log", dataset: {step: name}}, el("summary", {}),
+        el("p", {class: "sub trimmed", hidden: true}, "Showing the last part of this log; ",
+          el("a", {href: full}, "the last MiB"), " is in the logs API."),
+        el("pre", {}));
+      logs.append(details);
+    }
+    return details;
+  }
+
+  // A new attempt or try writes a new file: its tail starts again from byte 0.
+  async function readTail(name) {
+    const url = (offset) => `${head.dataset.logsApi}?${new URLSearchParams({step: name, offset})}`;
+    let tail = tails.get(name) || {key: "", end: 0, text: "", trimmed: false};
+    let [entry] = (await Pages.api(url(tail.end))).steps;
+    const key = `${entry.attempt}/${entry.tries}`;
+    if (key !== tail.key) {
+      if (tail.end) [entry] = (await Pages.api(url(0))).steps;
+      tail = {key, end: 0, text: "", trimmed: false};
+    }
+    tail.trimmed ||= entry.start > tail.end;
+    let text = tail.text + entry.log;
+    if (text.length > keep) {
+      // Cut at a line break so the first line shown is whole.
+      const cut = text.indexOf("\n", text.length - keep);
+      text = text.slice(cut === -1 ? text.length - keep : cut + 1);
+      tail.trimmed = true;
+    }
+    Object.assign(tail, {text, end: entry.end, status: entry.status});
+    tails.set(name, tail);
+    return entry;
+  }
+
+  function renderTail(entry) {
+    const tail = tails.get(entry.name);
+    const details = logDetails(entry.name);
+    details.querySelector("summary").replaceChildren(entry.name, " ",
+      Pages.statusBadge(entry.status), " ", el("span", {class: "sub"}, `attempt ${entry.attempt}`,
+        ...triesLinks(entry)));
+    details.querySelector(".trimmed").hidden = !tail.trimmed;
+    const pre = details.querySelector("pre");
+    const text = tail.text || "(no output yet)";
+    if (pre.textContent === text) return;
+    // Keep following the tail if the reader was at the bottom.
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    // Open a step's log when its first output arrives; later, the reader decides.
+    const wasEmpty = !pre.textContent || pre.textContent === "(no output yet)";
+    if (tail.text && wasEmpty) details.open = true;
+    pre.textContent = text;
+    if (atBottom || (follow.checked && entry.name === followed)) pre.scrollTop = pre.scrollHeight;
+  }
+
+  // Follow mode: the log of the step that started last among the running ones is open and
+  // scrolled to its newest line.
+  function followRunning(steps) {
+    const running = steps.filter((s) => s.status === "running")
+      .sort((a, b) => (a.started_at || "").localeCompare(b.started_at || ""));
+    const name = running.length ? running[running.length - 1].name : null;
+    if (!follow.checked || !name) return;
+    const details = logDetails(name);
+    details.open = true;
+    const pre = details.querySelector("pre");
+    pre.scrollTop = pre.scrollHeight;
+    if (name !== followed) details.scrollIntoView({block: "nearest"});
+    followed = name;
+  }
+
+  async function refreshLogs(steps) {
+    // Only running steps and steps whose status changed since the last read (their last
+    // bytes) are read again; a finished run's logs are read once more, then never.
+    const stale = steps.filter((s) => {
+      const tail = tails.get(s.name);
+      return s.status === "running" || !tail || tail.status !== s.status;
+    });
+    const entries = await Promise.all(stale.map((s) => readTail(s.name)));
+    entries.forEach(renderTail);
+    followRunning(steps);
+  }
+  follow.addEventListener("change", () => { if (follow.checked) poller.now(); });
 
   function renderAttempts(attempts) {
     const rows = attempts.map((a) => el("tr", {},
@@ -116,16 +190,16 @@
     document.querySelector('#run-actions [data-action="cancel"]').hidden = terminal;
     document.querySelector('#run-actions [data-action="retry"]').hidden = !terminal;
     document.getElementById("live-status").hidden = terminal;
+    document.getElementById("log-follow-label").hidden = terminal;
   }
 
   async function refresh() {
-    const [run, logs] = await Promise.all([
-      Pages.api(head.dataset.api), Pages.api(head.dataset.logsApi)]);
+    const run = await Pages.api(head.dataset.api);
     renderFacts(run);
     // run_extras.js (placement, step graph) paints from the same fetch.
     document.dispatchEvent(new CustomEvent("run:refresh", {detail: run}));
     renderSteps(run.steps);
-    renderLogs(logs.steps);
+    await refreshLogs(run.steps);
     renderAttempts(run.attempts);
     renderDecisions(run.dispatch_decisions);
     if (run.children.length) {

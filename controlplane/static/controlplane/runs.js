@@ -1,4 +1,4 @@
-/* Runs page: re-render the recent runs from /api/v2/dag-runs every two seconds. */
+/* Runs page: re-render this page of runs from /api/v2/dag-runs every two seconds. */
 "use strict";
 
 (() => {
@@ -6,7 +6,7 @@
   const tbody = document.getElementById("run-rows");
   const filter = document.getElementById("status-filter");
   const runPage = tbody.dataset.runPage;
-  const query = new URLSearchParams({limit: filter.dataset.limit});
+  const query = new URLSearchParams({limit: filter.dataset.limit, offset: filter.dataset.offset});
   if (filter.dataset.status) query.set("status", filter.dataset.status);
 
   function time(iso) {

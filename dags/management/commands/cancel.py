@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.cli import ConfigCommand
+from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
 from dags.progress import EXIT_INVALID
 from dags.runs import RunError, request_cancel
@@ -22,7 +22,7 @@ class Command(ConfigCommand):
 
     def handle_config(self, config: Config, **options: Any) -> None:
         try:
-            run = request_cancel(options["run_id"], now=datetime.now(UTC))
+            run = request_cancel(options["run_id"], now=utcnow())
         except RunError as exc:
             self.stderr.write(f"error: {exc}")
             sys.exit(EXIT_INVALID)

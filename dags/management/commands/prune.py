@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from controlplane.cli import ConfigCommand
+from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
 from dags.progress import EXIT_INVALID
 from dags.retention import DurationError, parse_duration, prune_runs
@@ -31,6 +31,6 @@ class Command(ConfigCommand):
             self.stderr.write(f"error: --older-than: {exc}")
             sys.exit(EXIT_INVALID)
         deleted = prune_runs(
-            older_than=older_than, now=datetime.now(UTC), log_dir=Path(config.paths.log_dir)
+            older_than=older_than, now=utcnow(), log_dir=Path(config.paths.log_dir)
         )
         self.stdout.write(f"pruned {deleted} run(s)")

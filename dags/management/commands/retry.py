@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.cli import ConfigCommand
+from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
 from dags.management.commands.start import run_and_report
 from dags.progress import EXIT_INVALID
@@ -25,7 +25,7 @@ class Command(ConfigCommand):
 
     def handle_config(self, config: Config, **options: Any) -> None:
         try:
-            run = retry_run(options["run_id"], now=datetime.now(UTC))
+            run = retry_run(options["run_id"], now=utcnow())
         except RunError as exc:
             self.stderr.write(f"error: {exc}")
             sys.exit(EXIT_INVALID)

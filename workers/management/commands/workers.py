@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.cli import ConfigCommand
+from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
 from controlplane.core.labels import LabelError, format_labels, parse_label_string
 from workers.presence import set_draining
@@ -38,7 +38,7 @@ class Command(ConfigCommand):
         except LabelError as exc:
             self.stderr.write(f"error: --selector: {exc}")
             sys.exit(2)
-        rows = worker_summaries(now=datetime.now(UTC), timing=config.timing, selector=selector)
+        rows = worker_summaries(now=utcnow(), timing=config.timing, selector=selector)
         if options["json"]:
             self.stdout.write(json.dumps({"workers": rows}, indent=2))
             return
