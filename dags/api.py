@@ -532,12 +532,12 @@ class DagRunLogsView(APIView):
             OpenApiParameter("step", OpenApiTypes.STR, description="only this step"),
             OpenApiParameter(
                 "try",
-                OpenApiTypes.INT,
+                {"type": "integer", "minimum": 1, "maximum": 1000},
                 description="with step: an earlier try (1 = first) of a retried step",
             ),
             OpenApiParameter(
                 "offset",
-                OpenApiTypes.INT,
+                {"type": "integer", "minimum": 0, "maximum": 10**15 - 1},
                 description="with step: follow the log from this byte (the last `end`); "
                 "returns at most the last 64 KiB",
             ),
