@@ -93,6 +93,10 @@ class RunOutcome:
     status: str  # a terminal RunStatus value
     error: str = ""
     outputs: Mapping[str, str] = field(default_factory=dict)
+    # What the steps that never started become ("" when every step was reported one by one).
+    # An aborted run does not report its unstarted steps singly: cancelling a 30,000-step
+    # run is then one report and one UPDATE, not 30,000 of each.
+    unstarted_status: str = ""
 
 
 class Reporter(Protocol):
@@ -341,11 +345,14 @@ class _Run:
 
     def _finish_unstarted(self, step: Step) -> None:
         if self.abort.is_set():
-            status, reason = StepStatus.CANCELLED, self.abort_reason
-        else:
-            # Only reachable with dependencies that can never finish (unknown or cyclic),
-            # which the parser rejects; still, every step gets a final state.
-            status, reason = StepStatus.SKIPPED, "dependencies can never be satisfied"
+            # Not reported: the outcome's `unstarted_status` covers every such step at once.
+            with self.lock:
+                self.statuses[step.name] = StepStatus.CANCELLED
+                self.results[step.name] = _StepResult(StepStatus.CANCELLED, error=self.abort_reason)
+            return
+        # Only reachable with dependencies that can never finish (unknown or cyclic),
+        # which the parser rejects; still, every step gets a final state.
+        status, reason = StepStatus.SKIPPED, "dependencies can never be satisfied"
         with self.lock:
             self.statuses[step.name] = status
             self.results[step.name] = _StepResult(status, error=reason)
@@ -356,7 +363,9 @@ class _Run:
     def _outcome(self) -> RunOutcome:
         outputs = dict(self.outputs)
         if self.abort.is_set():
-            return RunOutcome(self.abort_status, self.abort_reason, outputs)
+            return RunOutcome(
+                self.abort_status, self.abort_reason, outputs, unstarted_status=StepStatus.CANCELLED
+            )
         failures = [
             (s.name, self.results[s.name])
             for s in self.dag.steps
