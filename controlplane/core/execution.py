@@ -46,6 +46,7 @@ from controlplane.core.spec import (
     KIND_COMMAND,
     KIND_DAG,
     KIND_PARALLEL,
+    VAR_REF,
     Dag,
     Parallel,
     Step,
@@ -66,8 +67,6 @@ POLL_SEC = 0.05  # how often waits look at cancel and deadlines
 # After a step's process exits, how long its readers may keep draining the pipes. A
 # background grandchild can hold them open forever; its output after this is dropped.
 READER_LINGER_SEC = 1.0
-
-_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ class ChildLauncher(Protocol):
 
 def expand_vars(text: str, env: Mapping[str, str]) -> str:
     """Expand `$VAR` and `${VAR}` against `env`; unknown names become "" as in the shell."""
-    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), text)
+    return VAR_REF.sub(lambda m: env.get(m.group(1) or m.group(2), ""), text)
 
 
 def execute_run(
