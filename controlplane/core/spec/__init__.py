@@ -60,6 +60,7 @@ from controlplane.core.spec.model import (
     Step,
     dag_name_problem,
     default_dag_name,
+    expand_vars,
 )
 from controlplane.core.spec.params import parse_params_string, resolve_params
 from controlplane.core.spec.parse import load_dag_file, parse_dag_file, parse_stored_dag_file
@@ -78,6 +79,7 @@ __all__ = [
     "Step",
     "dag_name_problem",
     "default_dag_name",
+    "expand_vars",
     "find_in_dags_dir",
     "load_dag_file",
     "parse_dag_file",

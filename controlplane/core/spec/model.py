@@ -156,3 +156,8 @@ def default_dag_name(source: str) -> str:
 def join_path(base: str, key: str) -> str:
     """The YAML path of `key` under `base` ("" is the document itself)."""
     return f"{base}.{key}" if base else key
+
+
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """Expand `$VAR` and `${VAR}` against `env`; unknown names become "" as in the shell."""
+    return VAR_REF.sub(lambda m: env.get(m.group(1) or m.group(2), ""), text)
