@@ -240,7 +240,7 @@ def _execute_attempt(
         dag_file = parse_stored_dag_file(run.spec, source=run.source)
     except DagSpecError as exc:
         outcome = RunOutcome(status=RunStatus.FAILED, error=f"invalid DAG: {exc}")
-        finish(reporter, outcome)
+        reporter.run_finished(outcome, at=utcnow())
         return outcome
     dag = dag_file.get(run.dag_name) or dag_file.main
     done = threading.Event()
@@ -271,14 +271,8 @@ def _execute_attempt(
         outcome = RunOutcome(status=RunStatus.FAILED, error=f"executor error: {exc}")
     finally:
         done.set()
-    finish(reporter, outcome)
+    reporter.run_finished(outcome, at=utcnow())
     return outcome
-
-
-def finish(reporter: EventReporter, outcome: RunOutcome) -> None:
-    reporter.run_finished(
-        status=outcome.status, error=outcome.error, outputs=outcome.outputs, at=utcnow()
-    )
 
 
 def _watch_cancel(run_id: str, cancel: threading.Event, done: threading.Event) -> None:

@@ -38,6 +38,9 @@ _ATTEMPT_END = {
     RunStatus.CANCELLED: AttemptStatus.CANCELLED,
 }
 
+# What steps never reported finished may become at the run's end.
+_LEFTOVER_STATES = frozenset({StepStatus.CANCELLED, StepStatus.SKIPPED, StepStatus.FAILED})
+
 
 @dataclass
 class ApplyResult:
@@ -172,10 +175,17 @@ def _finish_run(event: Event, *, attempt: Attempt, run: DagRun, result: ApplyRes
     )
     if not ended:
         return
-    leftover = StepStatus.CANCELLED if status == RunStatus.CANCELLED else StepStatus.SKIPPED
+    # Steps never reported finished, in one UPDATE whatever their number. The engine names
+    # their state (cancelled after a cancel or a DAG timeout, where the run itself failed);
+    # a report without it (a crash, a worker before the field) keeps the old rule.
+    leftover = event.unstarted_status or (
+        StepStatus.CANCELLED if status == RunStatus.CANCELLED else StepStatus.SKIPPED
+    )
+    if leftover not in _LEFTOVER_STATES:  # a worker cannot leave steps running forever
+        leftover = StepStatus.CANCELLED
     StepRun.objects.filter(run=run).filter(
         Q(status=StepStatus.PENDING) | Q(status=StepStatus.RUNNING)
-    ).update(status=leftover, finished_at=event.at)
+    ).update(status=leftover, finished_at=event.at, error=event.error[:10000])
     result.finished_runs.append(run.id)
     logger.info("run %s %s (attempt %d)", run.id, status, attempt.number)
 

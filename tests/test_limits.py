@@ -13,6 +13,7 @@ import pytest
 import yaml
 from django.contrib.auth import get_user_model
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -20,7 +21,14 @@ from controlplane.coordinator import Coordinator
 from controlplane.core import registry
 from controlplane.core.agent import OUTBOX_DROP_MARKER, Outbox
 from controlplane.core.config import ConfigError, PeerConfig, TimingConfig, resolve
-from controlplane.core.events import STEP_FINISHED, STEP_LOG, EventReporter, truncation_marker
+from controlplane.core.events import (
+    STEP_FINISHED,
+    STEP_LOG,
+    STEP_STARTED,
+    EventReporter,
+    truncation_marker,
+)
+from controlplane.core.execution import RunContext, execute_run
 from controlplane.core.labels import (
     MAX_LABEL_KEY_NAME,
     MAX_LABEL_VALUE,
@@ -31,11 +39,11 @@ from controlplane.core.labels import (
 )
 from controlplane.core.rpc.v1 import coordinator_pb2 as pb
 from controlplane.core.rpc.v1 import coordinator_pb2_grpc
-from controlplane.core.spec import parse_dag_file
+from controlplane.core.spec import Dag, DagFile, Step, parse_dag_file
 from controlplane.rpc.server import build_server
 from dags import reports
 from dags.local import execute_attempt
-from dags.models import DagRun
+from dags.models import Attempt, DagRun
 from dags.reports import read_step_log
 from dags.runs import create_run, start_attempt
 from tests.test_registry import valid_worker_json
@@ -283,3 +291,64 @@ def test_api_bodies_over_the_limit_get_a_json_413(settings):
     assert response.status_code == 413
     assert response["Content-Type"] == "application/json"
     assert response.json()["detail"].endswith("the limit is 1000 bytes")
+
+
+# --------------------------------------------------------------------------- large runs
+
+
+def report_run(run: DagRun, attempt: Attempt, dag: Dag, *, cancel_once_started: bool) -> list:
+    """What an executor reports for `run`, cancelled when a step starts if asked to."""
+    events: list = []
+    cancel = threading.Event()
+
+    def sink(event) -> None:
+        events.append(event)
+        if cancel_once_started and event.kind == STEP_STARTED:
+            cancel.set()
+
+    reporter = EventReporter(sink, run_id=run.id, token=attempt.token)
+    reporter.attempt_started(at=T0)
+    context = RunContext(run.id, run.id, "", "local", {})
+    outcome = execute_run(dag, context=context, reporter=reporter, launcher=None, cancel=cancel)
+    reporter.run_finished(outcome, at=T0)
+    return events
+
+
+def start_run(dag: Dag) -> tuple[DagRun, Attempt]:
+    run = create_run(DagFile(source="x.yaml", text="", dags=(dag,)), now=T0, default_mode="local")
+    attempt = start_attempt(run, now=T0, mode="local", worker_id="local")
+    assert attempt is not None
+    return run, attempt
+
+
+@pytest.mark.django_db
+def test_cancelling_a_30000_step_run_writes_the_unstarted_steps_in_one_statement(
+    tmp_path: Path,
+):
+    first = Step(name="s0", command="sleep 300")
+    dag = Dag(
+        name="big", steps=(first, *(Step(name=f"s{i}", command="true") for i in range(1, 30000)))
+    )
+    run, attempt = start_run(dag)
+    events = report_run(run, attempt, dag, cancel_once_started=True)
+    assert len(events) < 10  # not one report per unstarted step
+    with CaptureQueriesContext(connection) as queries:
+        reports.apply_events(events, log_dir=tmp_path)
+    step_updates = [q for q in queries if q["sql"].startswith('UPDATE "dags_steprun"')]
+    assert len(step_updates) == 3  # s0 started, s0 finished, then every other step at once
+    run.refresh_from_db()
+    assert run.status == "cancelled"
+    assert run.steps.filter(status="cancelled", error="cancelled").count() == 30000
+
+
+@pytest.mark.django_db
+def test_a_dag_timeout_fails_the_run_and_cancels_its_unstarted_steps(tmp_path: Path):
+    dag = Dag(
+        name="t", timeout_sec=0.5, steps=(Step("a", command="sleep 300"), Step("b", command="true"))
+    )
+    run, attempt = start_run(dag)
+    reports.apply_events(report_run(run, attempt, dag, cancel_once_started=False), log_dir=tmp_path)
+    run.refresh_from_db()
+    assert (run.status, run.error) == ("failed", "DAG timed out after 0.5 s")
+    b = run.steps.get(name="b")
+    assert (b.status, b.error) == ("cancelled", "DAG timed out after 0.5 s")

@@ -1,4 +1,4 @@
-"""DAG file parsing and validation (controlplane/core/spec.py). Pure: no database."""
+"""DAG file parsing and validation (controlplane/core/spec/). Pure: no database."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from controlplane.core.events import EventReporter
+from controlplane.core.execution import RunOutcome
 from controlplane.core.rpc.events import event_from_pb, event_to_pb
 from controlplane.core.spec import parse_dag_file
 from dags.models import DagRun
@@ -56,7 +57,7 @@ def retried_run(log_dir: Path, *, over_the_wire: bool = False) -> DagRun:
             reporter.step_finished(
                 "flaky", status=status, exit_code=0, at=T0, output=None, error=""
             )
-    reporter.run_finished(status="succeeded", error="", outputs={}, at=T0)
+    reporter.run_finished(RunOutcome(status="succeeded"), at=T0)
     apply_events(events, log_dir=log_dir)
     run.refresh_from_db()
     return run

@@ -373,9 +373,7 @@ class WorkerAgent:
         except Exception as exc:  # a run must always end with a report
             logger.exception("run %s crashed", task.dag_run_id)
             outcome = RunOutcome(status="failed", error=f"worker error: {exc}")
-        reporter.run_finished(
-            status=outcome.status, error=outcome.error, outputs=outcome.outputs, at=utcnow()
-        )
+        reporter.run_finished(outcome, at=utcnow())
         with self._lock:
             self._runs.pop(task.attempt_token, None)
             self._slot_freed.notify_all()

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from controlplane.core.execution import RunOutcome
+
 ATTEMPT_STARTED = "attempt_started"
 STEP_STARTED = "step_started"
 STEP_LOG = "step_log"
@@ -44,6 +46,8 @@ class Event:
     output_value: str | None = None
     error: str = ""
     outputs: Mapping[str, str] = field(default_factory=dict)
+    # run_finished only: what the steps never reported finished become ("" = the old rule).
+    unstarted_status: str = ""
 
 
 class EventReporter:
@@ -125,7 +129,12 @@ class EventReporter:
             error=error,
         )
 
-    def run_finished(
-        self, *, status: str, error: str, outputs: Mapping[str, str], at: datetime
-    ) -> None:
-        self._emit(RUN_FINISHED, status=status, error=error, outputs=dict(outputs), at=at)
+    def run_finished(self, outcome: RunOutcome, *, at: datetime) -> None:
+        self._emit(
+            RUN_FINISHED,
+            status=outcome.status,
+            error=outcome.error,
+            outputs=dict(outcome.outputs),
+            at=at,
+            unstarted_status=outcome.unstarted_status,
+        )

@@ -1,11 +1,13 @@
-"""Run the steps of one DAG run: processes, sub-DAG calls, retries, timeouts, cancel.
+"""Schedule the steps of one DAG run: dependencies, retries, timeouts, cancel, sub-DAG calls.
+
+A command or script step's process is `controlplane.core.process`'s job.
 
 Used by the worker agent (reports go over gRPC) and by the main instance's local executor
 (reports go to the database), so nothing here imports Django. The outside world is reached
 only through a `Reporter` (step progress and logs) and a `ChildLauncher` (sub-DAG runs).
 
 Threads: `execute_run` schedules in the calling thread; every running step has a thread of
-its own, plus one reader thread per output stream. Reporter methods are called from all of
+its own (and its process two reader threads). Reporter methods are called from all of
 them. Run-wide cancel (the caller's `cancel` event or the DAG timeout) is turned into the
 internal `abort` event by the scheduler, and everything else watches `abort`.
 
@@ -28,11 +30,6 @@ import logging
 import os
 import queue
 import re
-import select
-import shlex
-import signal
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +39,7 @@ from datetime import datetime
 from typing import Protocol
 
 from controlplane.core.clock import utcnow
+from controlplane.core.process import POLL_SEC, TryStop, deadline_after, run_step_process
 from controlplane.core.spec import (
     KIND_COMMAND,
     KIND_DAG,
@@ -50,6 +48,7 @@ from controlplane.core.spec import (
     Parallel,
     Step,
     dag_name_problem,
+    expand_vars,
 )
 from controlplane.core.states import StepStatus
 
@@ -58,16 +57,6 @@ logger = logging.getLogger(__name__)
 
 # Statuses a `completed` entry may carry to be taken as finished on resume.
 _FINISHED_ON_RESUME = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
-
-READ_CHUNK = 64 * 1024
-OUTPUT_LIMIT = 1 << 20  # bytes of stdout kept for an `output:` variable
-KILL_GRACE_SEC = 2.0  # SIGTERM -> SIGKILL
-POLL_SEC = 0.05  # how often waits look at cancel and deadlines
-# After a step's process exits, how long its readers may keep draining the pipes. A
-# background grandchild can hold them open forever; its output after this is dropped.
-READER_LINGER_SEC = 1.0
-
-_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 @dataclass(frozen=True)
@@ -93,6 +82,10 @@ class RunOutcome:
     status: str  # a terminal RunStatus value
     error: str = ""
     outputs: Mapping[str, str] = field(default_factory=dict)
+    # What the steps that never started become ("" when every step was reported one by one).
+    # An aborted run does not report its unstarted steps singly: cancelling a 30,000-step
+    # run is then one report and one UPDATE, not 30,000 of each.
+    unstarted_status: str = ""
 
 
 class Reporter(Protocol):
@@ -135,11 +128,6 @@ class ChildLauncher(Protocol):
     def run_child(self, request: ChildRequest, *, cancel: threading.Event) -> ChildResult:
         """Block until the child run is terminal; when `cancel` is set, cancel it and return."""
         ...
-
-
-def expand_vars(text: str, env: Mapping[str, str]) -> str:
-    """Expand `$VAR` and `${VAR}` against `env`; unknown names become "" as in the shell."""
-    return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), text)
 
 
 def execute_run(
@@ -235,7 +223,7 @@ class _Run:
                 self.outputs[step.output] = outcome.output_value
 
     def execute(self) -> RunOutcome:
-        deadline = _deadline(self.dag.timeout_sec)
+        deadline = deadline_after(self.dag.timeout_sec)
         pending = [s for s in self.dag.steps if s.name not in self.statuses]
         running = 0
         logger.info(
@@ -341,11 +329,14 @@ class _Run:
 
     def _finish_unstarted(self, step: Step) -> None:
         if self.abort.is_set():
-            status, reason = StepStatus.CANCELLED, self.abort_reason
-        else:
-            # Only reachable with dependencies that can never finish (unknown or cyclic),
-            # which the parser rejects; still, every step gets a final state.
-            status, reason = StepStatus.SKIPPED, "dependencies can never be satisfied"
+            # Not reported: the outcome's `unstarted_status` covers every such step at once.
+            with self.lock:
+                self.statuses[step.name] = StepStatus.CANCELLED
+                self.results[step.name] = _StepResult(StepStatus.CANCELLED, error=self.abort_reason)
+            return
+        # Only reachable with dependencies that can never finish (unknown or cyclic),
+        # which the parser rejects; still, every step gets a final state.
+        status, reason = StepStatus.SKIPPED, "dependencies can never be satisfied"
         with self.lock:
             self.statuses[step.name] = status
             self.results[step.name] = _StepResult(status, error=reason)
@@ -356,7 +347,9 @@ class _Run:
     def _outcome(self) -> RunOutcome:
         outputs = dict(self.outputs)
         if self.abort.is_set():
-            return RunOutcome(self.abort_status, self.abort_reason, outputs)
+            return RunOutcome(
+                self.abort_status, self.abort_reason, outputs, unstarted_status=StepStatus.CANCELLED
+            )
         failures = [
             (s.name, self.results[s.name])
             for s in self.dag.steps
@@ -451,7 +444,7 @@ class _StepRunner:
                 return _StepResult(StepStatus.CANCELLED, error=run.abort_reason)
 
     def _try_once(self) -> _StepResult:
-        stop = _TryStop(self.run_state.abort, self.step.timeout_sec)
+        stop = TryStop(self.run_state.abort, self.step.timeout_sec)
         env = self.run_state.step_env(self.step)
         if self.step.kind == KIND_COMMAND:
             result = self._run_process(env, stop)
@@ -469,87 +462,20 @@ class _StepRunner:
 
     # ---- command / script
 
-    def _run_process(self, env: dict[str, str], stop: _TryStop) -> _StepResult:
-        cwd = None
-        if self.step.dir:
-            cwd = os.path.expanduser(expand_vars(self.step.dir, env))
-            if not os.path.isdir(cwd):
-                return _StepResult(
-                    StepStatus.FAILED, error=f'working directory "{cwd}" does not exist'
-                )
-        script_path = None
-        try:
-            if self.step.script is not None:
-                script_path = _write_script(self.step.script)
-                argv = _script_argv(self.step.script, script_path, interpreter=self.step.command)
-            else:
-                argv = ["/bin/sh", "-c", self.step.command or ""]
-            return self._spawn_and_wait(argv, env=env, cwd=cwd, stop=stop)
-        finally:
-            if script_path:
-                _remove_quietly(script_path)
-
-    def _spawn_and_wait(
-        self, argv: list[str], *, env: dict[str, str], cwd: str | None, stop: _TryStop
-    ) -> _StepResult:
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,  # own process group: kill reaches grandchildren
-            )
-        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
-            for fd in (out_r, err_r):
-                os.close(fd)
-            reason = getattr(exc, "strerror", None) or exc
-            return _StepResult(StepStatus.FAILED, error=f"cannot start {argv[0]}: {reason}")
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        captured = _Capture(OUTPUT_LIMIT) if self.step.output else None
-        readers = [
-            _PipeReader(out_r, self._log_sink("stdout", captured), name=f"{self.step.name}-out"),
-            _PipeReader(err_r, self._log_sink("stderr", None), name=f"{self.step.name}-err"),
-        ]
-        for reader in readers:
-            reader.start()
-        code = _wait_or_kill(proc, stop)
-        linger_until = time.monotonic() + READER_LINGER_SEC
-        for reader in readers:
-            reader.finish(until=linger_until)
-        if stop.event.is_set():
-            return _StepResult(
-                StepStatus.FAILED, error="stopped"
-            )  # caller turns this into its reason
-        output = captured.text() if captured else None
-        if code == 0:
-            return _StepResult(StepStatus.SUCCEEDED, 0, output)
-        if code < 0:
-            return _StepResult(
-                StepStatus.FAILED, code, output, f"killed by signal {_signal_name(-code)}"
-            )
-        return _StepResult(StepStatus.FAILED, code, output, f"exit status {code}")
-
-    def _log_sink(self, stream: str, captured: _Capture | None) -> Callable[[bytes], None]:
-        reporter = self.run_state.reporter
-        name = self.step.name
-
-        def sink(data: bytes) -> None:
-            if captured is not None:
-                captured.add(data)
-            reporter.step_log(name, stream, data)
-
-        return sink
+    def _run_process(self, env: dict[str, str], stop: TryStop) -> _StepResult:
+        reporter, name = self.run_state.reporter, self.step.name
+        end = run_step_process(
+            self.step, env, stop, lambda stream, data: reporter.step_log(name, stream, data)
+        )
+        if end.stopped:
+            return _StepResult(StepStatus.FAILED, error="stopped")  # the caller says why
+        if end.code == 0:
+            return _StepResult(StepStatus.SUCCEEDED, 0, end.output)
+        return _StepResult(StepStatus.FAILED, end.code, end.output, end.error)
 
     # ---- sub-DAG calls
 
-    def _run_children(self, env: dict[str, str], stop: _TryStop) -> _StepResult:
+    def _run_children(self, env: dict[str, str], stop: TryStop) -> _StepResult:
         launcher = self.run_state.launcher
         if launcher is None:
             return _StepResult(StepStatus.FAILED, error="sub-DAG steps need a coordinator")
@@ -574,9 +500,7 @@ class _StepRunner:
             done.set()
             watcher.join()
 
-    def _call_one(
-        self, launcher: ChildLauncher, env: dict[str, str], stop: _TryStop
-    ) -> _StepResult:
+    def _call_one(self, launcher: ChildLauncher, env: dict[str, str], stop: TryStop) -> _StepResult:
         params = {k: expand_vars(v, env) for k, v in self.step.params.items()}
         result = self._launch_child(launcher, params, item_index=None, stop=stop)
         output = json.dumps(dict(result.outputs)) if self.step.output else None
@@ -585,7 +509,7 @@ class _StepRunner:
         return _StepResult(StepStatus.FAILED, output=output, error=_child_error(result))
 
     def _call_parallel(
-        self, launcher: ChildLauncher, env: dict[str, str], stop: _TryStop
+        self, launcher: ChildLauncher, env: dict[str, str], stop: TryStop
     ) -> _StepResult:
         parallel = self.step.parallel
         if parallel is None or (parallel.items is None and parallel.variable is None):
@@ -617,7 +541,7 @@ class _StepRunner:
         params: dict[str, str],
         *,
         item_index: int | None,
-        stop: _TryStop,
+        stop: TryStop,
     ) -> ChildResult:
         request = ChildRequest(
             step=self.step.name,
@@ -638,31 +562,6 @@ class _StepRunner:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class _TryStop:
-    """Set when the run aborts or this try passes its deadline."""
-
-    def __init__(self, abort: threading.Event, timeout_sec: float | None) -> None:
-        self.abort = abort
-        self.deadline = _deadline(timeout_sec)
-        self.event = threading.Event()
-        self.timed_out = False
-
-    def poll(self) -> bool:
-        if self.event.is_set():
-            return True
-        if self.abort.is_set():
-            self.event.set()
-        elif self.deadline is not None and time.monotonic() >= self.deadline:
-            self.timed_out = True
-            self.event.set()
-        return self.event.is_set()
-
-    def watch(self, done: threading.Event) -> None:
-        while not done.wait(POLL_SEC):
-            if self.poll():
-                return
 
 
 class _SafeReporter:
@@ -701,156 +600,6 @@ class _SafeReporter:
             logger.exception("reporter failed on step_finished(%s)", step)
 
 
-class _Capture:
-    """The first `limit` bytes of a stream, for `output:`."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def add(self, data: bytes) -> None:
-        room = self.limit - self.size
-        if room > 0:
-            self.chunks.append(data[:room])
-            self.size += min(room, len(data))
-
-    def text(self) -> str:
-        return b"".join(self.chunks).decode("utf-8", errors="replace").rstrip("\r\n")
-
-
-class _PipeReader(threading.Thread):
-    """Forwards a pipe to `sink` chunk by chunk while the step runs; owns and closes `fd`."""
-
-    def __init__(self, fd: int, sink: Callable[[bytes], None], *, name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self.fd = fd
-        self.sink = sink
-        self.halt = threading.Event()
-        # poll, not select: a busy main instance can hold more than FD_SETSIZE descriptors.
-        self.poller = select.poll()
-        self.poller.register(fd, select.POLLIN)
-
-    def run(self) -> None:
-        try:
-            while not self.halt.is_set():
-                if not self._read_once(timeout_ms=100):
-                    return
-            # Take what is already buffered, but bounded: a chatty background process
-            # could otherwise keep this loop going forever.
-            for _ in range(16):
-                if not self._read_once(timeout_ms=0):
-                    break
-        finally:
-            os.close(self.fd)
-
-    def _read_once(self, *, timeout_ms: int) -> bool:
-        """False at end of file, or when nothing arrives within a zero timeout."""
-        if not self.poller.poll(timeout_ms):
-            return timeout_ms > 0
-        data = os.read(self.fd, READ_CHUNK)
-        if not data:
-            return False
-        self.sink(data)
-        return True
-
-    def finish(self, *, until: float) -> None:
-        """Wait for end of file until the monotonic time `until`, then stop reading."""
-        self.join(max(0.0, until - time.monotonic()))
-        if self.is_alive():
-            # A background process still holds the pipe: stop waiting for its end.
-            self.halt.set()
-            self.join()
-
-
-def _wait_or_kill(proc: subprocess.Popen[bytes], stop: _TryStop) -> int:
-    while True:
-        try:
-            return proc.wait(timeout=POLL_SEC)
-        except subprocess.TimeoutExpired:
-            pass
-        if stop.poll():
-            _kill_group(proc)
-            return proc.wait()
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the step's process group; SIGKILL whatever is left after the grace."""
-    pgid = proc.pid  # start_new_session made the step its own group leader
-    _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + KILL_GRACE_SEC
-    while time.monotonic() < deadline:
-        if proc.poll() is not None and not _group_alive(pgid):
-            return
-        time.sleep(POLL_SEC)
-    logger.info(
-        "process group %d still alive %.0f s after SIGTERM; sending SIGKILL", pgid, KILL_GRACE_SEC
-    )
-    _signal_group(pgid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (non-zombie) process is still in the group.
-
-    Uses /proc where there is one: an orphaned zombie that nobody reaps (PID 1 in some
-    containers does not) would otherwise keep the group "alive" for the whole grace.
-    """
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
-            return True
-    return False
-
-
-def _write_script(script: str) -> str:
-    fd, path = tempfile.mkstemp(prefix="dagu-step-", suffix=".script")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(script)
-    return path
-
-
-def _script_argv(script: str, path: str, *, interpreter: str | None) -> list[str]:
-    if interpreter:
-        return [*shlex.split(interpreter), path]
-    if script.startswith("#!"):
-        # Linux semantics: the interpreter plus at most one argument, the rest of the line.
-        parts = script[2:].splitlines()[0].strip().split(None, 1)
-        if parts:
-            return [*parts, path]
-    return ["/bin/sh", path]
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        logger.warning("could not remove step script %s", path)
-
-
 def _parallel_items(parallel: Parallel, env: Mapping[str, str]) -> list[object]:
     """`items`, or `variable` expanded and read as a JSON list, else as words."""
     if parallel.items is not None:
@@ -884,18 +633,7 @@ def _child_error(result: ChildResult) -> str:
     return f"{error}: {result.error}" if result.error else error
 
 
-def _deadline(timeout_sec: float | None) -> float | None:
-    return None if timeout_sec is None else time.monotonic() + timeout_sec
-
-
 def _seconds(value: float | None) -> str:
     if value is None:
         return "?"
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)

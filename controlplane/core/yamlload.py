@@ -17,6 +17,8 @@ written (`country: no` is the text "no" in a worker's config and in a DAG's sele
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
+from typing import Any
 
 import yaml
 
@@ -51,19 +53,20 @@ class _Loader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
+                # peek_event is untyped in types-PyYAML; the event is always there mid-node.
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise yaml.composer.ComposerError(
                     None, None, f"nested deeper than {MAX_DEPTH} levels", mark
                 )
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[tuple[str, str]] = set()
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
@@ -96,6 +99,8 @@ def load_all(text: str) -> list[object]:
     try:
         while loader.check_node():
             node = loader.get_node()
+            if node is None:  # check_node said there is one; the stubs cannot know that
+                break
             _check_expansion(node)
             document = loader.construct_document(node)
             if document is not None:

@@ -68,6 +68,7 @@ def event_from_pb(e: pb.RunEvent) -> Event:
             error=r.error,
             outputs=dict(r.outputs),
             at=from_ms(r.at_ms),
+            unstarted_status=r.unstarted_status,
             **base,
         )
     return Event(kind=kind or "", **base)
@@ -92,6 +93,12 @@ def event_to_pb(e: Event) -> pb.RunEvent:
         msg.step_finished.CopyFrom(f)
     elif e.kind == RUN_FINISHED:
         msg.run_finished.CopyFrom(
-            pb.RunFinished(status=e.status, error=e.error, outputs=dict(e.outputs), at_ms=ms(e.at))
+            pb.RunFinished(
+                status=e.status,
+                error=e.error,
+                outputs=dict(e.outputs),
+                at_ms=ms(e.at),
+                unstarted_status=e.unstarted_status,
+            )
         )
     return msg

@@ -161,7 +161,7 @@ class StepFinished(_message.Message):
     def __init__(self, step: _Optional[str] = ..., status: _Optional[str] = ..., exit_code: _Optional[int] = ..., at_ms: _Optional[int] = ..., output_value: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RunFinished(_message.Message):
-    __slots__ = ("status", "error", "outputs", "at_ms")
+    __slots__ = ("status", "error", "outputs", "at_ms", "unstarted_status")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -173,11 +173,13 @@ class RunFinished(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UNSTARTED_STATUS_FIELD_NUMBER: _ClassVar[int]
     status: str
     error: str
     outputs: _containers.ScalarMap[str, str]
     at_ms: int
-    def __init__(self, status: _Optional[str] = ..., error: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., at_ms: _Optional[int] = ...) -> None: ...
+    unstarted_status: str
+    def __init__(self, status: _Optional[str] = ..., error: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ..., at_ms: _Optional[int] = ..., unstarted_status: _Optional[str] = ...) -> None: ...
 
 class AttemptStarted(_message.Message):
     __slots__ = ("at_ms",)

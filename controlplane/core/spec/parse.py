@@ -1,194 +1,57 @@
-"""DAG YAML -> validated, immutable objects. No Django imports: the worker agent uses this.
+"""DAG YAML -> the objects of `spec.model`: each document, its DAG, steps and fields.
 
-INTERFACE CONTRACT (the executor, dispatch and commands rely on these names):
-- `DagFile`, `Dag`, `Step`, `RetryPolicy`, `Parallel` (frozen dataclasses)
-- `SpecProblem(path, message)`; `DagSpecError(problems)`
-- `parse_dag_file(text, *, source, default_name) -> DagFile` (raises DagSpecError)
-- `load_dag_file(path) -> DagFile` (raises DagSpecError; unreadable file is a problem too)
-- `resolve_params(dag, overrides) -> dict[str, str]`, `parse_params_string(text) -> dict`
-
-Problems are collected, not raised one by one: an operator fixing a file wants the whole list.
-Every problem names its YAML path:
-
-- Paths in the main (first) document have no prefix: `steps[0].command`.
-- Later documents are prefixed with their position among the file's non-empty documents,
-  which is also their index in `DagFile.dags`: `[1].steps[0].command`; a problem with the
-  document as a whole is reported at `[1]`.
-- The path uses the spelling found in the file (`steps[2].workerSelector`, `steps[0].run`).
-- A YAML syntax error, an unreadable file and a file without any DAG are one problem with an
-  empty path (the message carries line and column where there is one).
-- Dependency cycles are reported at `steps` of the DAG, with arrows following `depends`
-  (`a -> b` means a depends on b); call cycles between DAGs of one file at the calling step.
-
-Decisions the contract leaves open:
-- A step needs `command`, `script` or `call`/`run`. `command` next to `script` is the
-  interpreter the script is run with (as in Dagu), so that pair is allowed; `call` with
-  either is an error.
-- A step without `name` is named `step-N`, N its 1-based position in the DAG's `steps`
-  (`step-N-2`, ... when an explicit name already uses it); call steps too, so two calls of
-  one DAG never clash and a `call: ${VAR}` step has a stable name.
-- A DAG with a top-level `command:` and no `steps` is a one-step DAG (its step `step-1`);
-  with `steps` the command is ignored, with a warning in `DagFile.warnings`.
-- `params` and `env` names must be shell-style names (`[A-Za-z_][A-Za-z0-9_]*`): they become
-  environment variables of the steps. A name given twice in one list or string is an error.
-- Explicit DAG names and `call` targets are restricted to letters, digits, `_`, `-` and `.`,
-  because a call target doubles as a file name in the DAGs dir. Names from the file stem are
-  taken as they are; a call target containing `$` is resolved at run time and not checked.
-- YAML is read by `controlplane.core.yamlload`, as config files are: duplicate keys are an error,
-  only `true`/`false` are booleans (`on`, `yes`, `no` are text), alias bombs and recursive
-  aliases are refused with one line.
-- `parallel` items are strings, numbers, booleans or mappings; an empty literal list is an
-  error (it would launch nothing and "succeed").
+The rules every problem follows (paths, spelling, collecting rather than raising) are in
+the package docstring (`controlplane/core/spec/__init__.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import graphlib
 import math
 import os
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeGuard
 
 from croniter import croniter
 
 from controlplane.core.labels import LabelError, normalize_label_map
+from controlplane.core.spec.checks import (
+    Draft,
+    check_call_cycles,
+    check_call_targets,
+    check_cross_file_cycles,
+    check_dag_names,
+)
+from controlplane.core.spec.graph import find_cycles
+from controlplane.core.spec.model import (
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_REDISPATCH,
+    EMPTY,
+    KIND_COMMAND,
+    KIND_DAG,
+    KIND_PARALLEL,
+    NAME_RE,
+    VAR_REF,
+    Dag,
+    DagFile,
+    DagSpecError,
+    Parallel,
+    RetryPolicy,
+    SpecProblem,
+    Step,
+    bad_name_message,
+    dag_name_problem,
+    default_dag_name,
+    join_path,
+)
+from controlplane.core.spec.params import parse_params_string
 from controlplane.core.yamlload import YamlError, load_all
-
-__all__ = [
-    "KIND_COMMAND",
-    "KIND_DAG",
-    "KIND_PARALLEL",
-    "Dag",
-    "DagFile",
-    "DagSpecError",
-    "Parallel",
-    "RetryPolicy",
-    "SpecProblem",
-    "Step",
-    "load_dag_file",
-    "parse_dag_file",
-    "parse_params_string",
-    "resolve_params",
-]
-EMPTY: Mapping[str, str] = MappingProxyType({})
-
-# Step kinds. "command" covers command/script steps (the "shell" executor); "dag" is a
-# call of one child DAG; "parallel" calls one child per item.
-KIND_COMMAND = "command"
-KIND_DAG = "dag"
-KIND_PARALLEL = "parallel"
-
-
-@dataclass(frozen=True)
-class SpecProblem:
-    path: str  # YAML path, e.g. "steps[2].worker_selector"; "" for the document itself
-    message: str
-    # How to get what the author likely meant; shown as a line of its own after the problem.
-    hint: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-    def lines(self) -> list[str]:
-        """The problem, then its hint if it has one: each a line for an operator."""
-        if not self.hint:
-            return [str(self)]
-        return [str(self), str(SpecProblem(self.path, f"hint: {self.hint}"))]
-
-
-class DagSpecError(Exception):
-    def __init__(self, problems: list[SpecProblem]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
-
-    def lines(self) -> list[str]:
-        return [line for problem in self.problems for line in problem.lines()]
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    limit: int = 0
-    interval_sec: float = 0.0
-
-
-@dataclass(frozen=True)
-class Parallel:
-    # Exactly one of items / variable is set. Items are strings, numbers or mappings.
-    items: tuple[object, ...] | None = None
-    variable: str | None = None  # e.g. "${ITEMS}": expanded at run time, JSON list or words
-    max_concurrent: int = 10
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    kind: str = KIND_COMMAND
-    executor_type: str = "shell"  # the name used in messages ("shell", "dag", "parallel", ...)
-    command: str | None = None  # shell command line (a list form is joined with shlex.join)
-    script: str | None = None
-    depends: tuple[str, ...] = ()
-    dir: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    output: str | None = None
-    call: str | None = None  # child DAG name for kind dag/parallel
-    params: Mapping[str, str] = field(default_factory=dict)  # params passed to the child DAG
-    parallel: Parallel | None = None
-    worker_selector: Mapping[str, str] = field(
-        default_factory=dict
-    )  # step-level override for the child DAG
-    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
-    continue_on_failure: bool = False
-    timeout_sec: float | None = None
-
-
-@dataclass(frozen=True)
-class Dag:
-    name: str
-    steps: tuple[Step, ...]
-    description: str = ""
-    schedule: tuple[str, ...] = ()
-    params: Mapping[str, str] = field(default_factory=dict)  # defaults, in declaration order
-    env: Mapping[str, str] = field(default_factory=dict)
-    worker_selector: Mapping[str, str] = field(default_factory=dict)
-    force_local: bool = False  # worker_selector: local
-    on_worker_lost: str = "redispatch"  # or "fail"
-    max_redispatch: int = 3
-    timeout_sec: float | None = None
-    # True when any step has `depends`: steps form a graph; else they run in file order.
-    uses_graph: bool = False
-
-    def step(self, name: str) -> Step:
-        for s in self.steps:
-            if s.name == name:
-                return s
-        raise KeyError(name)
-
-
-@dataclass(frozen=True)
-class DagFile:
-    source: str  # path or a label such as "<api>"
-    text: str  # the whole file, stored with each run so children resolve from it
-    dags: tuple[Dag, ...]
-    # Things that are ignored rather than wrong; `message` starts with "warning: ".
-    warnings: tuple[SpecProblem, ...] = ()
-
-    @property
-    def main(self) -> Dag:
-        return self.dags[0]
-
-    def get(self, name: str) -> Dag | None:
-        for dag in self.dags:
-            if dag.name == name:
-                return dag
-        return None
-
 
 # ---- public functions
 
@@ -214,11 +77,13 @@ def parse_dag_file(
         )
         for i, raw in enumerate(documents)
     ]
-    _check_dag_names(drafts, problems)
-    _check_call_targets(drafts, dags_dir=dags_dir, problems=problems)
-    _check_call_cycles(drafts, problems)
+    check_dag_names(drafts, problems)
+    check_call_targets(drafts, dags_dir=dags_dir, problems=problems)
+    check_call_cycles(drafts, problems)
     if dags_dir is not None and not problems:
-        _check_cross_file_cycles(drafts, source=source, dags_dir=dags_dir, problems=problems)
+        check_cross_file_cycles(
+            drafts, source=source, dags_dir=dags_dir, load=load_dag_file, problems=problems
+        )
     if problems:
         raise DagSpecError(problems)
     return DagFile(
@@ -243,47 +108,7 @@ def load_dag_file(path: str | os.PathLike[str], *, dags_dir: Path | None = None)
     return parse_dag_file(text, source=str(path), default_name=path.stem, dags_dir=dags_dir)
 
 
-def parse_params_string(text: str) -> dict[str, str]:
-    """Parse `K=V K2='a b'` (shell quoting); raise ValueError naming the bad word.
-
-    Positional (`KEY`-less) parameters are not supported: every word must be NAME=VALUE.
-    """
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:
-        raise ValueError(f"cannot split {text!r}: {exc}") from None
-    params: dict[str, str] = {}
-    for word in words:
-        key, sep, value = word.partition("=")
-        if not sep:
-            raise ValueError(f'"{word}" is not NAME=VALUE')
-        if not _NAME_RE.fullmatch(key):
-            raise ValueError(_bad_name_message(key))
-        if key in params:
-            raise ValueError(f'parameter "{key}" is given twice')
-        params[key] = value
-    return params
-
-
-def resolve_params(dag: Dag, overrides: Mapping[str, str]) -> dict[str, str]:
-    """The DAG's defaults in declaration order, overridden by `overrides`.
-
-    Override keys the DAG does not declare are kept and come after the declared ones: a
-    parent passing an extra value to a child is not an error.
-    """
-    resolved = dict(dag.params)
-    for key, value in overrides.items():
-        resolved[key] = str(value)
-    return resolved
-
-
 # ---- YAML loading
-
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DAG_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-MAX_DAG_NAME_LENGTH = 200  # with ".yaml", well inside every filesystem's name limit
-# `$VAR` or `${VAR}`, as steps' commands and params expand them.
-VAR_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 def _load_documents(text: str, problems: list[SpecProblem]) -> list[object]:
@@ -340,20 +165,6 @@ _COMMAND_EXECUTORS = ("shell", "command")
 _DAG_EXECUTORS = ("dag", "subworkflow")
 _PARALLEL_EXECUTOR = "parallel"
 _SUBDAG_KINDS = (KIND_DAG, KIND_PARALLEL)
-DEFAULT_MAX_REDISPATCH = 3
-DEFAULT_MAX_CONCURRENT = 10
-
-
-@dataclass
-class _Draft:
-    """One parsed document plus what the cross-document checks need."""
-
-    index: int
-    prefix: str  # "" for the main DAG, "[i]" for later documents
-    dag: Dag
-    name_given: bool
-    # (path of the call key, target) for each sub-DAG step, in file order.
-    calls: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _parse_document(
@@ -363,9 +174,9 @@ def _parse_document(
     default_name: str,
     problems: list[SpecProblem],
     warnings: list[SpecProblem],
-) -> _Draft:
+) -> Draft:
     prefix = "" if index == 0 else f"[{index}]"
-    draft = _Draft(index=index, prefix=prefix, dag=Dag(name="", steps=()), name_given=False)
+    draft = Draft(index=index, prefix=prefix, dag=Dag(name="", steps=()), name_given=False)
     if not isinstance(raw, Mapping):
         problems.append(
             SpecProblem(prefix, f"a DAG must be a mapping of keys, got {_type_name(raw)}")
@@ -377,24 +188,26 @@ def _parse_document(
     raw_name = raw.get("name")
     if raw_name is not None:
         draft.name_given = True
-        name = _dag_name(raw_name, path=_at(prefix, "name"), problems=problems) or default_name
+        name = (
+            _dag_name(raw_name, path=join_path(prefix, "name"), problems=problems) or default_name
+        )
     elif index == 0 and not default_name:
-        problems.append(SpecProblem(_at(prefix, "name"), "name is required"))
+        problems.append(SpecProblem(join_path(prefix, "name"), "name is required"))
 
     selector_key, raw_selector = _pick_selector(raw, path=prefix, problems=problems)
     selector, force_local = _dag_selector(
-        raw_selector, path=_at(prefix, selector_key), problems=problems
+        raw_selector, path=join_path(prefix, selector_key), problems=problems
     )
     if "command" in raw and raw.get("steps") is not None:
         warnings.append(
-            SpecProblem(_at(prefix, "command"), "warning: ignored because steps are given")
+            SpecProblem(join_path(prefix, "command"), "warning: ignored because steps are given")
         )
         steps, calls, uses_graph = _parse_steps(raw["steps"], prefix=prefix, problems=problems)
     elif "command" in raw:
         # A one-step DAG: the command is its step, named as an unnamed first step would be.
-        command = _command(raw["command"], path=_at(prefix, "command"), problems=problems)
+        command = _command(raw["command"], path=join_path(prefix, "command"), problems=problems)
         if raw["command"] is None:
-            problems.append(SpecProblem(_at(prefix, "command"), "must not be empty"))
+            problems.append(SpecProblem(join_path(prefix, "command"), "must not be empty"))
         steps = (Step(name=_generated_step_name(1, set()), command=command),) if command else ()
         calls, uses_graph = [], False
     else:
@@ -404,26 +217,31 @@ def _parse_document(
         name=name,
         steps=steps,
         description=_optional_str(
-            raw.get("description"), path=_at(prefix, "description"), problems=problems
+            raw.get("description"), path=join_path(prefix, "description"), problems=problems
         )
         or "",
-        schedule=_schedule(raw.get("schedule"), path=_at(prefix, "schedule"), problems=problems),
+        schedule=_schedule(
+            raw.get("schedule"), path=join_path(prefix, "schedule"), problems=problems
+        ),
         params=_key_values(
-            raw.get("params"), path=_at(prefix, "params"), allow_string=True, problems=problems
+            raw.get("params"),
+            path=join_path(prefix, "params"),
+            allow_string=True,
+            problems=problems,
         ),
         env=_key_values(
-            raw.get("env"), path=_at(prefix, "env"), allow_string=False, problems=problems
+            raw.get("env"), path=join_path(prefix, "env"), allow_string=False, problems=problems
         ),
         worker_selector=selector,
         force_local=force_local,
         on_worker_lost=_on_worker_lost(
-            raw.get("on_worker_lost"), path=_at(prefix, "on_worker_lost"), problems=problems
+            raw.get("on_worker_lost"), path=join_path(prefix, "on_worker_lost"), problems=problems
         ),
         max_redispatch=_max_redispatch(
-            raw.get("max_redispatch"), path=_at(prefix, "max_redispatch"), problems=problems
+            raw.get("max_redispatch"), path=join_path(prefix, "max_redispatch"), problems=problems
         ),
         timeout_sec=_timeout(
-            raw.get("timeout_sec"), path=_at(prefix, "timeout_sec"), problems=problems
+            raw.get("timeout_sec"), path=join_path(prefix, "timeout_sec"), problems=problems
         ),
         uses_graph=uses_graph,
     )
@@ -439,17 +257,6 @@ def _dag_name(value: object, *, path: str, problems: list[SpecProblem]) -> str |
         problems.append(SpecProblem(path, problem))
         return None
     return value
-
-
-def dag_name_problem(name: str) -> str | None:
-    """Why `name` cannot name a DAG, or None. A call target doubles as a file name in the
-    DAGs dir, so these rules are what keeps a call inside it (checked again at run time
-    for targets written with variables)."""
-    if len(name) > MAX_DAG_NAME_LENGTH:
-        return f'invalid DAG name "{name[:40]}...": longer than {MAX_DAG_NAME_LENGTH} characters'
-    if not _DAG_NAME_RE.fullmatch(name) or name in (".", ".."):
-        return f'invalid DAG name "{name}": use letters, digits, "_", "-" and "."'
-    return None
 
 
 def _schedule(value: object, *, path: str, problems: list[SpecProblem]) -> tuple[str, ...]:
@@ -516,7 +323,7 @@ def _pick_selector(
     if "worker_selector" in raw and "workerSelector" in raw:
         problems.append(
             SpecProblem(
-                _at(path, "workerSelector"),
+                join_path(path, "workerSelector"),
                 "worker_selector and workerSelector are both set; use one",
             )
         )
@@ -584,7 +391,7 @@ def _parse_steps(
     value: object, *, prefix: str, problems: list[SpecProblem]
 ) -> tuple[tuple[Step, ...], list[tuple[str, str]], bool]:
     """Steps, their (call path, target) pairs, and whether the steps form a graph."""
-    path = _at(prefix, "steps")
+    path = join_path(prefix, "steps")
     if value is None:
         problems.append(SpecProblem(path, "is required: a DAG needs at least one step"))
         return (), [], False
@@ -656,26 +463,28 @@ def _parse_step(
     """One step, the path to blame for its name, and its (call path, target) if any."""
     _check_keys(raw, allowed=_STEP_KEYS, path=path, problems=problems)
 
-    command = _command(raw.get("command"), path=_at(path, "command"), problems=problems)
-    script = _optional_str(raw.get("script"), path=_at(path, "script"), problems=problems)
+    command = _command(raw.get("command"), path=join_path(path, "command"), problems=problems)
+    script = _optional_str(raw.get("script"), path=join_path(path, "script"), problems=problems)
     if script is not None and not script.strip():
-        problems.append(SpecProblem(_at(path, "script"), "must not be empty"))
+        problems.append(SpecProblem(join_path(path, "script"), "must not be empty"))
     for key in ("command", "script"):
         # `command:` with nothing after it is a half-written step, not "no command".
         if key in raw and raw[key] is None:
-            problems.append(SpecProblem(_at(path, key), "must not be empty"))
+            problems.append(SpecProblem(join_path(path, key), "must not be empty"))
 
     call_key = "call"
     if "call" in raw and "run" in raw:
-        problems.append(SpecProblem(_at(path, "run"), "call and run are both set; use one"))
+        problems.append(SpecProblem(join_path(path, "run"), "call and run are both set; use one"))
     elif "run" in raw:
         call_key = "run"
     call = None
     if call_key in raw:
-        call = _call_target(raw[call_key], path=_at(path, call_key), problems=problems)
-    call_path = _at(path, call_key)
+        call = _call_target(raw[call_key], path=join_path(path, call_key), problems=problems)
+    call_path = join_path(path, call_key)
 
-    executor, config = _executor(raw.get("executor"), path=_at(path, "executor"), problems=problems)
+    executor, config = _executor(
+        raw.get("executor"), path=join_path(path, "executor"), problems=problems
+    )
     has_parallel = raw.get("parallel") is not None
 
     # Decide what the step is. The executor name is what messages quote.
@@ -700,14 +509,14 @@ def _parse_step(
             if executor not in _COMMAND_EXECUTORS:
                 problems.append(
                     SpecProblem(
-                        _at(path, "executor"), f'executor type "{executor}" is not supported'
+                        join_path(path, "executor"), f'executor type "{executor}" is not supported'
                     )
                 )
 
     config_dag = config.get("dag") if config else None
     if kind in _SUBDAG_KINDS:
         if config_dag is not None:
-            config_path = _at(path, "executor.config.dag")
+            config_path = join_path(path, "executor.config.dag")
             target = _call_target(config_dag, path=config_path, problems=problems)
             if call is None:
                 call, call_path = target, config_path
@@ -731,7 +540,7 @@ def _parse_step(
         if call is not None or "call" in raw or "run" in raw:
             problems.append(
                 SpecProblem(
-                    _at(path, call_key),
+                    join_path(path, call_key),
                     f'executor type "{executor_type}" cannot call a DAG',
                 )
             )
@@ -739,17 +548,19 @@ def _parse_step(
             problems.append(SpecProblem(path, "a step needs one of command, script or call"))
         if has_parallel:
             problems.append(
-                SpecProblem(_at(path, "parallel"), "only a step that calls a DAG can be parallel")
+                SpecProblem(
+                    join_path(path, "parallel"), "only a step that calls a DAG can be parallel"
+                )
             )
         if raw.get("params") is not None:
             problems.append(
-                SpecProblem(_at(path, "params"), "only a step that calls a DAG takes params")
+                SpecProblem(join_path(path, "params"), "only a step that calls a DAG takes params")
             )
 
     selector_key, raw_selector = _pick_selector(raw, path=path, problems=problems)
     selector: Mapping[str, str] = EMPTY
     if raw_selector is not None:
-        selector_path = _at(path, selector_key)
+        selector_path = join_path(path, selector_key)
         if kind in _SUBDAG_KINDS:
             selector = _step_selector(raw_selector, path=selector_path, problems=problems)
         else:
@@ -764,7 +575,7 @@ def _parse_step(
             )
 
     # Without `name` the step stays unnamed here; _parse_steps gives it `step-N`.
-    name_path = _at(path, "name")
+    name_path = join_path(path, "name")
     name = ""
     raw_name = raw.get("name")
     if raw_name is not None:
@@ -779,30 +590,30 @@ def _parse_step(
         executor_type=executor_type,
         command=command,
         script=script,
-        depends=_depends(raw.get("depends"), path=_at(path, "depends"), problems=problems),
-        dir=_optional_str(raw.get("dir"), path=_at(path, "dir"), problems=problems),
+        depends=_depends(raw.get("depends"), path=join_path(path, "depends"), problems=problems),
+        dir=_optional_str(raw.get("dir"), path=join_path(path, "dir"), problems=problems),
         env=_key_values(
-            raw.get("env"), path=_at(path, "env"), allow_string=False, problems=problems
+            raw.get("env"), path=join_path(path, "env"), allow_string=False, problems=problems
         ),
-        output=_output(raw.get("output"), path=_at(path, "output"), problems=problems),
+        output=_output(raw.get("output"), path=join_path(path, "output"), problems=problems),
         call=call if kind in _SUBDAG_KINDS else None,
         params=_key_values(
-            raw.get("params"), path=_at(path, "params"), allow_string=True, problems=problems
+            raw.get("params"), path=join_path(path, "params"), allow_string=True, problems=problems
         )
         if kind in _SUBDAG_KINDS
         else EMPTY,
-        parallel=_parallel(raw.get("parallel"), path=_at(path, "parallel"), problems=problems)
+        parallel=_parallel(raw.get("parallel"), path=join_path(path, "parallel"), problems=problems)
         if kind == KIND_PARALLEL
         else None,
         worker_selector=selector,
         retry_policy=_retry_policy(
-            raw.get("retry_policy"), path=_at(path, "retry_policy"), problems=problems
+            raw.get("retry_policy"), path=join_path(path, "retry_policy"), problems=problems
         ),
         continue_on_failure=_continue_on(
-            raw.get("continue_on"), path=_at(path, "continue_on"), problems=problems
+            raw.get("continue_on"), path=join_path(path, "continue_on"), problems=problems
         ),
         timeout_sec=_timeout(
-            raw.get("timeout_sec"), path=_at(path, "timeout_sec"), problems=problems
+            raw.get("timeout_sec"), path=join_path(path, "timeout_sec"), problems=problems
         ),
     )
     call_ref = (call_path, call) if kind in _SUBDAG_KINDS and call is not None else None
@@ -872,7 +683,7 @@ def _executor(
     elif isinstance(value, Mapping):
         _check_keys(value, allowed=_EXECUTOR_KEYS, path=path, problems=problems)
         raw_type = value.get("type")
-        type_path = _at(path, "type")
+        type_path = join_path(path, "type")
         config = value.get("config")
     else:
         problems.append(
@@ -885,7 +696,7 @@ def _executor(
     executor = raw_type.strip().lower()
     if config is None:
         return executor, None
-    config_path = _at(path, "config")
+    config_path = join_path(path, "config")
     if not isinstance(config, Mapping):
         problems.append(SpecProblem(config_path, f"must be a mapping, got {_type_name(config)}"))
         return executor, None
@@ -919,7 +730,7 @@ def _depends(value: object, *, path: str, problems: list[SpecProblem]) -> tuple[
 def _output(value: object, *, path: str, problems: list[SpecProblem]) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         problems.append(
             SpecProblem(
                 path, "must be a variable name (letters, digits and _, not starting with a digit)"
@@ -938,13 +749,15 @@ def _parallel(value: object, *, path: str, problems: list[SpecProblem]) -> Paral
     if isinstance(value, Mapping):
         _check_keys(value, allowed=_PARALLEL_KEYS, path=path, problems=problems)
         items_value = value.get("items")
-        items_path = _at(path, "items")
+        items_path = join_path(path, "items")
         raw_max = value.get("max_concurrent")
         if raw_max is not None:
             if _is_int(raw_max) and raw_max > 0:
                 max_concurrent = int(raw_max)
             else:
-                problems.append(SpecProblem(_at(path, "max_concurrent"), "must be an integer > 0"))
+                problems.append(
+                    SpecProblem(join_path(path, "max_concurrent"), "must be an integer > 0")
+                )
         if items_value is None:
             problems.append(SpecProblem(items_path, "is required"))
             return None
@@ -1021,10 +834,10 @@ def _retry_policy(value: object, *, path: str, problems: list[SpecProblem]) -> R
     limit = value.get("limit", 0)
     interval = value.get("interval_sec", 0)
     if not _is_int(limit) or limit < 0:
-        problems.append(SpecProblem(_at(path, "limit"), "must be an integer >= 0"))
+        problems.append(SpecProblem(join_path(path, "limit"), "must be an integer >= 0"))
         limit = 0
     if not _is_number(interval) or interval < 0:
-        problems.append(SpecProblem(_at(path, "interval_sec"), "must be a number >= 0"))
+        problems.append(SpecProblem(join_path(path, "interval_sec"), "must be a number >= 0"))
         interval = 0
     return RetryPolicy(limit=int(limit), interval_sec=float(interval))
 
@@ -1040,7 +853,7 @@ def _continue_on(value: object, *, path: str, problems: list[SpecProblem]) -> bo
     _check_keys(value, allowed=_CONTINUE_ON_KEYS, path=path, problems=problems)
     failure = value.get("failure", False)
     if not isinstance(failure, bool):
-        problems.append(SpecProblem(_at(path, "failure"), "must be true or false"))
+        problems.append(SpecProblem(join_path(path, "failure"), "must be true or false"))
         return False
     return failure
 
@@ -1053,200 +866,16 @@ def _check_dependencies(
     for step, step_path in zip(steps, step_paths, strict=True):
         for dep in step.depends:
             if dep not in known:
-                problems.append(SpecProblem(_at(step_path, "depends"), f'unknown step "{dep}"'))
+                problems.append(
+                    SpecProblem(join_path(step_path, "depends"), f'unknown step "{dep}"')
+                )
         if step.name:
             graph.setdefault(step.name, tuple(d for d in step.depends if d in known))
-    for cycle in _find_cycles(graph):
+    for cycle in find_cycles(graph):
         problems.append(SpecProblem(path, f"dependency cycle {' -> '.join(cycle)}"))
 
 
-def _find_cycles(graph: Mapping[str, tuple[str, ...]]) -> list[list[str]]:
-    """Cycles as `[a, b, ..., a]` (a -> b: a depends on b), one per knot, in graph order.
-
-    graphlib finds a cycle without recursion, so a 1,200-step chain is fine; each found
-    cycle's nodes are dropped and the search repeats until the rest sorts.
-    """
-    order = {node: i for i, node in enumerate(graph)}
-    remaining = {node: tuple(graph.get(node, ())) for node in graph}
-    cycles: list[list[str]] = []
-    while True:
-        try:
-            graphlib.TopologicalSorter(remaining).prepare()
-        except graphlib.CycleError as exc:
-            # graphlib lists each node before the one depending on it: reverse for arrows.
-            found: list[str] = list(reversed(exc.args[1]))[:-1]
-            first = min(range(len(found)), key=lambda i: order.get(found[i], len(order)))
-            cycle = found[first:] + found[:first]
-            cycles.append([*cycle, cycle[0]])
-            dropped = set(cycle)
-            remaining = {
-                node: tuple(d for d in deps if d not in dropped)
-                for node, deps in remaining.items()
-                if node not in dropped
-            }
-        else:
-            return sorted(cycles, key=lambda c: order.get(c[0], len(order)))
-
-
 # ---- cross-document checks
-
-
-def _check_dag_names(drafts: list[_Draft], problems: list[SpecProblem]) -> None:
-    seen: set[str] = set()
-    for draft in drafts:
-        if draft.index > 0 and not draft.name_given:
-            problems.append(
-                SpecProblem(
-                    draft.prefix,
-                    f"DAG at index {draft.index} must have a name in a multi-DAG file",
-                )
-            )
-            continue
-        name = draft.dag.name
-        if not name:
-            continue
-        if name in seen:
-            problems.append(SpecProblem(_at(draft.prefix, "name"), f'duplicate DAG name "{name}"'))
-        seen.add(name)
-
-
-def _check_call_targets(
-    drafts: list[_Draft], *, dags_dir: Path | None, problems: list[SpecProblem]
-) -> None:
-    in_file = {d.dag.name for d in drafts if d.dag.name}
-    for draft in drafts:
-        for path, target in draft.calls:
-            if target in in_file or "$" in target:
-                continue
-            if dags_dir is None:
-                continue  # the DAGs dir decides at run time
-            if find_in_dags_dir(target, dags_dir) is None:
-                problems.append(
-                    SpecProblem(
-                        path,
-                        f'unknown DAG "{target}": not in this file nor in {dags_dir}',
-                    )
-                )
-
-
-def find_in_dags_dir(name: str, dags_dir: Path) -> Path | None:
-    """`<dags_dir>/<name>.yaml` (or `.yml`) if it is a file; `name` must be a valid name."""
-    for suffix in (".yaml", ".yml"):
-        path = dags_dir / f"{name}{suffix}"
-        try:
-            if path.is_file():
-                return path
-        except OSError:  # a name too long for the filesystem names no file
-            return None
-    return None
-
-
-def _check_call_cycles(drafts: list[_Draft], problems: list[SpecProblem]) -> None:
-    # Without conditions in the language, a DAG that (indirectly) calls itself never ends.
-    by_name = {d.dag.name: d for d in drafts if d.dag.name}
-    graph = {
-        name: tuple(t for _, t in draft.calls if t in by_name) for name, draft in by_name.items()
-    }
-    for cycle in _find_cycles(graph):
-        draft = by_name[cycle[0]]
-        path = next(p for p, t in draft.calls if t == cycle[1])
-        problems.append(SpecProblem(path, f"DAG call cycle {' -> '.join(cycle)}"))
-
-
-# A DAG whose calls reach more files than this is checked only that far; the run-time
-# nesting limit still stops whatever cycle lies beyond.
-MAX_CALLED_FILES = 200
-_Node = tuple[str, str]  # (file, DAG name)
-
-
-def _check_cross_file_cycles(
-    drafts: list[_Draft], *, source: str, dags_dir: Path, problems: list[SpecProblem]
-) -> None:
-    """Call cycles through DAG files in the DAGs dir (`ping` calls `pong`, which calls
-    `ping`), followed as runs resolve calls: the caller's own file first, then
-    `<dags_dir>/<name>.yaml`. Cycles inside this file are _check_call_cycles' business."""
-    here = _file_key(Path(source))
-    calls_in: dict[str, dict[str, list[str]]] = {
-        here: {d.dag.name: [t for _, t in d.calls] for d in drafts if d.dag.name}
-    }
-    graph: dict[_Node, list[_Node]] = {}
-    todo: list[_Node] = [(here, name) for name in calls_in[here]]
-    while todo:
-        node = todo.pop()
-        if node in graph:
-            continue
-        file, name = node
-        graph[node] = []
-        for target in calls_in[file].get(name, []):
-            if "$" in target:
-                continue  # resolved at run time, where the nesting limit applies
-            if target in calls_in[file]:
-                callee: _Node = (file, target)
-            else:
-                path = find_in_dags_dir(target, dags_dir)
-                if path is None:
-                    continue
-                key = _file_key(path)
-                if key not in calls_in:
-                    if len(calls_in) >= MAX_CALLED_FILES:
-                        continue
-                    calls_in[key] = _calls_of(path)
-                if target not in calls_in[key]:
-                    continue
-                callee = (key, target)
-            graph[node].append(callee)
-            todo.append(callee)
-
-    def label(node: _Node) -> str:
-        return f"{node[1]} ({source if node[0] == here else node[0]})"
-
-    labels = {label(n): n for n in graph}
-    cycles = _find_cycles({label(n): tuple(label(c) for c in cs) for n, cs in graph.items()})
-    for cycle in cycles:
-        nodes = [labels[text] for text in cycle]
-        if all(file == here for file, _ in nodes):
-            continue
-        path = _blame(drafts, graph, set(nodes), here=here)
-        what = (
-            "DAG call cycle" if any(f == here for f, _ in nodes) else "calls into a DAG call cycle"
-        )
-        problems.append(SpecProblem(path, f"{what} across files {' -> '.join(cycle)}"))
-
-
-def _file_key(path: Path) -> str:
-    try:
-        return str(path.resolve())
-    except (OSError, RuntimeError):
-        return str(path)
-
-
-def _calls_of(path: Path) -> dict[str, list[str]]:
-    """{DAG name: call targets} of a file in the DAGs dir; {} if it cannot be read."""
-    try:
-        dag_file = load_dag_file(path)
-    except DagSpecError:
-        return {}
-    return {d.name: [s.call for s in d.steps if s.call] for d in dag_file.dags}
-
-
-def _blame(
-    drafts: list[_Draft], graph: Mapping[_Node, list[_Node]], cycle: set[_Node], *, here: str
-) -> str:
-    """The path of the first call in this file from which the cycle is reachable."""
-    for draft in drafts:
-        callees = graph.get((here, draft.dag.name), [])
-        for call_path, target in draft.calls:
-            todo = [c for c in callees if c[1] == target]
-            seen = set(todo)
-            while todo:
-                node = todo.pop()
-                if node in cycle:
-                    return call_path
-                for nxt in graph.get(node, []):
-                    if nxt not in seen:
-                        seen.add(nxt)
-                        todo.append(nxt)
-    return ""
 
 
 # ---- small value helpers
@@ -1267,7 +896,7 @@ def _key_values(
             return EMPTY
     pairs: list[tuple[str, object, object]] = []  # (path, key, value)
     if isinstance(value, Mapping):
-        pairs = [(_at(path, str(k)), k, v) for k, v in value.items()]
+        pairs = [(join_path(path, str(k)), k, v) for k, v in value.items()]
     elif isinstance(value, list):
         for i, item in enumerate(value):
             item_path = f"{path}[{i}]"
@@ -1278,8 +907,8 @@ def _key_values(
                     continue
                 pairs.append((item_path, key, text))
             elif isinstance(item, Mapping) and len(item) == 1:
-                ((key, text),) = item.items()
-                pairs.append((item_path, key, text))
+                ((only_key, only_value),) = item.items()
+                pairs.append((item_path, only_key, only_value))
             else:
                 problems.append(
                     SpecProblem(item_path, "must be a NAME=VALUE string or a one-key mapping")
@@ -1291,25 +920,21 @@ def _key_values(
         problems.append(SpecProblem(path, f"must be {forms}, got {_type_name(value)}"))
         return EMPTY
     result: dict[str, str] = {}
-    for item_path, key, raw in pairs:
-        if not isinstance(key, str) or not _NAME_RE.fullmatch(key):
-            problems.append(SpecProblem(item_path, _bad_name_message(str(key))))
+    for item_path, name, raw in pairs:
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            problems.append(SpecProblem(item_path, bad_name_message(str(name))))
             continue
-        text = _scalar_text(raw)
-        if text is None:
+        scalar = _scalar_text(raw)
+        if scalar is None:
             problems.append(
                 SpecProblem(item_path, f"value must be a string or number, got {_type_name(raw)}")
             )
             continue
-        if key in result:
-            problems.append(SpecProblem(item_path, f'"{key}" is given twice'))
+        if name in result:
+            problems.append(SpecProblem(item_path, f'"{name}" is given twice'))
             continue
-        result[key] = text
+        result[name] = scalar
     return MappingProxyType(result)
-
-
-def _bad_name_message(name: str) -> str:
-    return f'invalid name "{name}": use letters, digits and _, not starting with a digit'
 
 
 def _scalar_text(value: object) -> str | None:
@@ -1346,7 +971,7 @@ def _check_keys(
             continue
         hint = _spelling_hint(key, allowed) if isinstance(key, str) else None
         message = f'unknown key (did you mean "{hint}"?)' if hint else "unknown key"
-        problems.append(SpecProblem(_at(path, str(key)), message))
+        problems.append(SpecProblem(join_path(path, str(key)), message))
 
 
 def _spelling_hint(key: str, allowed: tuple[str, ...]) -> str | None:
@@ -1360,15 +985,11 @@ def _spelling_hint(key: str, allowed: tuple[str, ...]) -> str | None:
     return close[0] if close else None
 
 
-def _at(base: str, key: str) -> str:
-    return f"{base}.{key}" if base else key
-
-
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -1390,11 +1011,6 @@ def _type_name(value: object) -> str:
     if isinstance(value, date):
         return "date"
     return type(value).__name__
-
-
-def default_dag_name(source: str) -> str:
-    """The main DAG's default name: its file's stem, wherever the stored text is parsed again."""
-    return Path(source).stem or "dag"
 
 
 def parse_stored_dag_file(text: str, *, source: str) -> DagFile:
