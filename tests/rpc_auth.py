@@ -18,7 +18,7 @@ class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
         self.compression = base.compression
 
 
-class bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]  # noqa: N801
+class bearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     def __init__(self, token: str) -> None:
         self.token = token
 
