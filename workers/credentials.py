@@ -46,7 +46,8 @@ class Principal:
         """Raise CredentialError when this caller may not act as `worker_id` with `labels`."""
         if self.cert_names and worker_id not in self.cert_names:
             raise CredentialError(
-                f'worker id "{worker_id[:80]}" is not a name in its client certificate'
+                f'refused worker id "{worker_id[:80]}": its client certificate names '
+                f"{', '.join(self.cert_names)[:200]}"
             )
         if self.worker_id_pattern and not fnmatch.fnmatchcase(worker_id, self.worker_id_pattern):
             raise CredentialError(

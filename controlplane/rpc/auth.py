@@ -50,7 +50,7 @@ def certificate_names(context: grpc.ServicerContext) -> tuple[str, ...]:
     auth = context.auth_context()
     names: list[str] = []
     for key in ("x509_common_name", "x509_subject_alternative_name"):
-        names += [v.decode(errors="replace") for v in auth.get(key, [])]
+        names += [v.decode(errors="replace") for v in auth.get(key, []) if v]
     return tuple(dict.fromkeys(names))
 
 
