@@ -33,14 +33,14 @@ from controlplane.core.rpc.v1 import coordinator_pb2 as pb
 from controlplane.core.rpc.v1 import coordinator_pb2_grpc
 from controlplane.core.spec import parse_dag_file
 from controlplane.rpc.server import build_server
-from tests.rpc_auth import bearer
-from workers.credentials import issue_credential
 from dags import reports
 from dags.local import execute_attempt
 from dags.models import DagRun
 from dags.reports import read_step_log
 from dags.runs import create_run, start_attempt
+from tests.rpc_auth import bearer
 from tests.test_registry import valid_worker_json
+from workers.credentials import issue_credential
 from workers.models import Worker
 from workers.presence import Fleet, Identity, flush_fleet
 
