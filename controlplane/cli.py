@@ -65,6 +65,11 @@ _FLAGS: tuple[_Flag, ...] = (
           "single coordinator host (port defaults to --coordinator.port)", "HOST"),
     _Flag("worker", ("--worker.coordinator-port",), "worker.coordinator_port",
           "single coordinator port", "PORT"),
+    _Flag("worker", ("--worker.token",), "worker.token",
+          "worker credential from `manage.py create_worker_token` (default: "
+          "<data-dir>/worker_token when readable)", "TOKEN"),
+    _Flag("worker", ("--worker.token-file",), "worker.token_file",
+          "file holding the worker credential", "FILE"),
     _Flag("peer", ("--peer.insecure",), "peer.insecure",
           "plaintext h2c instead of TLS (default true)", "BOOL", is_bool=True),
     _Flag("peer", ("--peer.cert-file",), "peer.cert_file",

@@ -154,7 +154,7 @@ class Coordinator:
             number=parent.attempt,
             status__in=ACTIVE_ATTEMPT_STATUSES,
         ).exists()
-        if parent_token and not current:
+        if not parent_token or not current:
             raise RunError(f'attempt of run "{parent_run_id}" is no longer current')
         run = start_child_run(
             parent,

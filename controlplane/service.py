@@ -21,6 +21,7 @@ from controlplane.loops import run_loop
 from controlplane.rpc.server import build_server
 from dags.local import LocalExecutor
 from dags.retention import apply_retention
+from workers.credentials import ensure_bootstrap_credential
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
     """Bind, register in the service registry, and start the loops. Raises ConfigError."""
     core = Coordinator(config)
     core.load_fleet()
+    # Before the port opens, so a worker on this host never meets a coordinator whose
+    # bootstrap token it cannot read yet.
+    ensure_bootstrap_credential(Path(config.paths.data_dir), now=utcnow())
     server, port, health_servicer = build_server(
         core, host=config.coordinator.host, port=config.coordinator.port, peer=config.peer
     )

@@ -129,6 +129,8 @@ def default_of(key: str, home: Path) -> Any:
         "logs.max_step_bytes": 16 * 1024 * 1024,
         "retention.days": 30,
         "metrics.public": False,
+        "worker.token": "",
+        "worker.token_file": "",
     }[key]
 
 
@@ -147,6 +149,9 @@ CASES = [
          ("a:1", "b:2"), ("c:3",), ("d:4", "e:5")),
     Case("worker.coordinator_host", "fh", "eh", "gh", "fh", "eh", "gh"),
     Case("worker.coordinator_port", 7001, "7002", "7003", 7001, 7002, 7003),
+    Case("worker.token", "dwt_f", "dwt_e", "dwt_g", "dwt_f", "dwt_e", "dwt_g"),
+    Case("worker.token_file", "/f/token", "/e/token", "/g/token",
+         "/f/token", "/e/token", "/g/token"),
     Case("paths.data_dir", "/f/data", "/e/data", "/g/data",
          Path("/f/data"), Path("/e/data"), Path("/g/data")),
     Case("paths.service_registry_dir", "/f/reg", "/e/reg", "/g/reg",
@@ -990,6 +995,8 @@ def test_flag_keys_cover_the_spec_spellings():
         "--peer.key-file": "peer.key_file",
         "--peer.client-ca-file": "peer.client_ca_file",
         "--peer.skip-tls-verify": "peer.skip_tls_verify",
+        "--worker.token": "worker.token",
+        "--worker.token-file": "worker.token_file",
         "--config": "config",
     }
 

@@ -46,7 +46,9 @@ from dags.local import execute_attempt
 from dags.models import Attempt, DagRun
 from dags.reports import read_step_log
 from dags.runs import create_run, start_attempt
+from tests.rpc_auth import bearer
 from tests.test_registry import valid_worker_json
+from workers.credentials import issue_credential
 from workers.models import Worker
 from workers.presence import Fleet, Identity, flush_fleet
 
@@ -125,10 +127,13 @@ def test_registry_files_with_oversized_identities_are_skipped(tmp_path, override
 @pytest.mark.django_db(transaction=True)
 def test_grpc_heartbeat_and_poll_refuse_oversized_identities(tmp_path: Path):
     core = Coordinator(resolve(env={"DAGU_HOME": str(tmp_path)}))
+    token = issue_credential("limits", labels={}, worker_id_pattern="", now=T0)
     server, port, _ = build_server(core, host="127.0.0.1", port=0, peer=PeerConfig())
     server.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.intercept_channel(
+            grpc.insecure_channel(f"127.0.0.1:{port}"), bearer(token)
+        ) as channel:
             stub = coordinator_pb2_grpc.CoordinatorStub(channel)
             bad = pb.WorkerInfo(worker_id="w1", host="h", pid=1, labels={"gpu": LONG})
             with pytest.raises(grpc.RpcError) as hb:

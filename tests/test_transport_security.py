@@ -20,7 +20,8 @@ DAG = "worker_selector: {secure: 'yes'}\nsteps:\n  - name: a\n    command: echo 
 def pki(tmp_path: Path) -> dict[str, str]:
     ca, other = trustme.CA(), trustme.CA()
     server = ca.issue_cert("localhost", "127.0.0.1")
-    client = ca.issue_cert("worker.example")
+    # mTLS identity: a DNS SAN equal to the worker id ("with-cert" below).
+    client = ca.issue_cert("worker.example", "with-cert")
     files = {
         "ca": ca.cert_pem,
         "other_ca": other.cert_pem,
@@ -84,6 +85,21 @@ def test_mutual_tls_requires_a_client_certificate(cluster: Cluster, pki, tmp_pat
     )
     run_id = cluster.start_run(write_dag(tmp_path, "mtls", DAG))
     assert cluster.wait_run(run_id, timeout=30)["worker_id"] == "with-cert"
+    # The same certificate under another worker id is refused at connect.
+    impostor = cluster.spawn(
+        "impostor", "worker", "--worker.id", "impostor", "--worker.coordinators",
+        f"127.0.0.1:{cluster.port}",
+        *worker_args(
+            client_ca_file=pki["ca"], cert_file=pki["client_cert"], key_file=pki["client_key"]
+        ),
+    )  # fmt: skip
+    wait_for(lambda: impostor.poll() is not None, timeout=30, what="the impostor to exit")
+    assert impostor.returncode == 2
+    assert cluster.log("impostor").strip().splitlines()[-1] == (
+        'error: coordinator refused worker id "impostor": its client certificate names '
+        "worker.example, with-cert"
+    )
+    assert cluster.worker_row("impostor") is None
 
 
 def test_a_wrong_ca_is_reported_as_such(cluster: Cluster, pki):

@@ -24,7 +24,8 @@ from controlplane.core.health import (
     health_status,
 )
 from dags.models import DagRun, RunStatus
-from workers.models import Worker, WorkerLabel
+from workers.credentials import revoke
+from workers.models import Worker, WorkerCredential, WorkerLabel
 from workers.presence import set_draining
 
 logger = logging.getLogger(__name__)
@@ -178,3 +179,29 @@ class WorkerAdmin(admin.ModelAdmin):
                 "worker(s) %s %s via the admin by %s", ", ".join(changed), verb, request.user
             )
         self.message_user(request, f"{len(changed)} worker(s) {verb}.", messages.SUCCESS)
+
+
+@admin.register(WorkerCredential)
+class WorkerCredentialAdmin(admin.ModelAdmin):
+    """Credentials are issued by `manage.py create_worker_token` (the token is shown once);
+    here they are listed and revoked. A revoked credential's workers are refused at their
+    next heartbeat and stop, and their runs fail over."""
+
+    list_display = ("name", "allowed_labels", "worker_id_pattern", "created_at", "last_used_at",
+                    "revoked_at")  # fmt: skip
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("name",)
+    readonly_fields = ("name", "token_hash", "allowed_labels", "worker_id_pattern", "created_at",
+                       "last_used_at", "revoked_at")  # fmt: skip
+    actions = ("revoke_credentials",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected credentials")
+    def revoke_credentials(
+        self, request: HttpRequest, queryset: QuerySet[WorkerCredential]
+    ) -> None:
+        count = revoke(list(queryset.values_list("name", flat=True)), now=timezone.now())
+        logger.warning("%s revoked %d worker credential(s)", request.user, count)
+        self.message_user(request, f"Revoked {count} worker credential(s).", messages.SUCCESS)

@@ -67,3 +67,30 @@ class WorkerLabel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}={self.value}"
+
+
+class WorkerCredential(models.Model):
+    """A credential workers authenticate with on every coordinator RPC.
+
+    Only a SHA-256 of the token is stored: tokens are 256 random bits, so a slow hash would
+    add nothing but latency to every call. `allowed_labels` maps a key to a value or `*`;
+    empty means any labels. `worker_id_pattern` is an fnmatch pattern ("" means any id).
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    allowed_labels = models.JSONField(default=dict, blank=True)
+    worker_id_pattern = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None

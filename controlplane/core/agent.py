@@ -37,8 +37,10 @@ from controlplane.core.execution import (
 from controlplane.core.rpc.client import (
     Backoff,
     CoordinatorClient,
+    CoordinatorRefused,
     CoordinatorUnavailable,
     address_source,
+    worker_token_source,
 )
 from controlplane.core.rpc.events import event_to_pb, ms
 from controlplane.core.rpc.v1 import coordinator_pb2 as pb
@@ -166,7 +168,7 @@ class GrpcChildLauncher:
 
     def _follow(self, run_id: str, cancel: threading.Event) -> ChildResult:
         cancel_sent: float | None = None
-        request = pb.GetRunStatusRequest(dag_run_id=run_id)
+        request = pb.GetRunStatusRequest(dag_run_id=run_id, worker_id=self.worker_id)
         while True:
             try:
                 status = self.client.call("GetRunStatus", request, timeout=RPC_TIMEOUT_SECONDS)
@@ -175,7 +177,7 @@ class GrpcChildLauncher:
                 if cancel.is_set() and cancel_sent is None:
                     self.client.call(
                         "CancelRun",
-                        pb.CancelRunRequest(dag_run_id=run_id),
+                        pb.CancelRunRequest(dag_run_id=run_id, worker_id=self.worker_id),
                         timeout=RPC_TIMEOUT_SECONDS,
                     )
                     cancel_sent = time.monotonic()
@@ -226,8 +228,9 @@ class WorkerAgent:
         self.started_at = utcnow()
         self.shutdown_grace = shutdown_grace
         self.client = client or CoordinatorClient(
-            addresses=address_source(config), peer=config.peer
+            addresses=address_source(config), peer=config.peer, token=worker_token_source(config)
         )
+        self.refused = ""  # why the coordinator refused this worker; it then stops
         self.outbox = Outbox()
         self.stop_event = threading.Event()  # stop taking work
         self.halt_event = threading.Event()  # stop everything (after the grace period)
@@ -285,6 +288,10 @@ class WorkerAgent:
         try:
             reply = self.client.call("Heartbeat", request, timeout=RPC_TIMEOUT_SECONDS)
         except (CoordinatorUnavailable, grpc.RpcError) as exc:
+            if isinstance(exc, CoordinatorRefused) and not self.refused:
+                # Revoked or never valid: stop now; the coordinator fails our runs over.
+                self.refused, self.shutdown_grace = str(exc), 0.0
+                self.stop()
             self._note_connection(False, str(exc))
             return False
         self._note_connection(True, self.client.address)

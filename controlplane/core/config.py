@@ -67,6 +67,10 @@ class WorkerConfig:
     # As given; when set they have already been folded into `coordinators`.
     coordinator_host: str = ""
     coordinator_port: int | None = None
+    # The credential presented to the coordinator (docs/security.md); with neither set, a
+    # worker uses <data_dir>/worker_token when it can read it (same host as the coordinator).
+    token: str = field(default="", repr=False)
+    token_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,10 @@ def _parse_optional_file(value: object) -> str:
     return str(Path(text).expanduser()) if text else ""
 
 
+def _parse_optional_text(value: object) -> str:
+    return "" if value is None else _text(value)
+
+
 def _parse_path(value: object) -> Path:
     text = str(value).strip() if isinstance(value, str | os.PathLike) else None
     if not text:
@@ -414,6 +422,13 @@ _SETTINGS: tuple[_Setting, ...] = (
         _parse_port,
         ("WORKER_COORDINATOR_PORT",),
         flag="--worker.coordinator-port",
+    ),
+    _Setting("worker.token", _parse_optional_text, ("WORKER_TOKEN",), flag="--worker.token"),
+    _Setting(
+        "worker.token_file",
+        _parse_optional_file,
+        ("WORKER_TOKEN_FILE",),
+        flag="--worker.token-file",
     ),
     _Setting("paths.data_dir", _parse_path, ("HOME",), flag="--data-dir"),
     _Setting(
@@ -706,6 +721,8 @@ def resolve(
             ),
             coordinator_host=picked.get("worker.coordinator_host", ""),
             coordinator_port=picked.get("worker.coordinator_port"),
+            token=picked.get("worker.token", ""),
+            token_file=picked.get("worker.token_file", ""),
             **_present(picked, id="worker.id"),
         ),
         peer=_peer(picked, ranks=ranks),

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from controlplane.coordinator import Coordinator
 from controlplane.core.config import ConfigError, PeerConfig
 from controlplane.core.rpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+from controlplane.rpc.auth import AuthInterceptor
 from controlplane.rpc.servicer import CoordinatorService
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
@@ -31,6 +32,7 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         options=MESSAGE_OPTIONS,
+        interceptors=[AuthInterceptor()],
     )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorService.as_servicer(coordinator=core), server

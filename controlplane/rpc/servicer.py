@@ -1,10 +1,16 @@
-"""The gRPC edge: convert each request, call the coordinator, convert the reply.
+"""The gRPC edge: convert each request, check the caller's rights, call the coordinator.
+
+`controlplane.rpc.auth.AuthInterceptor` has authenticated the caller before any method here
+runs; `controlplane.rights` decides what that caller may do with its request.
 
 Built on djangogrpcframework's `Service.as_servicer`, whose request signals give every call
 clean database connections, as Django's request cycle does for HTTP.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 from django_grpc_framework.services import Service
@@ -16,9 +22,14 @@ from controlplane.core.labels import LabelError
 from controlplane.core.rpc.events import event_from_pb, ms
 from controlplane.core.rpc.v1 import coordinator_pb2 as pb
 from controlplane.core.spec import DagSpecError
+from controlplane.rights import Denied, check_child_call, check_in_tree, check_report, own_running
 from controlplane.rpc import convert
+from controlplane.rpc.auth import current_principal
 from dags.runs import RunError
+from workers.credentials import CredentialError
 from workers.presence import Identity
+
+T = TypeVar("T")
 
 
 class CoordinatorService(Service):
@@ -40,15 +51,19 @@ class CoordinatorService(Service):
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatResponse:
+        who = _identity(request.worker, context)
         cancel, draining = self.core.heartbeat(
-            _identity(request.worker, context),
-            running=convert.running_from_pb(list(request.running)),
+            who,
+            running=own_running(who.id, convert.running_from_pb(list(request.running))),
             stopping=request.stopping,
         )
         return pb.HeartbeatResponse(cancel_attempt_tokens=cancel, draining=draining)
 
     def Report(self, request: pb.ReportRequest, context: grpc.ServicerContext) -> pb.ReportResponse:
-        result = self.core.report([event_from_pb(e) for e in request.events])
+        _worker(request.worker_id, context)
+        events = [event_from_pb(e) for e in request.events]
+        _allowed(context, lambda: check_report(request.worker_id, events))
+        result = self.core.report(events)
         return pb.ReportResponse(
             applied=result.applied, rejected_attempt_tokens=sorted(result.rejected_tokens)
         )
@@ -56,15 +71,26 @@ class CoordinatorService(Service):
     def StartChild(
         self, request: pb.StartChildRequest, context: grpc.ServicerContext
     ) -> pb.StartChildResponse:
+        _worker(request.worker_id, context)
+        call = _allowed(
+            context,
+            lambda: check_child_call(
+                request.worker_id,
+                parent_run_id=request.parent_dag_run_id,
+                parent_token=request.parent_attempt_token,
+                step=request.step,
+                dag_name=request.dag_name,
+            ),
+        )
         try:
             run_id = self.core.start_child(
                 parent_run_id=request.parent_dag_run_id,
                 parent_token=request.parent_attempt_token,
                 step=request.step,
                 item_index=request.item_index if request.HasField("item_index") else None,
-                dag_name=request.dag_name,
+                dag_name=call.dag_name,
                 params=dict(request.params),
-                selector=dict(request.worker_selector),
+                selector=call.selector,
             )
         except (RunError, DagSpecError) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
@@ -73,6 +99,8 @@ class CoordinatorService(Service):
     def GetRunStatus(
         self, request: pb.GetRunStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetRunStatusResponse:
+        _worker(request.worker_id, context)
+        _allowed(context, lambda: check_in_tree(request.worker_id, request.dag_run_id))
         status = self.core.run_status(request.dag_run_id)
         return pb.GetRunStatusResponse(
             found=status.found,
@@ -84,6 +112,8 @@ class CoordinatorService(Service):
     def CancelRun(
         self, request: pb.CancelRunRequest, context: grpc.ServicerContext
     ) -> pb.CancelRunResponse:
+        _worker(request.worker_id, context)
+        _allowed(context, lambda: check_in_tree(request.worker_id, request.dag_run_id))
         try:
             self.core.cancel(request.dag_run_id)
         except RunError as exc:
@@ -107,12 +137,9 @@ class CoordinatorService(Service):
                     last_heartbeat_ms=ms(state.last_heartbeat),
                     busy=len(state.running),
                     draining=state.draining,
+                    # No attempt tokens: a token lets its holder report for the attempt.
                     running=[
-                        pb.RunningTask(
-                            dag_run_id=r.dag_run_id,
-                            attempt_token=r.attempt_token,
-                            started_at_ms=ms(r.started_at),
-                        )
+                        pb.RunningTask(dag_run_id=r.dag_run_id, started_at_ms=ms(r.started_at))
                         for r in state.running
                     ],
                 )
@@ -128,6 +155,23 @@ def _identity(info: pb.WorkerInfo, context: grpc.ServicerContext) -> Identity:
     if not info.worker_id:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "worker.worker_id is required")
     try:
-        return convert.identity_from_pb(info)
+        who = convert.identity_from_pb(info)
     except LabelError as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"worker {info.worker_id[:40]!r}: {exc}")
+    _allowed(context, lambda: current_principal().check_worker(who.id, who.labels))
+    return who
+
+
+def _worker(worker_id: str, context: grpc.ServicerContext) -> None:
+    """The caller may act as `worker_id` (a call that carries no labels)."""
+    if not worker_id:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "worker_id is required")
+    _allowed(context, lambda: current_principal().check_worker(worker_id, {}))
+
+
+def _allowed(context: grpc.ServicerContext, check: Callable[[], T]) -> T:
+    """Run a rights check; a refusal ends the call with PERMISSION_DENIED and its reason."""
+    try:
+        return check()
+    except (Denied, CredentialError) as exc:
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))

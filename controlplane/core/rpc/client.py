@@ -42,6 +42,63 @@ class CoordinatorUnavailable(Exception):
     """No coordinator answered; the message says why in an operator's words."""
 
 
+class CoordinatorRefused(CoordinatorUnavailable):
+    """A coordinator answered but refused this caller's credential or claimed identity."""
+
+
+# Written by the coordinator (mode 0600) for workers on its own host; see docs/security.md.
+BOOTSTRAP_TOKEN_FILE = "worker_token"
+# Refusals of these calls are about the worker itself (its token, id or labels), not one run.
+_IDENTITY_CALLS = {"Heartbeat", "Poll"}
+
+TokenSource = Callable[[], tuple[str, str]]
+
+
+def worker_token_source(config: Config) -> TokenSource:
+    """(token, where it came from): worker.token, worker.token_file, else the bootstrap file.
+
+    The bootstrap file is read on every call, so a worker started before its coordinator,
+    or one whose coordinator wrote a new file on restart, picks the current token up.
+    """
+    if config.worker.token:
+        fixed = (config.worker.token, config.sources.get("worker.token", "worker.token"))
+        return lambda: fixed
+    if config.worker.token_file:
+        text = _read(config.worker.token_file, "worker.token_file") or b""
+        from_file = (
+            text.decode(errors="replace").strip(),
+            config.sources.get("worker.token_file", "worker.token_file"),
+        )
+        return lambda: from_file
+    bootstrap = Path(config.paths.data_dir) / BOOTSTRAP_TOKEN_FILE
+
+    def read_bootstrap() -> tuple[str, str]:
+        try:
+            return bootstrap.read_text().strip(), str(bootstrap)
+        except OSError:
+            return "", ""
+
+    return read_bootstrap
+
+
+def refusal(exc: grpc.RpcError, method: str, where: str) -> str | None:
+    """The one-line reason a coordinator refused this worker, or None for other errors."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        if not where:
+            return (
+                "coordinator refused this worker: no token (set --worker.token, "
+                "DAGU_WORKER_TOKEN or worker.token_file; <data-dir>/worker_token, which a "
+                "coordinator on this host writes, is not readable)"
+            )
+        reason = "invalid token" if details.startswith("no credential") else details
+        return f"coordinator refused this worker: {reason} (from {where})"
+    if code == grpc.StatusCode.PERMISSION_DENIED and method in _IDENTITY_CALLS:
+        return f"coordinator {details}"
+    return None
+
+
 def discover_coordinators(registry_dir: Path) -> list[str]:
     """`host:port` of registered coordinators, the most recently alive first."""
     found = registry.scan(registry_dir, "coordinator")
@@ -152,9 +209,16 @@ def unverified_server_identity(
 class CoordinatorClient:
     """Calls the coordinator, moving on to the next known address when one fails."""
 
-    def __init__(self, *, addresses: Callable[[], list[str]], peer: PeerConfig) -> None:
+    def __init__(
+        self,
+        *,
+        addresses: Callable[[], list[str]],
+        peer: PeerConfig,
+        token: TokenSource | None = None,
+    ) -> None:
         self._addresses = addresses
         self._peer = peer
+        self._token = token or (lambda: ("", ""))
         self._tls = uses_tls(peer)
         self._credentials = None if peer.skip_tls_verify else channel_credentials(peer)
         self._lock = threading.Lock()
@@ -217,9 +281,14 @@ class CoordinatorClient:
         """
         stub = self._connect()
         address = self._address
+        token, where = self._token()
+        metadata = [("authorization", f"Bearer {token}")] if token else None
         try:
-            return getattr(stub, method)(request, timeout=timeout)
+            return getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
+            refused = refusal(exc, method, where)
+            if refused is not None:
+                raise CoordinatorRefused(refused) from None
             code = exc.code() if hasattr(exc, "code") else None
             if code in _RETRYABLE:
                 self._drop(address)
@@ -258,7 +327,9 @@ def wake_coordinator(config: Config, *, timeout: float = 1.0) -> bool:
     The coordinator also scans the queue on its own every half second, so a missed
     wake-up only costs latency, never a run.
     """
-    client = CoordinatorClient(addresses=address_source(config), peer=config.peer)
+    client = CoordinatorClient(
+        addresses=address_source(config), peer=config.peer, token=worker_token_source(config)
+    )
     try:
         client.call("Wake", pb.WakeRequest(), timeout=timeout)
         return True

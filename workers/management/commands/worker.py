@@ -28,3 +28,5 @@ class Command(ConfigCommand):
         agent = WorkerAgent(config, shutdown_grace=options["shutdown_grace"])
         install_stop_signals(agent.stop)
         agent.run()
+        if agent.refused:
+            self.exit_with_error(agent.refused)

@@ -264,10 +264,12 @@ class StartChildResponse(_message.Message):
     def __init__(self, dag_run_id: _Optional[str] = ...) -> None: ...
 
 class GetRunStatusRequest(_message.Message):
-    __slots__ = ("dag_run_id",)
+    __slots__ = ("dag_run_id", "worker_id")
     DAG_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     dag_run_id: str
-    def __init__(self, dag_run_id: _Optional[str] = ...) -> None: ...
+    worker_id: str
+    def __init__(self, dag_run_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class GetRunStatusResponse(_message.Message):
     __slots__ = ("found", "status", "error", "outputs")
@@ -289,10 +291,12 @@ class GetRunStatusResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., outputs: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CancelRunRequest(_message.Message):
-    __slots__ = ("dag_run_id",)
+    __slots__ = ("dag_run_id", "worker_id")
     DAG_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     dag_run_id: str
-    def __init__(self, dag_run_id: _Optional[str] = ...) -> None: ...
+    worker_id: str
+    def __init__(self, dag_run_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
 
 class CancelRunResponse(_message.Message):
     __slots__ = ("accepted", "error")
