@@ -136,10 +136,3 @@ def run_placement(run: DagRun, *, now: datetime, timing: TimingConfig) -> dict[s
     if not needs_placement(run):
         return None
     return diagnose(run.worker_selector or {}, fleet_from_db(now=now, timing=timing))
-
-
-def with_placement(
-    data: dict[str, Any], run: DagRun, *, now: datetime, timing: TimingConfig
-) -> dict[str, Any]:
-    """The run JSON (dags.runs.run_as_dict) with its `placement` added."""
-    return {**data, "placement": run_placement(run, now=now, timing=timing)}
