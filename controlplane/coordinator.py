@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.db import close_old_connections
-from django.db.models import Count, F
+from django.db.models import F
 
 from controlplane.core import registry
 from controlplane.core.clock import utcnow
@@ -28,6 +28,7 @@ from controlplane.failover import failover_once
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.reports import ApplyResult, Event, apply_events
 from dags.runs import RunError, completed_steps, get_run, request_cancel, start_child_run
+from workers.load import held_attempts
 from workers.models import Worker
 from workers.presence import Fleet, Identity, Running, flush_fleet, purge_offline
 
@@ -194,17 +195,9 @@ class Coordinator:
         # Drain flags are read on every pass: an operator's drain must win any race with a
         # run queued right after it.
         self.sync_draining()
-        held = dict(
-            Attempt.objects.filter(
-                status__in=ACTIVE_ATTEMPT_STATUSES, mode=ExecutionMode.DISTRIBUTED
-            )
-            .values("worker_id")
-            .annotate(n=Count("id"))
-            .values_list("worker_id", "n")
-        )
         return dispatch_once(
             now=now,
-            workers=self.fleet.views(now=now, held=held),
+            workers=self.fleet.views(now=now, held=held_attempts()),
             deliver=lambda attempt: self.fleet.deliver(attempt.worker_id, attempt),
         )
 

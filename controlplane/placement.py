@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count
-
 from controlplane.core.config import TimingConfig
 from controlplane.core.health import DISPATCHABLE, OFFLINE, health_status
 from controlplane.core.labels import format_labels
-from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
-from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
+from dags.models import DagRun, ExecutionMode, RunStatus
+from workers.load import held_attempts
 from workers.models import Worker
 
 # Reasons in the order the summary lists them: the most basic mismatch first.
@@ -107,13 +105,7 @@ def diagnose(selector: Mapping[str, str], workers: Sequence[FleetWorker]) -> dic
 
 def fleet_from_db(*, now: datetime, timing: TimingConfig) -> list[FleetWorker]:
     """Every known worker with its health (from its last heartbeat) and held attempts."""
-    held = dict(
-        Attempt.objects.filter(status__in=ACTIVE_ATTEMPT_STATUSES, mode=ExecutionMode.DISTRIBUTED)
-        .order_by()
-        .values("worker_id")
-        .annotate(n=Count("id"))
-        .values_list("worker_id", "n")
-    )
+    held = held_attempts()
     rows = Worker.objects.order_by("id").values_list(
         "id", "labels", "last_heartbeat_at", "draining", "max_active_runs"
     )
@@ -144,10 +136,3 @@ def run_placement(run: DagRun, *, now: datetime, timing: TimingConfig) -> dict[s
     if not needs_placement(run):
         return None
     return diagnose(run.worker_selector or {}, fleet_from_db(now=now, timing=timing))
-
-
-def with_placement(
-    data: dict[str, Any], run: DagRun, *, now: datetime, timing: TimingConfig
-) -> dict[str, Any]:
-    """The run JSON (dags.runs.run_as_dict) with its `placement` added."""
-    return {**data, "placement": run_placement(run, now=now, timing=timing)}

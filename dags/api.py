@@ -1,21 +1,20 @@
 """REST API for runs and DAG files (SPEC section 9).
 
-Views are glue over `dags.runs` (run lifecycle and the run JSON), `controlplane.core.spec`
-(parsing) and `dags.reports` (logs). Serializers describe the JSON for the OpenAPI schema;
-only the run list goes through one, because DRF's pagination wants it.
+Views are glue over `dags.runs` (run lifecycle), `dags.serializers` (the run JSON, which
+the serializers produce), `controlplane.core.spec` (parsing) and `dags.reports` (logs). The
+other serializers here describe the JSON of the smaller responses for the OpenAPI schema.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, NotFound, ParseError
 from rest_framework.generics import ListAPIView
@@ -35,12 +34,11 @@ from controlplane.core.spec import (
     parse_params_string,
 )
 from controlplane.core.states import values
-from controlplane.placement import with_placement
-from controlplane.placement_api import PlacementSerializer
 from dags.models import DagRun, RunStatus, StepRun
 from dags.progress import DagNotFound, resolve_dag_path
 from dags.reports import read_step_log_chunk, step_tries
-from dags.runs import RunError, create_run, get_run, iso, request_cancel, retry_run, run_as_dict
+from dags.runs import RunError, create_run, get_run, request_cancel, retry_run
+from dags.serializers import BlankAsNullField, RfcTimeField, RunDetailSerializer, run_detail_json
 from workers.api import ErrorSerializer
 
 # What a DAG file name / explicit DAG name may contain (the parser's rule); it also keeps
@@ -56,23 +54,7 @@ class Conflict(APIException):
     default_code = "conflict"
 
 
-# ---- serializers (the run list uses RunListItemSerializer; the rest document the JSON)
-
-
-@extend_schema_field(OpenApiTypes.DATETIME)
-class RfcTimeField(serializers.Field):
-    """RFC 3339 UTC with a Z suffix, formatted exactly like `dags.runs.iso`."""
-
-    def to_representation(self, value: datetime) -> str | None:
-        return iso(value)
-
-
-class BlankAsNullField(serializers.CharField):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(allow_null=True, **kwargs)
-
-    def to_representation(self, value: str) -> str | None:
-        return value or None
+# ---- serializers (the run list and detail render through theirs; the rest document the JSON)
 
 
 class RunListItemSerializer(serializers.Serializer):
@@ -89,70 +71,6 @@ class RunListItemSerializer(serializers.Serializer):
     root_dag_run_id = serializers.CharField(source="root_run_id")
     parent_dag_run_id = serializers.CharField(source="parent_id", allow_null=True)
     parent_dag_run_name = serializers.CharField(source="parent.dag_name", allow_null=True)
-
-
-class StepJsonSerializer(serializers.Serializer):
-    name = serializers.CharField()
-    status = serializers.CharField()
-    exit_code = serializers.IntegerField(allow_null=True)
-    started_at = serializers.DateTimeField(allow_null=True)
-    finished_at = serializers.DateTimeField(allow_null=True)
-    attempt = serializers.IntegerField()
-    error = serializers.CharField()
-    output = serializers.CharField(allow_null=True)
-
-
-class AttemptJsonSerializer(serializers.Serializer):
-    number = serializers.IntegerField()
-    mode = serializers.CharField()
-    worker_id = serializers.CharField(allow_null=True)
-    status = serializers.CharField()
-    created_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField(allow_null=True)
-    finished_at = serializers.DateTimeField(allow_null=True)
-    end_reason = serializers.CharField()
-
-
-class DecisionJsonSerializer(serializers.Serializer):
-    attempt = serializers.IntegerField()
-    event = serializers.CharField()
-    mode = serializers.CharField()
-    why = serializers.CharField()
-    selector = serializers.DictField(child=serializers.CharField())
-    workers_considered = serializers.IntegerField()
-    workers_matched = serializers.IntegerField()
-    chosen_worker = serializers.CharField(allow_null=True)
-    waiting_reason = serializers.CharField(allow_null=True)
-    detail = serializers.CharField()
-    decided_at = serializers.DateTimeField()
-
-
-class RunDetailSerializer(serializers.Serializer):
-    dag_run_id = serializers.CharField()
-    dag_name = serializers.CharField()
-    status = serializers.CharField()
-    waiting_reason = serializers.CharField(allow_null=True)
-    execution_mode = serializers.CharField()
-    worker_selector = serializers.DictField(child=serializers.CharField())
-    worker_id = serializers.CharField(allow_null=True)
-    attempt = serializers.IntegerField()
-    params = serializers.DictField(child=serializers.CharField())
-    error = serializers.CharField()
-    outputs = serializers.DictField(child=serializers.CharField())
-    queued_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField(allow_null=True)
-    finished_at = serializers.DateTimeField(allow_null=True)
-    root_dag_run_id = serializers.CharField()
-    root_dag_run_name = serializers.CharField()
-    parent_dag_run_id = serializers.CharField(allow_null=True)
-    parent_dag_run_name = serializers.CharField(allow_null=True)
-    children = serializers.ListField(child=serializers.CharField())
-    steps = StepJsonSerializer(many=True)
-    attempts = AttemptJsonSerializer(many=True)
-    dispatch_decisions = DecisionJsonSerializer(many=True)
-    placement = PlacementSerializer(
-        allow_null=True, help_text="why a queued distributed run is not running; else null"
-    )
 
 
 class RunCreateSerializer(serializers.Serializer):
@@ -483,7 +401,7 @@ class DagRunListView(ListAPIView):
 
 def run_detail(run: DagRun) -> dict[str, Any]:
     """The run JSON every RunDetail response sends: the run with its placement diagnosis."""
-    return with_placement(run_as_dict(run), run, now=utcnow(), timing=settings.DAGU.timing)
+    return run_detail_json(run, now=utcnow(), timing=settings.DAGU.timing)
 
 
 class DagRunDetailView(APIView):

@@ -11,7 +11,7 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from dags.models import DagRun
+from dags.models import Attempt, DagRun
 from workers.models import Worker, WorkerLabel
 
 pytestmark = pytest.mark.django_db
@@ -46,8 +46,10 @@ def make_worker(wid: str, *, age: float | None, labels: dict[str, str] | None = 
 
 
 def make_run(run_id: str, *, worker: str = "", status: str = "running", **fields) -> DagRun:
+    """A distributed run as dispatch leaves it: a running one holds its worker's active
+    attempt (what makes the worker busy), a finished one a finished attempt."""
     now = datetime.now(UTC)
-    return DagRun.objects.create(
+    run = DagRun.objects.create(
         id=run_id,
         dag_name=fields.pop("dag_name", "etl"),
         spec="steps: []",
@@ -56,8 +58,20 @@ def make_run(run_id: str, *, worker: str = "", status: str = "running", **fields
         started_at=now - timedelta(seconds=20),
         status=status,
         worker_id=worker,
+        attempt=1,
         **fields,
     )
+    Attempt.objects.create(
+        run=run,
+        number=1,
+        token=f"token-{run_id}",
+        mode="distributed",
+        worker_id=worker,
+        status="running" if status == "running" else "succeeded",
+        created_at=run.queued_at,
+        started_at=run.started_at,
+    )
+    return run
 
 
 @pytest.fixture

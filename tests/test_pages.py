@@ -47,10 +47,13 @@ def make_worker(wid: str, *, age: float | None, slots: int = 10, **labels: str) 
 
 
 def running_on(wid: str, n: int) -> None:
+    """Runs as dispatch leaves them: each holds an active attempt on the worker."""
     for i in range(n):
-        DagRun.objects.create(id=f"{wid}-{i}", dag_name="d", spec="", queued_at=NOW,
-                              execution_mode="distributed", status="running",
-                              worker_id=wid)  # fmt: skip
+        run = DagRun.objects.create(id=f"{wid}-{i}", dag_name="d", spec="", queued_at=NOW,
+                                    execution_mode="distributed", status="running",
+                                    worker_id=wid, attempt=1)  # fmt: skip
+        Attempt.objects.create(run=run, number=1, token=f"t-{run.id}", mode="distributed",
+                               worker_id=wid, status="running", created_at=NOW)  # fmt: skip
 
 
 @pytest.mark.django_db

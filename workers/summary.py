@@ -11,21 +11,23 @@ from django.db.models import Count, Q, QuerySet, Sum
 
 from controlplane.core.config import TimingConfig
 from controlplane.core.health import HEALTHY, OFFLINE, UNHEALTHY, WARNING, health_status
-from dags.models import DagRun, RunStatus
 from dags.runs import iso
+from workers.load import active_attempts
 from workers.models import Worker
 
 
 def running_tasks_by_worker(worker_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    runs = (
-        DagRun.objects.filter(status=RunStatus.RUNNING, worker_id__in=worker_ids)
-        .select_related("root", "parent")
-        .order_by("started_at", "queued_at")
+    """Each worker's active attempts with their runs' hierarchy: the runs that make it busy."""
+    attempts = (
+        active_attempts(worker_ids)
+        .select_related("run", "run__root", "run__parent")
+        .order_by("run__started_at", "run__queued_at", "run_id")
     )
     out: dict[str, list[dict[str, Any]]] = {}
-    for run in runs:
+    for attempt in attempts:
+        run = attempt.run
         root = run.root or run
-        out.setdefault(run.worker_id, []).append(
+        out.setdefault(attempt.worker_id, []).append(
             {
                 "dag_name": run.dag_name,
                 "dag_run_id": run.id,
@@ -33,7 +35,7 @@ def running_tasks_by_worker(worker_ids: list[str]) -> dict[str, list[dict[str, A
                 "root_dag_run_id": root.id,
                 "parent_dag_run_name": run.parent.dag_name if run.parent else "",
                 "parent_dag_run_id": run.parent_id or "",
-                "started_at": iso(run.started_at or run.queued_at),
+                "started_at": iso(attempt.started_at or run.started_at or run.queued_at),
             }
         )
     return out
@@ -143,9 +145,8 @@ def fleet_overview(*, now: datetime, timing: TimingConfig) -> dict[str, int]:
         healthy=Count("pk", filter=health_q(HEALTHY, now=now, timing=timing)),
         total=Sum("max_active_runs", filter=online, default=0),
     )
-    running = DagRun.objects.filter(status=RunStatus.RUNNING)
-    active = running.filter(worker_id__in=Worker.objects.values("pk")).count()
-    busy = running.filter(worker_id__in=Worker.objects.filter(online).values("pk")).count()
+    active = active_attempts(Worker.objects.values("pk")).count()
+    busy = active_attempts(Worker.objects.filter(online).values("pk")).count()
     total = fleet["total"]
     return {
         "workers": fleet["workers"],

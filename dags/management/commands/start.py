@@ -24,7 +24,8 @@ from dags.progress import (
     follow_run,
     resolve_dag_path,
 )
-from dags.runs import RunError, create_run, run_as_dict, start_attempt
+from dags.runs import RunError, create_run, start_attempt
+from dags.serializers import run_json
 
 
 class Command(ConfigCommand):
@@ -107,7 +108,7 @@ def run_and_report(
             follow_run(run.id, write=progress.write, interrupted=interrupted)
     run.refresh_from_db()
     if as_json:
-        cmd.stdout.write(json.dumps(run_as_dict(run), indent=2))
+        cmd.stdout.write(json.dumps(run_json(run), indent=2))
     elif wait:
         cmd.stdout.write(f"{run.id} {run.status}")
     return exit_code_for(run.status) if wait else EXIT_OK

@@ -10,9 +10,9 @@ from typing import Any
 from controlplane.cli import ConfigCommand
 from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
-from controlplane.placement import with_placement
 from dags.progress import EXIT_INVALID, describe_step
-from dags.runs import RunError, get_run, run_as_dict
+from dags.runs import RunError, get_run
+from dags.serializers import run_detail_json
 
 
 class Command(ConfigCommand):
@@ -29,7 +29,7 @@ class Command(ConfigCommand):
         except RunError as exc:
             self.stderr.write(f"error: {exc}")
             sys.exit(EXIT_INVALID)
-        data = with_placement(run_as_dict(run), run, now=utcnow(), timing=config.timing)
+        data = run_detail_json(run, now=utcnow(), timing=config.timing)
         if options["json"]:
             self.stdout.write(json.dumps(data, indent=2))
             return
