@@ -15,7 +15,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from controlplane.core.spec import parse_dag_file
-from dags.models import DagRun, StepRun
+from dags.models import Attempt, DagRun, StepRun
 from dags.reports import step_log_path
 from dags.runs import create_run
 from tests.browser import CHROMIUM, PASSWORD, USER, logged_in_tab
@@ -96,10 +96,14 @@ def test_workers_page_shows_health_and_labels_and_updates_live(site, page, tmp_p
     Worker.objects.filter(pk="old@host-d").update(last_heartbeat_at=datetime.now(UTC))
     root = DagRun.objects.create(id="root-1", dag_name="pipeline", spec="", status="running",
                                  execution_mode="local", queued_at=datetime.now(UTC))  # fmt: skip
-    DagRun.objects.create(id="child-1", dag_name="train", spec="", status="running",
-                          execution_mode="distributed", worker_id="gpu-1@host-a",
-                          root=root, parent=root, queued_at=datetime.now(UTC),
-                          started_at=datetime.now(UTC))  # fmt: skip
+    child = DagRun.objects.create(id="child-1", dag_name="train", spec="", status="running",
+                                  execution_mode="distributed", worker_id="gpu-1@host-a",
+                                  root=root, parent=root, queued_at=datetime.now(UTC),
+                                  started_at=datetime.now(UTC), attempt=1)  # fmt: skip
+    # As dispatch leaves it: the worker holds the run's active attempt (what "busy" counts).
+    Attempt.objects.create(run=child, number=1, token="t-child-1", mode="distributed",
+                           worker_id="gpu-1@host-a", status="running",
+                           created_at=datetime.now(UTC))  # fmt: skip
     tab.wait_for_selector('tr[data-worker-id="old@host-d"][data-health="HEALTHY"]')
     tab.wait_for_function("document.getElementById('m-tasks').textContent === '1'")
     assert gpu_row.locator(".usage-text").inner_text() == "1/4"
