@@ -32,6 +32,7 @@ from controlplane.core.spec import (
     load_dag_file,
     parse_dag_file,
     parse_params_string,
+    protected_name_problem,
 )
 from controlplane.core.states import values
 from dags.models import DagRun, RunStatus, StepRun
@@ -293,6 +294,8 @@ def params_from_request(value: object) -> dict[str, str]:
     for key, item in value.items():
         if not _PARAM_NAME_RE.fullmatch(key):
             raise ParseError(f'params: "{key}" is not a valid parameter name')
+        if problem := protected_name_problem(key):
+            raise ParseError(f"params: {problem}")
         if item is None or isinstance(item, dict | list):
             raise ParseError(f"params.{key}: expected a string, number or boolean")
         # Same scalar rule as label maps: true -> "true", 64 -> "64".
