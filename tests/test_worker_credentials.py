@@ -270,3 +270,12 @@ def test_a_heartbeat_flood_from_new_ids_stops_at_the_credential_cap(tmp_path):
         assert sorted(s.id for s in coordinator.fleet.states()) == ["w0", "w1", "w2", "x1"]
     finally:
         server.stop(0)
+
+
+def test_a_loose_bootstrap_token_file_is_made_0600_on_start(tmp_path, caplog):
+    path = ensure_bootstrap_credential(tmp_path, now=T0)
+    token = path.read_text()
+    path.chmod(0o644)
+    assert ensure_bootstrap_credential(tmp_path, now=T0).read_text() == token
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert f"{path} was mode 0644; set it to 0600" in caplog.text
