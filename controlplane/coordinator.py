@@ -67,7 +67,11 @@ class Coordinator:
     def __init__(self, config: Config, *, now: datetime | None = None) -> None:
         self.config = config
         self.started_at = now or utcnow()
-        self.fleet = Fleet(timing=config.timing, started_at=self.started_at)
+        self.fleet = Fleet(
+            timing=config.timing,
+            started_at=self.started_at,
+            workers_per_credential=config.limits.workers_per_credential,
+        )
         self.wake_event = threading.Event()
         self.log_dir = Path(config.paths.log_dir)
 

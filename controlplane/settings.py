@@ -9,6 +9,7 @@ from pathlib import Path
 import dj_database_url
 
 from controlplane.core.config import resolve
+from controlplane.core.privatefile import read_private_file, write_private_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -25,14 +26,11 @@ def _secret_key() -> str:
     if key := os.environ.get("DJANGO_SECRET_KEY"):
         return key
     path = DATA_DIR / "secret_key"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(50)
-        path.write_text(key)
-        path.chmod(0o600)
+    if key := read_private_file(path):
         return key
+    key = secrets.token_urlsafe(50)
+    write_private_file(path, key)
+    return key
 
 
 SECRET_KEY = _secret_key()

@@ -18,7 +18,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, NotFound, ParseError
 from rest_framework.generics import ListAPIView
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -32,6 +31,7 @@ from controlplane.core.spec import (
     load_dag_file,
     parse_dag_file,
     parse_params_string,
+    protected_name_problem,
 )
 from controlplane.core.states import values
 from dags.models import DagRun, RunStatus, StepRun
@@ -39,7 +39,7 @@ from dags.progress import DagNotFound, resolve_dag_path
 from dags.reports import read_step_log_chunk, step_tries
 from dags.runs import RunError, create_run, get_run, request_cancel, retry_run
 from dags.serializers import BlankAsNullField, RfcTimeField, RunDetailSerializer, run_detail_json
-from workers.api import ErrorSerializer
+from workers.api import BoundedPagination, ErrorSerializer
 
 # What a DAG file name / explicit DAG name may contain (the parser's rule); it also keeps
 # API callers inside the DAGs dir: no "/" and no leading "." means no path traversal.
@@ -152,65 +152,13 @@ class DagDetailSerializer(DagSerializer):
     yaml = serializers.CharField()
 
 
-class RunPagination(LimitOffsetPagination):
+class RunPagination(BoundedPagination):
+    results_key = "dag_runs"
     default_limit = 50
     max_limit = 500
-    max_offset = 2**31 - 1  # far past any run table; a bigger one would overflow SQLite
-
-    # DRF falls back to the defaults on a bad limit or offset; a typo should not silently
-    # page from the start, so it is a 400 and the schema says what is valid.
-    def get_limit(self, request: Request) -> int:
-        limit = _query_int(request, self.limit_query_param, low=1, high=None)
-        return self.default_limit if limit is None else min(limit, self.max_limit)
-
-    def get_offset(self, request: Request) -> int:
-        return _query_int(request, self.offset_query_param, low=0, high=self.max_offset) or 0
-
-    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        parameters = super().get_schema_operation_parameters(view)
-        for parameter in parameters:
-            if parameter["name"] == self.limit_query_param:
-                parameter["schema"]["minimum"] = 1
-                parameter["description"] += f" (at most {self.max_limit} are returned)"
-            elif parameter["name"] == self.offset_query_param:
-                parameter["schema"].update(minimum=0, maximum=self.max_offset)
-        return parameters
-
-    def get_paginated_response(self, data: list[Any]) -> Response:
-        return Response(
-            {
-                "dag_runs": data,
-                "count": self.count,
-                "next": self.get_next_link(),
-                "previous": self.get_previous_link(),
-            }
-        )
-
-    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
-        link = {"type": "string", "nullable": True, "format": "uri"}
-        return {
-            "type": "object",
-            "required": ["dag_runs", "count", "next", "previous"],
-            "properties": {
-                "dag_runs": schema,
-                "count": {"type": "integer"},
-                "next": link,
-                "previous": link,
-            },
-        }
 
 
 # ---- helpers
-
-
-def _query_int(request: Request, name: str, *, low: int, high: int | None) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < low or (high and int(raw) > high):
-        within = f"from {low} to {high}" if high else f"from {low}"
-        raise ParseError(f"{name}: expected an integer {within}, got {raw[:40]!r}")
-    return int(raw)
 
 
 def _run_or_404(run_id: str) -> DagRun:
@@ -293,6 +241,8 @@ def params_from_request(value: object) -> dict[str, str]:
     for key, item in value.items():
         if not _PARAM_NAME_RE.fullmatch(key):
             raise ParseError(f'params: "{key}" is not a valid parameter name')
+        if problem := protected_name_problem(key):
+            raise ParseError(f"params: {problem}")
         if item is None or isinstance(item, dict | list):
             raise ParseError(f"params.{key}: expected a string, number or boolean")
         # Same scalar rule as label maps: true -> "true", 64 -> "64".

@@ -79,6 +79,10 @@ def create_run(
     dag = dag_file.get(dag_name) if dag_name else dag_file.main
     if dag is None:
         raise RunError(f'DAG "{dag_name}" is not defined in {dag_file.source}')
+    try:
+        resolved = resolve_params(dag, params or {})
+    except ValueError as exc:
+        raise RunError(f"params: {exc}") from None
     decision = decide_execution_mode(
         dag, step_selector=step_selector or {}, default_mode=default_mode
     )
@@ -87,7 +91,7 @@ def create_run(
         dag_name=dag.name,
         spec=dag_file.text,
         source=source or dag_file.source,
-        params=resolve_params(dag, params or {}),
+        params=resolved,
         status=RunStatus.QUEUED,
         execution_mode=decision.mode,
         mode_reason=decision.why,

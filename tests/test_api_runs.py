@@ -449,3 +449,12 @@ def test_schema_is_served_with_auth(api):
 def test_schema_generates_without_warnings(tmp_path):
     call_command("spectacular", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
     assert "createDagRun" in (tmp_path / "schema.yaml").read_text()
+
+
+@pytest.mark.parametrize("params", [{"LD_PRELOAD": "/tmp/x.so"}, "NAME=a LD_PRELOAD=/tmp/x.so"])
+def test_a_protected_param_is_refused_with_400_and_no_run(api, dagu, wakes, params):
+    response = create(api, {"dag": "hello", "params": params})
+    assert response.status_code == 400
+    assert "LD_PRELOAD" in response.json()["detail"]
+    assert "protected variable" in response.json()["detail"]
+    assert not DagRun.objects.exists() and not wakes

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -118,13 +120,13 @@ def test_wrong_token_gets_401_json():
 def test_bearer_token_is_accepted(api: APIClient):
     response = api.get("/api/v2/workers")
     assert response.status_code == 200
-    assert response.json() == {"workers": []}
+    assert response.json()["workers"] == []
 
 
 def test_admin_session_is_accepted(admin_client: Client):
     response = admin_client.get("/api/v2/workers")
     assert response.status_code == 200
-    assert response.json() == {"workers": []}
+    assert response.json()["workers"] == []
 
 
 def test_session_post_without_csrf_token_is_refused(admin_user):
@@ -257,3 +259,36 @@ def test_draining_an_unknown_worker_is_a_404(api: APIClient):
 
 def test_drain_needs_post(api: APIClient, fleet: None):
     assert api.get("/api/v2/workers/gpu-1@100/drain").status_code == 405
+
+
+def test_workers_are_paged_with_limit_offset_and_count(api: APIClient):
+    for i in range(5):
+        make_worker(f"w{i}", age=1, labels={"pool": "a" if i % 2 else "b"})
+    body = api.get("/api/v2/workers?limit=2&offset=1").json()
+    assert [w["id"] for w in body["workers"]] == ["w1", "w2"]
+    assert body["count"] == 5
+    assert "offset=3" in body["next"] and "offset=0" not in body["previous"]
+    filtered = api.get("/api/v2/workers?selector=pool=a&limit=1").json()
+    assert ([w["id"] for w in filtered["workers"]], filtered["count"]) == (["w1"], 2)
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=x", "offset=-1", "offset=99999999999"])
+def test_a_bad_page_is_a_400_naming_the_parameter(api: APIClient, query: str):
+    response = api.get(f"/api/v2/workers?{query}")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith(query.split("=")[0] + ": expected an integer")
+
+
+def test_ten_thousand_workers_list_one_page_in_a_few_queries(api: APIClient):
+    now = datetime.now(UTC)
+    Worker.objects.bulk_create(
+        Worker(id=f"w{i:05d}", registered_at=now, labels={"pool": f"p{i % 10}"},
+               last_heartbeat_at=now, max_active_runs=4)
+        for i in range(10_000)
+    )  # fmt: skip
+    with CaptureQueriesContext(connection) as queries:
+        body = api.get("/api/v2/workers?health=healthy").json()
+    assert body["count"] == 10_000
+    assert len(body["workers"]) == 100  # the default page
+    assert len(api.get("/api/v2/workers?limit=100000").json()["workers"]) == 1000  # the cap
+    assert len(queries) <= 6  # auth, count, the page, its running runs: not one per worker

@@ -106,3 +106,9 @@ def test_a_corrupt_sqlite_file_is_reported_in_one_line(damage: str, cluster: Clu
     ):
         line = one_error_line(cluster.manage(*command))
         assert line.startswith(f"error: database (from {path}): the file {expected}"), command
+
+
+def test_start_refuses_a_protected_param(cluster: Cluster, tmp_path: Path):
+    dag = write_dag(tmp_path, "any", "steps:\n  - name: a\n    command: 'true'\n")
+    line = one_error_line(cluster.manage("start", str(dag), "--params", "LD_PRELOAD=x"))
+    assert '"LD_PRELOAD" is a protected variable' in line

@@ -676,3 +676,20 @@ def test_times_are_utc():
 
     run(Dag(name="t", steps=(sh("a", "true"),)), Clock())
     assert seen[0].tzinfo == UTC
+
+
+def test_protected_names_that_bypassed_the_parser_never_reach_the_step():
+    # A Dag built without the parser (as a crafted or old stored task could be) and params a
+    # worker was sent for a child: the step still sees the real PATH and run id.
+    dag = Dag(
+        name="envdag",
+        env={"PATH": "/nowhere", "KEEP": "k"},
+        steps=(
+            sh("a", 'printf "%s|%s|%s|%s" "$PATH" "$DAG_RUN_ID" "$KEEP" "$LD_PRELOAD"',
+               output="V", env={"LD_AUDIT": "x"}),
+        ),
+    )  # fmt: skip
+    base = {"PATH": os.environ["PATH"]}
+    outcome = run(dag, base_env=base, context=context(LD_PRELOAD="/tmp/x.so", DAG_RUN_ID="fake"))
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.outputs["V"] == f"{os.environ['PATH']}|run-1|k|"

@@ -15,7 +15,7 @@ from controlplane.core.config import TimingConfig, resolve
 from dags.models import DagRun
 from dags.scheduler import CronScheduler
 from workers.models import Worker, WorkerLabel
-from workers.presence import Fleet, Identity, flush_fleet, purge_offline
+from workers.presence import Fleet, FleetFull, Identity, flush_fleet, purge_offline
 
 pytestmark = pytest.mark.django_db
 
@@ -109,3 +109,17 @@ def test_the_scheduler_queues_due_schedules_once_and_never_catches_up(tmp_path: 
     assert scheduler.tick(now=T0.replace(hour=2, minute=1) + timedelta(days=3)) == 1
     assert DagRun.objects.filter(dag_name="nightly").count() == 2
     assert woken == [1, 1]
+
+
+def test_offline_ids_of_a_credential_make_room_for_new_ones():
+    fleet = Fleet(timing=TimingConfig(), started_at=T0, workers_per_credential=2)
+    for wid in ("a", "b"):
+        fleet.record_heartbeat(
+            Identity(wid, "h", 1, {}, 1, credential="pool"), running=[], stopping=False, now=T0
+        )
+    with pytest.raises(FleetFull):
+        fleet.record_poll(Identity("c", "h", 1, {}, 1, credential="pool"), now=T0)
+    assert fleet.get("c") is None
+    later = T0 + timedelta(seconds=TimingConfig().health_offline_after + 1)
+    fleet.record_poll(Identity("c", "h", 1, {}, 1, credential="pool"), now=later)
+    assert fleet.get("c") is not None

@@ -1065,3 +1065,49 @@ def test_spec_module_imports_no_django():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# ---- protected variables
+
+
+@pytest.mark.parametrize(
+    "name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "DYLD_INSERT_LIBRARIES", "PATH", "BASH_ENV", "IFS",
+             "PYTHONPATH", "NODE_OPTIONS", "DAG_RUN_ID", "WORKER_ID"],
+)  # fmt: skip
+def test_params_string_refuses_a_protected_variable(name):
+    with pytest.raises(ValueError, match=f'^"{name}" is a protected variable'):
+        parse_params_string(f"A=1 {name}=x")
+
+
+def test_names_that_only_look_protected_are_free():
+    assert parse_params_string("LD=1 MY_PATH=2 path=3 ENVIRONMENT=4") == {
+        "LD": "1",
+        "MY_PATH": "2",
+        "path": "3",
+        "ENVIRONMENT": "4",
+    }
+
+
+def test_protected_names_in_a_dag_file_are_reported_with_their_path():
+    assert problems(
+        """
+        env: [PATH=/tmp/evil]
+        params: {LD_PRELOAD: x.so}
+        steps:
+          - name: a
+            command: echo
+            env: {DAG_NAME: other}
+            output: BASH_ENV
+        """
+    ) == [
+        'steps[0].env.DAG_NAME: "DAG_NAME" is a protected variable: params and env cannot set it',
+        'steps[0].output: "BASH_ENV" is a protected variable: params and env cannot set it',
+        'params.LD_PRELOAD: "LD_PRELOAD" is a protected variable: params and env cannot set it',
+        'env[0]: "PATH" is a protected variable: params and env cannot set it',
+    ]
+
+
+def test_resolve_params_refuses_a_protected_override():
+    dag = parse("steps: [{name: a, command: echo}]").main
+    with pytest.raises(ValueError, match='"LD_PRELOAD" is a protected variable'):
+        resolve_params(dag, {"LD_PRELOAD": "/tmp/x.so"})

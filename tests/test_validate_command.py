@@ -180,3 +180,12 @@ def test_no_file_argument_is_a_usage_error(home):
     result = run_validate(home=home)
     assert result.returncode != 0
     assert "FILE" in result.stderr
+
+
+def test_a_protected_variable_in_dag_env_fails_with_its_path(tmp_path, home):
+    path = write(tmp_path, "env.yaml", "env: [PATH=/tmp/evil]\n" + VALID)
+    result = run_validate(path, home=home)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f'{path}: env[0]: "PATH" is a protected variable: params and env cannot set it\n'
+    )

@@ -240,3 +240,42 @@ def test_create_worker_token_prints_the_token_last_and_stores_only_its_hash(caps
     credential = WorkerCredential.objects.get(name="eu-pool")
     assert token.startswith("dwt_") and token not in credential.token_hash
     assert credential.allowed_labels == {"region": "eu-west-1", "gpu": "*"}
+
+
+def test_a_heartbeat_flood_from_new_ids_stops_at_the_credential_cap(tmp_path):
+    config = resolve(env={"DAGU_HOME": str(tmp_path), "DAGU_LIMITS_WORKERS_PER_CREDENTIAL": "3"})
+    flood = issue_credential("flood", labels={}, worker_id_pattern="", now=T0)
+    other = issue_credential("other", labels={}, worker_id_pattern="", now=T0)
+    coordinator = Coordinator(config)
+    server, port, _ = build_server(coordinator, host="127.0.0.1", port=0, peer=PeerConfig())
+    server.start()
+    try:
+        client = stub(port, flood)
+        for i in range(3):
+            client.Heartbeat(pb.HeartbeatRequest(worker=as_worker(f"w{i}")), timeout=10)
+        for i in range(3, 50):
+            with pytest.raises(grpc.RpcError) as caught:
+                client.Heartbeat(pb.HeartbeatRequest(worker=as_worker(f"w{i}")), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert caught.value.details() == (
+            'credential "flood" already has 3 live workers (limits.workers_per_credential); '
+            "stop some or use another credential"
+        )
+        assert refused(client.Poll, pb.PollRequest(worker=as_worker("w99"), wait_ms=0)) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        # Known ids keep heartbeating; another credential has its own room.
+        client.Heartbeat(pb.HeartbeatRequest(worker=as_worker("w0")), timeout=10)
+        stub(port, other).Heartbeat(pb.HeartbeatRequest(worker=as_worker("x1")), timeout=10)
+        assert sorted(s.id for s in coordinator.fleet.states()) == ["w0", "w1", "w2", "x1"]
+    finally:
+        server.stop(0)
+
+
+def test_a_loose_bootstrap_token_file_is_made_0600_on_start(tmp_path, caplog):
+    path = ensure_bootstrap_credential(tmp_path, now=T0)
+    token = path.read_text()
+    path.chmod(0o644)
+    assert ensure_bootstrap_credential(tmp_path, now=T0).read_text() == token
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert f"{path} was mode 0644; set it to 0600" in caplog.text

@@ -11,10 +11,13 @@ import re
 from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ParseError
+from rest_framework.generics import ListAPIView
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -29,9 +32,9 @@ from controlplane.core.labels import (
     LabelError,
     parse_label_string,
 )
-from workers.models import RegisteredVia
+from workers.models import RegisteredVia, Worker
 from workers.presence import set_draining
-from workers.summary import worker_summaries
+from workers.summary import summarize, worker_queryset, worker_summaries
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +67,65 @@ class WorkerSerializer(serializers.Serializer):
     registered_via = serializers.ChoiceField(choices=RegisteredVia.choices)
 
 
-class WorkerListSerializer(serializers.Serializer):
-    workers = WorkerSerializer(many=True)
+class BoundedPagination(LimitOffsetPagination):
+    """`limit`/`offset` pages as `{<results_key>: [...], count, next, previous}`."""
+
+    results_key = "results"
+    default_limit = 50
+    max_limit = 500
+    max_offset = 2**31 - 1  # far past any run table; a bigger one would overflow SQLite
+
+    # DRF falls back to the defaults on a bad limit or offset; a typo should not silently
+    # page from the start, so it is a 400 and the schema says what is valid.
+    def get_limit(self, request: Request) -> int:
+        limit = query_int(request, self.limit_query_param, low=1, high=None)
+        return self.default_limit if limit is None else min(limit, self.max_limit)
+
+    def get_offset(self, request: Request) -> int:
+        return query_int(request, self.offset_query_param, low=0, high=self.max_offset) or 0
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.limit_query_param:
+                parameter["schema"]["minimum"] = 1
+                parameter["description"] += f" (at most {self.max_limit} are returned)"
+            elif parameter["name"] == self.offset_query_param:
+                parameter["schema"].update(minimum=0, maximum=self.max_offset)
+        return parameters
+
+    def get_paginated_response(self, data: list[Any]) -> Response:
+        return Response(
+            {
+                self.results_key: data,
+                "count": self.count,
+                "next": self.get_next_link(),
+                "previous": self.get_previous_link(),
+            }
+        )
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        link = {"type": "string", "nullable": True, "format": "uri"}
+        return {
+            "type": "object",
+            "required": [self.results_key, "count", "next", "previous"],
+            "properties": {
+                self.results_key: schema,
+                "count": {"type": "integer"},
+                "next": link,
+                "previous": link,
+            },
+        }
+
+
+def query_int(request: Request, name: str, *, low: int, high: int | None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < low or (high and int(raw) > high):
+        within = f"from {low} to {high}" if high else f"from {low}"
+        raise ParseError(f"{name}: expected an integer {within}, got {raw[:40]!r}")
+    return int(raw)
 
 
 # The `?selector=` grammar, exactly as the view enforces it and the schema documents it:
@@ -115,7 +175,25 @@ def _health_filter(value: str | None) -> str | None:
     return value.upper()
 
 
-class WorkerListView(APIView):
+class WorkerPagination(BoundedPagination):
+    results_key = "workers"
+    default_limit = 100
+    max_limit = 1000
+
+
+class WorkerListView(ListAPIView):
+    serializer_class = WorkerSerializer
+    pagination_class = WorkerPagination
+
+    def get_queryset(self) -> QuerySet[Worker]:
+        query = self.request.query_params
+        return worker_queryset(
+            now=utcnow(),
+            timing=settings.DAGU.timing,
+            selector=_selector_filter(query.get("selector", "")),
+            health=_health_filter(query.get("health")),
+        )
+
     @extend_schema(
         operation_id="listWorkers",
         parameters=[
@@ -127,15 +205,14 @@ class WorkerListView(APIView):
                 pattern=SELECTOR_PATTERN,
             ),
         ],
-        responses={200: WorkerListSerializer, 400: ErrorSerializer},
+        responses={200: WorkerSerializer(many=True), 400: ErrorSerializer},
     )
     def get(self, request: Request) -> Response:
-        selector = _selector_filter(request.query_params.get("selector", ""))
-        health = _health_filter(request.query_params.get("health"))
-        rows = worker_summaries(
-            now=utcnow(), timing=settings.DAGU.timing, selector=selector, health=health
-        )
-        return Response({"workers": rows})
+        # One page of rows, then their running runs in one query: never the whole fleet.
+        page = self.paginate_queryset(self.get_queryset())
+        assert page is not None
+        rows = summarize(list(page), now=utcnow(), timing=settings.DAGU.timing)
+        return self.get_paginated_response(rows)
 
 
 class WorkerDetailView(APIView):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import os
 import secrets
 import socket
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from pathlib import Path
 from django.db import IntegrityError, transaction
 
 from controlplane.core.labels import format_labels, parse_label_string
+from controlplane.core.privatefile import read_private_file, write_private_file
 from workers.models import WorkerCredential
 
 TOKEN_PREFIX = "dwt_"
@@ -146,7 +146,7 @@ def ensure_bootstrap_credential(data_dir: Path, *, now: datetime) -> Path:
     path = Path(data_dir) / BOOTSTRAP_FILE
     name = bootstrap_name()
     try:
-        current = path.read_text().strip()
+        current = read_private_file(path) or ""
     except OSError:
         current = ""
     if (
@@ -155,14 +155,8 @@ def ensure_bootstrap_credential(data_dir: Path, *, now: datetime) -> Path:
             token_hash=hash_token(current), revoked_at=None
         ).exists()
     ):
-        os.chmod(path, 0o600)
         return path
     token = new_token()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{BOOTSTRAP_FILE}.{os.getpid()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(token + "\n")
     WorkerCredential.objects.update_or_create(
         name=name,
         defaults={
@@ -173,5 +167,5 @@ def ensure_bootstrap_credential(data_dir: Path, *, now: datetime) -> Path:
             "revoked_at": None,
         },
     )
-    os.replace(temp, path)
+    write_private_file(path, token + "\n")
     return path

@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from controlplane.core.config import TimingConfig
 from controlplane.core.health import OFFLINE, UNHEALTHY, health_status
 from controlplane.core.routing import WorkerView
+from workers.credentials import CredentialError
 from workers.models import RegisteredVia, Worker, WorkerLabel
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class WorkerState:
     dirty: bool = True
     labels_changed: bool = True
     heartbeats: int = 0  # gRPC heartbeats received by this coordinator
+    credential: str = ""  # the credential that last heartbeated or polled as this id
 
 
 @dataclass(frozen=True)
@@ -61,18 +63,27 @@ class Identity:
     labels: Mapping[str, str]
     max_active_runs: int
     started_at: datetime | None = None
+    credential: str = ""  # who vouched for it (the RPC edge fills this in)
+
+
+class FleetFull(CredentialError):
+    """A credential already holds its `limits.workers_per_credential` live worker ids."""
 
 
 class Fleet:
     """Thread-safe worker table plus per-worker mailboxes that long polls wait on."""
 
-    def __init__(self, *, timing: TimingConfig, started_at: datetime) -> None:
+    def __init__(
+        self, *, timing: TimingConfig, started_at: datetime, workers_per_credential: int = 1000
+    ) -> None:
         self.timing = timing
+        self.workers_per_credential = workers_per_credential
         # Before a worker had the chance to reach a freshly (re)started coordinator, its
         # silence says nothing: health counts from no earlier than this moment.
         self.started_at = started_at
         self._lock = threading.Lock()
         self._workers: dict[str, WorkerState] = {}
+        self._by_credential: dict[str, set[str]] = {}
         self._mail: dict[str, list[object]] = {}
         self._mail_ready = threading.Condition(self._lock)
         self._closed = False
@@ -96,9 +107,15 @@ class Fleet:
 
     def _touch(self, who: Identity, *, now: datetime) -> WorkerState:
         state = self._workers.get(who.id)
+        if who.credential and (state is None or state.credential != who.credential):
+            self._check_room(who.credential, now=now)
         if state is None:
             state = self._workers[who.id] = WorkerState(id=who.id)
             logger.info("worker %s connected (labels %s)", who.id, dict(who.labels))
+        if who.credential and state.credential != who.credential:
+            self._by_credential.get(state.credential, set()).discard(state.id)
+            self._by_credential.setdefault(who.credential, set()).add(state.id)
+            state.credential = who.credential
         if dict(who.labels) != state.labels:
             state.labels = dict(who.labels)
             state.labels_changed = True
@@ -107,6 +124,25 @@ class Fleet:
         state.last_heartbeat = now
         state.dirty = True
         return state
+
+    def _check_room(self, credential: str, *, now: datetime) -> None:
+        """Refuse a new id of `credential` when it holds its cap of live (not offline) ids.
+
+        Offline ids stop counting, so a pool that replaced its hosts is not locked out;
+        they are dropped from the index here, keeping it no larger than the cap.
+        """
+        ids = self._by_credential.get(credential, set())
+        if len(ids) < self.workers_per_credential:
+            return
+        for wid in list(ids):
+            state = self._workers.get(wid)
+            if state is None or self.health(state, now=now) == OFFLINE:
+                ids.discard(wid)
+        if len(ids) >= self.workers_per_credential:
+            raise FleetFull(
+                f'credential "{credential[:100]}" already has {len(ids)} live workers '
+                f"(limits.workers_per_credential); stop some or use another credential"
+            )
 
     def merge_registry(
         self, records: Iterable[tuple[str, Identity, datetime]], *, now: datetime
@@ -159,8 +195,10 @@ class Fleet:
     def forget(self, worker_ids: Iterable[str]) -> None:
         with self._lock:
             for wid in worker_ids:
-                self._workers.pop(wid, None)
+                state = self._workers.pop(wid, None)
                 self._mail.pop(wid, None)
+                if state is not None:
+                    self._by_credential.get(state.credential, set()).discard(wid)
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -41,6 +41,25 @@ def running_tasks_by_worker(worker_ids: list[str]) -> dict[str, list[dict[str, A
     return out
 
 
+def worker_queryset(
+    *,
+    now: datetime,
+    timing: TimingConfig,
+    selector: Mapping[str, str] | None = None,
+    health: str | None = None,
+    worker_id: str | None = None,
+) -> QuerySet[Worker]:
+    """The workers matching these filters, by id (a page of it is what callers summarize)."""
+    qs = Worker.objects.all()
+    if selector:
+        qs = qs.matching(selector)
+    if worker_id is not None:
+        qs = qs.filter(pk=worker_id)
+    if health:
+        qs = qs.filter(health_q(health.upper(), now=now, timing=timing))
+    return qs.order_by("id")
+
+
 def worker_summaries(
     *,
     now: datetime,
@@ -49,14 +68,10 @@ def worker_summaries(
     health: str | None = None,
     worker_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    qs = Worker.objects.all()
-    if selector:
-        qs = qs.matching(selector)
-    if worker_id is not None:
-        qs = qs.filter(pk=worker_id)
-    if health:
-        qs = qs.filter(health_q(health.upper(), now=now, timing=timing))
-    return summarize(list(qs.order_by("id")), now=now, timing=timing)
+    qs = worker_queryset(
+        now=now, timing=timing, selector=selector, health=health, worker_id=worker_id
+    )
+    return summarize(list(qs), now=now, timing=timing)
 
 
 def summarize(

@@ -111,6 +111,9 @@ class LimitsConfig:
     # Sub-DAG calls nested deeper than this fail the calling step: a DAG that (through
     # other files) calls itself would otherwise spawn runs and threads without end.
     max_subdag_depth: int = 16
+    # Live worker ids one credential may hold in the coordinator's fleet: a leaked token
+    # heartbeating from ever-new ids is refused instead of growing memory and the Workers table.
+    workers_per_credential: int = 1000
 
 
 @dataclass(frozen=True)
@@ -464,6 +467,11 @@ _SETTINGS: tuple[_Setting, ...] = (
     _Setting("timing.health_offline_after", _parse_seconds, ("HEALTH_OFFLINE_AFTER",)),
     _Setting("timing.offline_purge_after", _parse_seconds, ("OFFLINE_PURGE_AFTER",)),
     _Setting("limits.max_subdag_depth", _parse_positive_int, ("LIMITS_MAX_SUBDAG_DEPTH",)),
+    _Setting(
+        "limits.workers_per_credential",
+        _parse_positive_int,
+        ("LIMITS_WORKERS_PER_CREDENTIAL",),
+    ),
     _Setting("logs.max_step_bytes", _parse_positive_int, ("LOGS_MAX_STEP_BYTES",)),
     _Setting("retention.days", _parse_non_negative_int, ("RETENTION_DAYS",)),
     _Setting("metrics.public", _parse_bool, ("METRICS_PUBLIC",)),
@@ -744,7 +752,10 @@ def resolve(
         sources=sources,
         config_file=located[0] if located is not None else None,
         limits=LimitsConfig(
-            max_subdag_depth=picked.get("limits.max_subdag_depth", LimitsConfig.max_subdag_depth)
+            max_subdag_depth=picked.get("limits.max_subdag_depth", LimitsConfig.max_subdag_depth),
+            workers_per_credential=picked.get(
+                "limits.workers_per_credential", LimitsConfig.workers_per_credential
+            ),
         ),
         metrics=MetricsConfig(public=picked.get("metrics.public", False)),
     )

@@ -49,6 +49,7 @@ from controlplane.core.spec import (
     Step,
     dag_name_problem,
     expand_vars,
+    is_protected_env_name,
 )
 from controlplane.core.states import StepStatus
 
@@ -382,13 +383,17 @@ class _Run:
             PARENT_DAG_RUN_ID=self.context.parent_dag_run_id,
             WORKER_ID=self.context.worker_id,
         )
+        # Parsing refuses protected names already; this drops them again for a task whose
+        # spec or params did not pass through our parser (an old stored run, a crafted child).
         for key, value in self.dag.env.items():
-            env[key] = expand_vars(value, env)
-        env.update(self.context.params)
+            if not is_protected_env_name(key):
+                env[key] = expand_vars(value, env)
+        env.update(_unprotected(self.context.params))
         with self.lock:
-            env.update(self.outputs)
+            env.update(_unprotected(self.outputs))
         for key, value in step.env.items():
-            env[key] = expand_vars(value, env)
+            if not is_protected_env_name(key):
+                env[key] = expand_vars(value, env)
         return env
 
 
@@ -598,6 +603,10 @@ class _SafeReporter:
             )
         except Exception:
             logger.exception("reporter failed on step_finished(%s)", step)
+
+
+def _unprotected(values: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in values.items() if not is_protected_env_name(k)}
 
 
 def _parallel_items(parallel: Parallel, env: Mapping[str, str]) -> list[object]:

@@ -9,6 +9,7 @@ clean database connections, as Django's request cycle does for HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -41,10 +42,10 @@ class CoordinatorService(Service):
         return self.coordinator
 
     def Poll(self, request: pb.PollRequest, context: grpc.ServicerContext) -> pb.PollResponse:
-        tasks = self.core.poll(
-            _identity(request.worker, context),
-            free_slots=request.free_slots,
-            wait=request.wait_ms / 1000,
+        who = _identity(request.worker, context)
+        tasks = _allowed(
+            context,
+            lambda: self.core.poll(who, free_slots=request.free_slots, wait=request.wait_ms / 1000),
         )
         return pb.PollResponse(tasks=[convert.task_to_pb(t) for t in tasks])
 
@@ -52,10 +53,10 @@ class CoordinatorService(Service):
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatResponse:
         who = _identity(request.worker, context)
-        cancel, draining = self.core.heartbeat(
-            who,
-            running=own_running(who.id, convert.running_from_pb(list(request.running))),
-            stopping=request.stopping,
+        running = own_running(who.id, convert.running_from_pb(list(request.running)))
+        cancel, draining = _allowed(
+            context,
+            lambda: self.core.heartbeat(who, running=running, stopping=request.stopping),
         )
         return pb.HeartbeatResponse(cancel_attempt_tokens=cancel, draining=draining)
 
@@ -158,8 +159,9 @@ def _identity(info: pb.WorkerInfo, context: grpc.ServicerContext) -> Identity:
         who = convert.identity_from_pb(info)
     except LabelError as exc:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"worker {info.worker_id[:40]!r}: {exc}")
-    _allowed(context, lambda: current_principal().check_worker(who.id, who.labels))
-    return who
+    principal = current_principal()
+    _allowed(context, lambda: principal.check_worker(who.id, who.labels))
+    return dataclasses.replace(who, credential=principal.credential)
 
 
 def _worker(worker_id: str, context: grpc.ServicerContext) -> None:

@@ -61,6 +61,8 @@ from controlplane.core.spec.model import (
     dag_name_problem,
     default_dag_name,
     expand_vars,
+    is_protected_env_name,
+    protected_name_problem,
 )
 from controlplane.core.spec.params import parse_params_string, resolve_params
 from controlplane.core.spec.parse import load_dag_file, parse_dag_file, parse_stored_dag_file
@@ -81,9 +83,11 @@ __all__ = [
     "default_dag_name",
     "expand_vars",
     "find_in_dags_dir",
+    "is_protected_env_name",
     "load_dag_file",
     "parse_dag_file",
     "parse_params_string",
     "parse_stored_dag_file",
+    "protected_name_problem",
     "resolve_params",
 ]

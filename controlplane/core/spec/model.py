@@ -148,6 +148,46 @@ def bad_name_message(name: str) -> str:
     return f'invalid name "{name}": use letters, digits and _, not starting with a digit'
 
 
+# Variables that decide which code a step's process loads or how its shell reads the command,
+# and the ones the engine sets for each step: params, env and outputs may not set them, or a
+# run request could turn "run this DAG" into "run my library inside it" (LD_PRELOAD=...).
+SYSTEM_ENV_NAMES = frozenset(
+    {
+        "DAG_NAME",
+        "DAG_RUN_ID",
+        "DAG_RUN_STEP_NAME",
+        "ROOT_DAG_RUN_ID",
+        "PARENT_DAG_RUN_ID",
+        "WORKER_ID",
+    }
+)
+PROTECTED_ENV_NAMES = SYSTEM_ENV_NAMES | frozenset(
+    {
+        "PATH",
+        "BASH_ENV",
+        "ENV",
+        "IFS",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PERL5OPT",
+        "NODE_OPTIONS",
+    }
+)
+PROTECTED_ENV_PREFIXES = ("LD_", "DYLD_")
+
+
+def is_protected_env_name(name: str) -> bool:
+    """True for a name params, env and outputs may not set (case-sensitive, as the OS is)."""
+    return name in PROTECTED_ENV_NAMES or name.startswith(PROTECTED_ENV_PREFIXES)
+
+
+def protected_name_problem(name: str) -> str | None:
+    """The one-line refusal for a protected variable name, or None when the name is free."""
+    if not is_protected_env_name(name):
+        return None
+    return f'"{name}" is a protected variable: params and env cannot set it'
+
+
 def default_dag_name(source: str) -> str:
     """The main DAG's default name: its file's stem, wherever the stored text is parsed again."""
     return Path(source).stem or "dag"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 
-from controlplane.core.spec.model import NAME_RE, Dag, bad_name_message
+from controlplane.core.spec.model import NAME_RE, Dag, bad_name_message, protected_name_problem
 
 
 def parse_params_string(text: str) -> dict[str, str]:
@@ -24,6 +24,8 @@ def parse_params_string(text: str) -> dict[str, str]:
             raise ValueError(f'"{word}" is not NAME=VALUE')
         if not NAME_RE.fullmatch(key):
             raise ValueError(bad_name_message(key))
+        if problem := protected_name_problem(key):
+            raise ValueError(problem)
         if key in params:
             raise ValueError(f'parameter "{key}" is given twice')
         params[key] = value
@@ -34,9 +36,12 @@ def resolve_params(dag: Dag, overrides: Mapping[str, str]) -> dict[str, str]:
     """The DAG's defaults in declaration order, overridden by `overrides`.
 
     Override keys the DAG does not declare are kept and come after the declared ones: a
-    parent passing an extra value to a child is not an error.
+    parent passing an extra value to a child is not an error. A protected name raises
+    ValueError: every edge checks already, this is the last gate before a run is stored.
     """
     resolved = dict(dag.params)
     for key, value in overrides.items():
+        if problem := protected_name_problem(key):
+            raise ValueError(problem)
         resolved[key] = str(value)
     return resolved

@@ -49,6 +49,7 @@ from controlplane.core.spec.model import (
     dag_name_problem,
     default_dag_name,
     join_path,
+    protected_name_problem,
 )
 from controlplane.core.spec.params import parse_params_string
 from controlplane.core.yamlload import YamlError, load_all
@@ -737,6 +738,9 @@ def _output(value: object, *, path: str, problems: list[SpecProblem]) -> str | N
             )
         )
         return None
+    if problem := protected_name_problem(value):
+        problems.append(SpecProblem(path, problem))
+        return None
     return value
 
 
@@ -923,6 +927,9 @@ def _key_values(
     for item_path, name, raw in pairs:
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             problems.append(SpecProblem(item_path, bad_name_message(str(name))))
+            continue
+        if problem := protected_name_problem(name):
+            problems.append(SpecProblem(item_path, problem))
             continue
         scalar = _scalar_text(raw)
         if scalar is None:
