@@ -29,6 +29,7 @@ from controlplane.core.labels import (
     LabelError,
     parse_label_string,
 )
+from controlplane.roles import ManagerWrites
 from workers.models import RegisteredVia
 from workers.presence import set_draining
 from workers.summary import worker_summaries
@@ -148,7 +149,7 @@ class WorkerDetailView(APIView):
 
 def _drain(request: Request, worker_id: str, *, draining: bool) -> Response:
     # The coordinator reads the flag from the row; nothing else to tell it.
-    if not set_draining(worker_id, draining=draining):
+    if not set_draining(worker_id, draining=draining, by=request.user.get_username()):
         raise NotFound(f'worker "{worker_id}" not found')
     verb = "draining" if draining else "undrained"
     logger.info("worker %s %s via the API by %s", worker_id, verb, request.user)
@@ -156,6 +157,8 @@ def _drain(request: Request, worker_id: str, *, draining: bool) -> Response:
 
 
 class WorkerDrainView(APIView):
+    permission_classes = [ManagerWrites]
+
     @extend_schema(
         operation_id="drainWorker",
         request=None,
@@ -166,6 +169,8 @@ class WorkerDrainView(APIView):
 
 
 class WorkerUndrainView(APIView):
+    permission_classes = [ManagerWrites]
+
     @extend_schema(
         operation_id="undrainWorker",
         request=None,
