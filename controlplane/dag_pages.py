@@ -139,6 +139,9 @@ def _start(request: HttpRequest, dag_file: DagFile, path: str) -> tuple[str | No
 
 @viewer_required
 def dag_page(request: HttpRequest, name: str) -> HttpResponse:
+    # Before any lookup: a viewer's POST is a 403 whether or not the DAG exists.
+    if request.method == "POST" and not can_start_runs(request.user):
+        raise PermissionDenied(denial(OPERATOR))
     dags_dir = _dags_dir()
     try:
         path = find_dag_path(name, dags_dir=dags_dir)
@@ -146,8 +149,6 @@ def dag_page(request: HttpRequest, name: str) -> HttpResponse:
         raise Http404(str(exc.detail)) from None
     entry, dag_file = describe_dag_file(path, dags_dir=dags_dir)
     error = ""
-    if request.method == "POST" and not can_start_runs(request.user):
-        raise PermissionDenied(denial(OPERATOR))
     if request.method == "POST" and dag_file is not None:
         run_id, error = _start(request, dag_file, str(path))
         if run_id:

@@ -27,7 +27,6 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
-from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -211,13 +210,11 @@ def render_metrics(*, timing: TimingConfig) -> bytes:
     return generate_latest(registry)
 
 
-class MetricsPermission(BasePermission):
+class MetricsPermission(ViewerRequired):
     """A viewer's token or session, unless `metrics.public: true` opens it to scrapers."""
 
     def has_permission(self, request: Request, view: object) -> bool:
-        if settings.DAGU.metrics.public:
-            return AllowAny().has_permission(request, view)
-        return ViewerRequired().has_permission(request, view)
+        return settings.DAGU.metrics.public or super().has_permission(request, view)
 
 
 class PlainText(BaseContentNegotiation):
