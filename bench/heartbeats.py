@@ -355,7 +355,7 @@ def print_capacity(results: list[dict[str, Any]], *, seconds: float, warmup: flo
 
 def api_token(cluster: Cluster, *, username: str) -> str:
     """The user's token from `create_api_token`, else a DRF token made through `shell`."""
-    result = cluster.manage("create_api_token", username, timeout=120)
+    result = cluster.manage("create_api_token", username, "--role", "viewer", timeout=120)
     if result.returncode == 0 and result.stdout.strip():
         return result.stdout.strip().splitlines()[-1].strip()
     code = (

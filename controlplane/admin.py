@@ -6,11 +6,14 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from controlplane.models import DispatchDecision
+from controlplane.roles import RoleLoginForm, admin_site_permission
 
 admin.site.site_header = "Dagu control plane"
 admin.site.site_title = "Dagu control plane"
 admin.site.index_title = "Administration"
 admin.site.site_url = "/workers/"
+admin.site.login_form = RoleLoginForm
+admin.site.has_permission = admin_site_permission  # type: ignore[method-assign]
 
 
 # What a decision says, in the order operators read it; the run inline shows the same.

@@ -66,3 +66,29 @@ def _link(
     if response is None or target not in operations:
         return
     response.setdefault("links", {})[target] = {"operationId": target, **how}
+
+
+# Every operation needs a token (401) and a role (403, naming it); the views don't repeat it.
+DENIALS = {
+    "401": "no or an invalid token",
+    "403": 'the caller\'s role is not enough; the body names the role needed ("viewer" to '
+    'read, "operator" to start, cancel or retry, "manager" for an inline spec or to drain)',
+}
+DETAIL_SCHEMA = {
+    "type": "object",
+    "properties": {"detail": {"type": "string"}},
+    "required": ["detail"],
+}
+
+
+def add_denials(
+    result: dict[str, Any], generator: object, request: object, public: bool
+) -> dict[str, Any]:
+    for methods in result.get("paths", {}).values():
+        for op in methods.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            for code, why in DENIALS.items():
+                body = {"application/json": {"schema": DETAIL_SCHEMA}}
+                op["responses"].setdefault(code, {"description": why, "content": body})
+    return result

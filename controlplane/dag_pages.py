@@ -14,7 +14,6 @@ from typing import Any
 
 from croniter import croniter
 from django.conf import settings
-from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
@@ -24,7 +23,7 @@ from rest_framework.exceptions import NotFound, ParseError
 from controlplane.core.clock import utcnow
 from controlplane.core.rpc.client import wake_coordinator
 from controlplane.core.spec import Dag, DagFile, DagSpecError, parse_dag_file
-from controlplane.roles import can_start_runs
+from controlplane.roles import OPERATOR, can_start_runs, denial, viewer_required
 from dags.api import dag_files, describe_dag_file, find_dag_path, params_from_request
 from dags.models import DagRun
 from dags.runs import RunError, create_run
@@ -97,7 +96,7 @@ def _last_run(name: str) -> DagRun | None:
     return DagRun.objects.filter(dag_name=name).order_by("-queued_at").first()
 
 
-@staff_member_required
+@viewer_required
 def dags_page(request: HttpRequest) -> HttpResponse:
     now = utcnow()
     dags_dir = _dags_dir()
@@ -128,6 +127,7 @@ def _start(request: HttpRequest, dag_file: DagFile, path: str) -> tuple[str | No
             default_mode=settings.DAGU.default_execution_mode,
             params=params,
             source=path,
+            by=request.user.get_username(),
         )
     except ParseError as exc:
         return None, str(exc.detail)
@@ -137,8 +137,11 @@ def _start(request: HttpRequest, dag_file: DagFile, path: str) -> tuple[str | No
     return run.id, ""
 
 
-@staff_member_required
+@viewer_required
 def dag_page(request: HttpRequest, name: str) -> HttpResponse:
+    # Before any lookup: a viewer's POST is a 403 whether or not the DAG exists.
+    if request.method == "POST" and not can_start_runs(request.user):
+        raise PermissionDenied(denial(OPERATOR))
     dags_dir = _dags_dir()
     try:
         path = find_dag_path(name, dags_dir=dags_dir)
@@ -146,8 +149,6 @@ def dag_page(request: HttpRequest, name: str) -> HttpResponse:
         raise Http404(str(exc.detail)) from None
     entry, dag_file = describe_dag_file(path, dags_dir=dags_dir)
     error = ""
-    if request.method == "POST" and not can_start_runs(request.user):
-        raise PermissionDenied("starting runs needs the operator role")
     if request.method == "POST" and dag_file is not None:
         run_id, error = _start(request, dag_file, str(path))
         if run_id:

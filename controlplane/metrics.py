@@ -27,7 +27,6 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import BaseParser
-from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -38,6 +37,7 @@ from controlplane.core.health import DISPATCHABLE, HEALTH_STATES, OFFLINE
 from controlplane.core.labels import format_labels, matches
 from controlplane.models import DecisionEvent, DispatchDecision
 from controlplane.placement import FleetWorker, fleet_from_db
+from controlplane.roles import ViewerRequired
 from dags.models import TERMINAL_RUN_STATUSES, Attempt, DagRun, ExecutionMode, RunStatus
 from workers.models import Worker
 
@@ -210,13 +210,11 @@ def render_metrics(*, timing: TimingConfig) -> bytes:
     return generate_latest(registry)
 
 
-class MetricsPermission(BasePermission):
+class MetricsPermission(ViewerRequired):
     """A viewer's token or session, unless `metrics.public: true` opens it to scrapers."""
 
     def has_permission(self, request: Request, view: object) -> bool:
-        if settings.DAGU.metrics.public:
-            return AllowAny().has_permission(request, view)
-        return IsAuthenticated().has_permission(request, view)
+        return settings.DAGU.metrics.public or super().has_permission(request, view)
 
 
 class PlainText(BaseContentNegotiation):

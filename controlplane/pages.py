@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
@@ -28,7 +27,7 @@ from controlplane.core.health import HEALTH_STATES
 from controlplane.core.states import values
 from controlplane.dag_pages import run_step_graph
 from controlplane.placement import run_placement
-from controlplane.roles import can_drain_workers
+from controlplane.roles import MANAGER, can_drain_workers, denial, viewer_required
 from dags.models import TERMINAL_RUN_STATUSES, DagRun, RunStatus
 from dags.reports import read_step_log_chunk, step_tries
 from workers.presence import set_draining
@@ -91,7 +90,7 @@ def _page_path(request: HttpRequest) -> str:
     return f"{request.path}?{params.urlencode()}" if params else request.path
 
 
-@staff_member_required
+@viewer_required
 def workers_page(request: HttpRequest) -> HttpResponse:
     now = utcnow()
     timing = settings.DAGU.timing
@@ -114,13 +113,13 @@ def workers_page(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
-@staff_member_required
+@viewer_required
 @require_POST
 def worker_drain(request: HttpRequest, worker_id: str, *, draining: bool) -> HttpResponse:
     """The Drain/Undrain buttons; without JavaScript the browser comes back to the page."""
     if not can_drain_workers(request.user):
-        raise PermissionDenied("draining workers needs the manager role")
-    if not set_draining(worker_id, draining=draining):
+        raise PermissionDenied(denial(MANAGER))
+    if not set_draining(worker_id, draining=draining, by=request.user.get_username()):
         raise Http404(f'worker "{worker_id}" not found')
     logger.info(
         "worker %s %s from the Workers page by %s",
@@ -134,7 +133,7 @@ def worker_drain(request: HttpRequest, worker_id: str, *, draining: bool) -> Htt
     return redirect(back)
 
 
-@staff_member_required
+@viewer_required
 def runs_page(request: HttpRequest) -> HttpResponse:
     runs = DagRun.objects.select_related("parent").order_by("-queued_at", "-id")
     status = request.GET.get("status", "")
@@ -154,7 +153,7 @@ def runs_page(request: HttpRequest) -> HttpResponse:
     return render(request, "pages/runs.html", context)
 
 
-@staff_member_required
+@viewer_required
 def run_page(request: HttpRequest, run_id: str) -> HttpResponse:
     try:
         run = DagRun.objects.select_related("root", "parent").get(pk=run_id)

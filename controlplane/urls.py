@@ -6,10 +6,10 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
-from rest_framework.permissions import IsAuthenticated
 
 from controlplane import api_errors, dag_pages, pages
 from controlplane.metrics import MetricsView
+from controlplane.roles import ViewerRequired
 from dags import api as dags_api
 from workers import api as workers_api
 
@@ -43,7 +43,7 @@ api_urlpatterns = [
     path("dags/<str:name>", dags_api.DagDetailView.as_view(), name="api-dag"),
     path(
         "schema/",
-        SpectacularAPIView.as_view(permission_classes=[IsAuthenticated]),
+        SpectacularAPIView.as_view(permission_classes=[ViewerRequired]),
         name="api-schema",
     ),
     # Last: any other path under /api/v2/ is a JSON 404, not Django's HTML page.

@@ -118,6 +118,7 @@ class DagRunAdmin(admin.ModelAdmin):
         ),
         ("Hierarchy", {"fields": ("root", "parent", "parent_step", "parent_item")}),
         ("Times", {"fields": ("queued_at", "started_at", "finished_at")}),
+        ("Who", {"fields": ("started_by", "cancelled_by", "retried_by")}),
         ("Input and output", {"fields": ("params", "outputs", "source", "spec")}),
     )
     readonly_fields = tuple(f for _, opts in fieldsets for f in opts["fields"])
@@ -154,7 +155,7 @@ class DagRunAdmin(admin.ModelAdmin):
         ok = 0
         for run_id in queryset.values_list("pk", flat=True):
             try:
-                operation(run_id, now=now)
+                operation(run_id, now=now, by=request.user.get_username())
                 ok += 1
             except RunError as exc:
                 self.message_user(request, str(exc), messages.WARNING)

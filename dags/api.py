@@ -34,6 +34,7 @@ from controlplane.core.spec import (
     protected_name_problem,
 )
 from controlplane.core.states import values
+from controlplane.roles import OperatorWrites, RunStartPermission
 from dags.models import DagRun, RunStatus, StepRun
 from dags.progress import DagNotFound, resolve_dag_path
 from dags.reports import read_step_log_chunk, step_tries
@@ -284,6 +285,7 @@ def spec_error_response(exc: DagSpecError) -> Response:
 
 
 class DagRunListView(ListAPIView):
+    permission_classes = [RunStartPermission]
     serializer_class = RunListItemSerializer
     pagination_class = RunPagination
     parser_classes = [JSONParser]  # the body is JSON (params is an object): no form encodings
@@ -342,6 +344,7 @@ class DagRunListView(ListAPIView):
                 default_mode=settings.DAGU.default_execution_mode,
                 params=params,
                 source=source,
+                by=request.user.get_username(),
             )
         except RunError as exc:
             raise ParseError(str(exc)) from None
@@ -363,6 +366,8 @@ class DagRunDetailView(APIView):
 
 
 class DagRunCancelView(APIView):
+    permission_classes = [OperatorWrites]
+
     @extend_schema(
         operation_id="cancelDagRun",
         request=None,
@@ -371,13 +376,15 @@ class DagRunCancelView(APIView):
     def post(self, request: Request, run_id: str) -> Response:
         _run_or_404(run_id)
         try:
-            run = request_cancel(run_id, now=utcnow())
+            run = request_cancel(run_id, now=utcnow(), by=request.user.get_username())
         except RunError as exc:
             raise Conflict(str(exc)) from None
         return Response(run_detail(run))
 
 
 class DagRunRetryView(APIView):
+    permission_classes = [OperatorWrites]
+
     @extend_schema(
         operation_id="retryDagRun",
         request=None,
@@ -386,7 +393,7 @@ class DagRunRetryView(APIView):
     def post(self, request: Request, run_id: str) -> Response:
         _run_or_404(run_id)
         try:
-            run = retry_run(run_id, now=utcnow())
+            run = retry_run(run_id, now=utcnow(), by=request.user.get_username())
         except RunError as exc:
             raise Conflict(str(exc)) from None
         wake_coordinator(settings.DAGU)

@@ -75,6 +75,11 @@ class DagRun(models.Model):
     max_redispatch = models.PositiveIntegerField(default=3)
     redispatch_count = models.PositiveIntegerField(default=0)
     cancel_requested = models.BooleanField(default=False)
+    # Usernames (kept as text: the record outlives the account); empty when the scheduler, a
+    # parent run or a management command did it.
+    started_by = models.CharField(max_length=150, blank=True)
+    cancelled_by = models.CharField(max_length=150, blank=True)
+    retried_by = models.CharField(max_length=150, blank=True)
     error = models.TextField(blank=True)
     outputs = models.JSONField(default=dict, blank=True)
     queued_at = models.DateTimeField(db_index=True)

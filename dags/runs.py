@@ -74,8 +74,11 @@ def create_run(
     parent_step: str = "",
     parent_item: int | None = None,
     step_selector: Mapping[str, str] | None = None,
+    by: str = "",
 ) -> DagRun:
-    """Create a queued run of `dag_name` (default: the file's main DAG) and record its mode."""
+    """Create a queued run of `dag_name` (default: the file's main DAG) and record its mode.
+
+    `by` is the user who started it (empty for the scheduler, a parent run or the CLI)."""
     dag = dag_file.get(dag_name) if dag_name else dag_file.main
     if dag is None:
         raise RunError(f'DAG "{dag_name}" is not defined in {dag_file.source}')
@@ -104,6 +107,7 @@ def create_run(
         on_worker_lost=dag.on_worker_lost,
         max_redispatch=dag.max_redispatch,
         queued_at=now,
+        started_by=by,
     )
     _create_steps(run, dag)
     record_decision(
@@ -213,7 +217,7 @@ def get_run(run_id: str) -> DagRun:
         raise RunError(f'run "{run_id}" not found') from None
 
 
-def request_cancel(run_id: str, *, now: datetime) -> DagRun:
+def request_cancel(run_id: str, *, now: datetime, by: str = "") -> DagRun:
     """Cancel a run and its unfinished children.
 
     A queued run is cancelled at once; a running one is flagged, and whoever executes it
@@ -229,6 +233,7 @@ def request_cancel(run_id: str, *, now: datetime) -> DagRun:
         DagRun.objects.filter(pk__in=ids, status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).update(
             cancel_requested=True
         )
+        DagRun.objects.filter(pk=run.pk).update(cancelled_by=by)
         DagRun.objects.filter(pk__in=ids, status=RunStatus.QUEUED, cancel_requested=True).update(
             status=RunStatus.CANCELLED,
             waiting_reason="",
@@ -254,7 +259,7 @@ def _descendant_ids(run: DagRun) -> list[str]:
 
 
 @transaction.atomic
-def retry_run(run_id: str, *, now: datetime) -> DagRun:
+def retry_run(run_id: str, *, now: datetime, by: str = "") -> DagRun:
     """Queue a finished run again; steps that succeeded are kept, the rest run anew."""
     run = get_run(run_id)
     if not run.is_terminal:
@@ -270,6 +275,8 @@ def retry_run(run_id: str, *, now: datetime) -> DagRun:
         queued_at=now,
         redispatch_count=0,
         retry_count=F("retry_count") + 1,
+        retried_by=by,
+        cancelled_by="",
     )
     if not updated:
         raise RunError(f'run "{run_id}" changed while retrying; try again')
@@ -277,7 +284,8 @@ def retry_run(run_id: str, *, now: datetime) -> DagRun:
         status=StepStatus.PENDING, exit_code=None, error="", started_at=None, finished_at=None
     )
     run.refresh_from_db()
-    record_decision(run, event=DecisionEvent.RETRY, now=now, detail="retried by an operator")
+    detail = f"retried by {by or 'an operator'}"
+    record_decision(run, event=DecisionEvent.RETRY, now=now, detail=detail)
     return run
 
 

@@ -111,6 +111,10 @@ class RunSerializer(serializers.Serializer):
     steps = StepJsonSerializer(many=True, read_only=True)
     attempts = AttemptJsonSerializer(many=True, read_only=True)
     dispatch_decisions = DecisionJsonSerializer(many=True, read_only=True)
+    # Who did it (a username), null for the scheduler, a parent run or the CLI.
+    started_by = BlankAsNullField()
+    cancelled_by = BlankAsNullField()
+    retried_by = BlankAsNullField()
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_root_dag_run_name(self, run: DagRun) -> str:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from controlplane.core.yamlload import YamlError, load_all
+from tests.roles import user_with_role
 from workers.api import SELECTOR_PATTERN
 
 pytestmark = pytest.mark.django_db
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def api() -> APIClient:
-    user = get_user_model().objects.create_user("contract")
+    user = user_with_role("contract", "manager")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
     return client

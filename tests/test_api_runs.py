@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from dags.models import DagRun, StepRun
 from dags.reports import step_log_path
+from tests.roles import user_with_role
 
 pytestmark = pytest.mark.django_db
 
@@ -80,7 +80,7 @@ def wakes(monkeypatch) -> list[object]:
 
 @pytest.fixture
 def api() -> APIClient:
-    user = get_user_model().objects.create_user("api-user")
+    user = user_with_role("api-user", "manager")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
     return client

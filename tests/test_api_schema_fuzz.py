@@ -49,7 +49,7 @@ def test_every_api_operation_keeps_its_schema_under_schemathesis(cluster: Cluste
     cluster.env["DAGU_DAGS_DIR"] = str(dags)
     web = cluster.start_main()
     cluster.start_worker("fuzz-w", "gpu=true,region=eu-west-1,cpu-only=true")
-    created = cluster.manage("create_api_token", "fuzzer", "--create-user")
+    created = cluster.manage("create_api_token", "fuzzer", "--role", "manager")
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip().splitlines()[-1]
     # A finished run, so the run list the stateful phase starts from is not empty.

@@ -6,7 +6,6 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -14,6 +13,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from dags.models import Attempt, DagRun
+from tests.roles import user_with_role
 from workers.models import Worker, WorkerLabel
 
 pytestmark = pytest.mark.django_db
@@ -78,7 +78,7 @@ def make_run(run_id: str, *, worker: str = "", status: str = "running", **fields
 
 @pytest.fixture
 def token() -> str:
-    user = get_user_model().objects.create_user("api-user")
+    user = user_with_role("api-user", "manager")
     return Token.objects.create(user=user).key
 
 

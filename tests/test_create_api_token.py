@@ -1,4 +1,4 @@
-"""`manage.py create_api_token USERNAME`: the token alone on the last line of stdout."""
+"""`manage.py create_api_token USERNAME [--role ROLE]`: the token alone on the last line."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from rest_framework.authtoken.models import Token
+
+from controlplane.roles import role_of
 
 pytestmark = pytest.mark.django_db
 
@@ -38,23 +40,29 @@ def test_a_second_call_shows_the_same_token():
     assert "existing" in second
 
 
-def test_unknown_user_is_one_line_and_exit_2():
-    with pytest.raises(SystemExit) as exc:
-        out, err = StringIO(), StringIO()
-        call_command("create_api_token", "nobody", stdout=out, stderr=err)
-    assert exc.value.code == 2
-    assert err.getvalue().strip() == (
-        'error: unknown user "nobody" (create it with --create-user, or in the admin)'
-    )
-    assert not Token.objects.exists()
-
-
-def test_create_user_makes_a_passwordless_staff_user():
-    out, _ = run_command("robot", "--create-user")
+def test_unknown_user_is_created_without_password_or_role():
+    out, _ = run_command("robot")
     user = get_user_model().objects.get(username="robot")
-    assert user.is_staff and not user.is_superuser
     assert not user.has_usable_password()
+    assert not user.is_staff and not user.is_superuser
+    assert role_of(user) is None
+    assert "no role" in out
     assert last_line(out) == Token.objects.get(user=user).key
+
+
+def test_role_sets_exactly_that_role():
+    run_command("robot", "--role", "manager")
+    out, _ = run_command("robot", "--role", "viewer")
+    user = get_user_model().objects.get(username="robot")
+    assert role_of(user) == "viewer"
+    assert list(user.groups.values_list("name", flat=True)) == ["viewer"]
+    assert last_line(out) == Token.objects.get(user=user).key
+
+
+def test_unknown_role_is_refused_and_no_token():
+    with pytest.raises(CommandError, match="invalid choice: 'root'"):
+        run_command("robot", "--role", "root")
+    assert not Token.objects.exists()
 
 
 def test_as_a_real_command(tmp_path, db_template):
@@ -75,12 +83,7 @@ def test_as_a_real_command(tmp_path, db_template):
         return subprocess.run([*MANAGE, "create_api_token", *args], env=env, text=True,
                               capture_output=True, timeout=60)  # fmt: skip
 
-    missing = manage("ci-bot")
-    assert missing.returncode == 2
-    assert missing.stderr.strip().splitlines() == [
-        'error: unknown user "ci-bot" (create it with --create-user, or in the admin)'
-    ]
-    created = manage("ci-bot", "--create-user")
+    created = manage("ci-bot", "--role", "operator")
     assert created.returncode == 0, created.stderr
     again = manage("ci-bot")
     assert again.returncode == 0

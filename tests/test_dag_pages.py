@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 
 from controlplane.core.spec import parse_dag_file
 from controlplane.dag_pages import dag_matches_search, next_run, step_graph
 from dags.models import DagRun
+from tests.roles import user_with_role
 from tests.test_api_runs import HELLO
 
 pytestmark = pytest.mark.django_db
@@ -45,7 +45,7 @@ def staff(client: Client, settings, tmp_path: Path, monkeypatch) -> Client:
     paths = dataclasses.replace(settings.DAGU.paths, dags_dir=dags_dir, log_dir=tmp_path / "logs")
     settings.DAGU = dataclasses.replace(settings.DAGU, paths=paths)
     monkeypatch.setattr("controlplane.dag_pages.wake_coordinator", lambda config: False)
-    client.force_login(get_user_model().objects.create_user("ops", is_staff=True))
+    client.force_login(user_with_role("ops", "manager"))
     return client
 
 

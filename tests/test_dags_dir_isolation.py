@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from controlplane.core.config import resolve
 from dags.models import DagRun
 from dags.scheduler import CronScheduler
+from tests.roles import user_with_role
 
 pytestmark = pytest.mark.django_db
 
@@ -48,7 +48,7 @@ def api(settings, tmp_path: Path) -> APIClient:
     dags_dir = bad_dags_dir(tmp_path)
     paths = dataclasses.replace(settings.DAGU.paths, dags_dir=dags_dir, log_dir=tmp_path / "l")
     settings.DAGU = dataclasses.replace(settings.DAGU, paths=paths)
-    user = get_user_model().objects.create_user("dir-user")
+    user = user_with_role("dir-user", "manager")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
     return client

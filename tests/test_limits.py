@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
@@ -46,6 +45,7 @@ from dags.local import execute_attempt
 from dags.models import Attempt, DagRun
 from dags.reports import read_step_log
 from dags.runs import create_run, start_attempt
+from tests.roles import user_with_role
 from tests.rpc_auth import bearer
 from tests.test_registry import valid_worker_json
 from workers.credentials import issue_credential
@@ -289,7 +289,7 @@ def run_locally(config, text: str) -> DagRun:
 @pytest.mark.django_db
 def test_api_bodies_over_the_limit_get_a_json_413(settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
-    user = get_user_model().objects.create_user("api-user")
+    user = user_with_role("api-user", "manager")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
     response = client.post("/api/v2/dag-runs", {"spec": "steps: []\n" + "#" * 5000}, format="json")

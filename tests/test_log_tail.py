@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from dags.api import FOLLOW_LOG_LIMIT
 from dags.models import DagRun, StepRun
 from dags.reports import read_step_log_chunk, step_log_path
+from tests.roles import user_with_role
 
 pytestmark = pytest.mark.django_db
 
@@ -67,7 +67,7 @@ def test_a_follower_far_behind_skips_to_the_bounded_tail(tmp_path: Path, step: S
 
 def test_the_logs_api_follows_by_offset_and_bounds_each_answer(tmp_path: Path, step: StepRun):
     client = APIClient()
-    client.force_authenticate(get_user_model().objects.create_user("ops", is_staff=True))
+    client.force_authenticate(user_with_role("ops", "manager"))
     url = "/api/v2/dag-runs/r1/logs"
     append(tmp_path, step, b"x" * (FOLLOW_LOG_LIMIT + 10))
     [tail] = client.get(url, {"step": "tail", "offset": "0"}).json()["steps"]

@@ -49,7 +49,7 @@ def test_start_all_serves_the_workers_api_with_bearer_tokens(cluster: Cluster):
 
 
 def api_token(cluster: Cluster) -> str:
-    created = cluster.manage("create_api_token", "ops", "--create-user")
+    created = cluster.manage("create_api_token", "ops", "--role", "manager")
     assert created.returncode == 0, created.stderr
     return created.stdout.strip().splitlines()[-1]
 

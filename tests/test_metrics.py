@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from django.contrib.auth import get_user_model
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -19,6 +18,7 @@ from rest_framework.test import APIClient
 from controlplane.core.config import MetricsConfig, TimingConfig
 from controlplane.models import DispatchDecision
 from dags.models import Attempt, DagRun
+from tests.roles import user_with_role
 from workers.models import Worker
 from workers.presence import Fleet, Identity, flush_fleet
 
@@ -31,7 +31,7 @@ PROMQL_WORDS = {"and", "or", "unless", "on", "by", "without", "sum", "rate", "in
 
 
 def viewer() -> APIClient:
-    user = get_user_model().objects.create_user("viewer")
+    user = user_with_role("viewer", "manager")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
     return client
@@ -56,7 +56,7 @@ def test_metrics_need_a_token_or_session():
     response = APIClient().get("/metrics")
     assert response.status_code == 401
     assert "detail" in response.json()
-    staff = get_user_model().objects.create_user("ops", is_staff=True)
+    staff = user_with_role("ops", "manager")
     session = APIClient()
     session.force_login(staff)
     assert session.get("/metrics").status_code == 200

@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 
 from controlplane.core.config import TimingConfig
@@ -15,6 +14,7 @@ from controlplane.models import DispatchDecision
 from controlplane.pages import relative_age
 from dags.models import Attempt, DagRun, StepRun
 from dags.reports import step_log_path
+from tests.roles import user_with_role
 from workers.models import Worker
 from workers.summary import filtered_workers, fleet_overview
 
@@ -113,7 +113,7 @@ def test_health_filter_in_the_database_agrees_with_health_status(age, state):
 
 @pytest.fixture
 def staff_client(client: Client) -> Client:
-    user = get_user_model().objects.create_user("ops", password="pw", is_staff=True)
+    user = user_with_role("ops", "manager", password="pw")
     client.force_login(user)
     return client
 
@@ -162,9 +162,11 @@ def test_anonymous_visitors_are_sent_to_the_admin_login(client: Client, url: str
 
 
 @pytest.mark.django_db
-def test_non_staff_users_are_sent_to_the_admin_login(client: Client):
-    client.force_login(get_user_model().objects.create_user("viewer"))
-    assert client.get("/workers/").status_code == 302
+def test_users_without_a_role_get_403_naming_the_role(client: Client):
+    client.force_login(user_with_role("nobody", None))
+    response = client.get("/workers/")
+    assert response.status_code == 403
+    assert '"viewer" role' in response.content.decode()
 
 
 @pytest.mark.django_db
@@ -295,8 +297,8 @@ def test_drain_needs_a_post_a_known_worker_and_the_permission(staff_client: Clie
 
 
 @pytest.mark.django_db
-def test_non_staff_cannot_drain(client: Client):
+def test_operators_cannot_drain(client: Client):
     make_worker("gpu-1@7", age=0)
-    client.force_login(get_user_model().objects.create_user("viewer"))
-    assert client.post("/workers/gpu-1@7/drain").status_code == 302
+    client.force_login(user_with_role("op", "operator"))
+    assert client.post("/workers/gpu-1@7/drain").status_code == 403
     assert not Worker.objects.get(pk="gpu-1@7").draining

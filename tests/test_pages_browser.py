@@ -12,13 +12,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from controlplane.core.spec import parse_dag_file
 from dags.models import Attempt, DagRun, StepRun
 from dags.reports import step_log_path
 from dags.runs import create_run
 from tests.browser import CHROMIUM, PASSWORD, USER, logged_in_tab
+from tests.roles import user_with_role
 from workers.models import Worker, WorkerLabel
 
 pytestmark = [
@@ -46,7 +46,7 @@ def site(settings, tmp_path: Path, monkeypatch, live_server) -> str:
     # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
     # between browser steps are still plain synchronous code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    get_user_model().objects.create_user(USER, password=PASSWORD, is_staff=True)
+    user_with_role(USER, "manager", password=PASSWORD)
     return live_server.url
 
 

@@ -44,8 +44,9 @@ def site(cluster: Cluster) -> Iterator[tuple[Cluster, str]]:
     cluster.start_worker("e2e-w1", "pool=e2e")
     made = cluster.manage(
         "shell", "-c",
-        "from django.contrib.auth import get_user_model; "
-        f"get_user_model().objects.create_user({USER!r}, password={PASSWORD!r}, is_staff=True)",
+        "from django.contrib.auth import get_user_model; from controlplane.roles import set_role; "
+        f"user = get_user_model().objects.create_user({USER!r}, password={PASSWORD!r}); "
+        "set_role(user, 'manager')",
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     yield cluster, f"http://127.0.0.1:{web}"

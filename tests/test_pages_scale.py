@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from dags.models import DagRun
+from tests.roles import user_with_role
 from workers.models import Worker, WorkerLabel
 
 WORKERS = 1_000
@@ -65,7 +65,7 @@ def fleet(settings, tmp_path: Path, django_db_blocker) -> None:
     ],
 )
 def test_every_page_at_a_thousand_workers_and_ten_thousand_runs(fleet, client: Client, url, rows):
-    client.force_login(get_user_model().objects.create_user("ops", is_staff=True))
+    client.force_login(user_with_role("ops", "manager"))
     with CaptureQueriesContext(connection) as queries:
         response = client.get(url)
     assert response.status_code == 200

@@ -7,13 +7,13 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from controlplane.placement import FleetWorker, diagnose, summarize, worker_verdict
 from dags.models import Attempt, DagRun
+from tests.roles import user_with_role
 from workers.models import Worker
 
 GPU = {"gpu": "true"}
@@ -120,7 +120,7 @@ EXPECTED = "0 of 4 workers can take it: 1 lacks gpu=true, 1 offline, 1 draining,
 @pytest.mark.django_db
 def test_run_json_explains_a_queued_run(fleet):
     _queued("q1", GPU)
-    user = get_user_model().objects.create_user("viewer")
+    user = user_with_role("viewer", "manager")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
     placement = client.get("/api/v2/dag-runs/q1").json()["placement"]
@@ -157,7 +157,7 @@ def test_status_shows_the_placement(fleet):
 @pytest.mark.django_db
 def test_run_page_shows_why_a_queued_run_waits(fleet, client):
     _queued("q3", GPU)
-    user = get_user_model().objects.create_user("op", is_staff=True)
+    user = user_with_role("op", "manager")
     client.force_login(user)
     html = client.get("/runs/q3/").content.decode()
     assert EXPECTED in html

@@ -286,7 +286,7 @@ def test_seed_pipelines_run_end_to_end_on_labelled_workers(
     assert _log(cluster, aggregate["dag_run_id"], "step-1") == "aggregate.py ran on cpu-w\n"
 
     # The API shows the same names, and serves the logs under them.
-    created = cluster.manage("create_api_token", "ops", "--create-user")
+    created = cluster.manage("create_api_token", "ops", "--role", "manager")
     token = created.stdout.strip().splitlines()[-1]
     status, body = get(f"http://127.0.0.1:{web}/api/v2/dag-runs/{run_id}", token)
     assert status == 200

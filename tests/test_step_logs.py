@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from controlplane.core.events import EventReporter
@@ -17,6 +16,7 @@ from controlplane.core.spec import parse_dag_file
 from dags.models import DagRun
 from dags.reports import apply_events, read_step_log
 from dags.runs import create_run, start_attempt
+from tests.roles import user_with_role
 
 pytestmark = pytest.mark.django_db
 
@@ -79,7 +79,7 @@ def test_the_logs_api_shows_the_last_try_and_serves_earlier_ones(tmp_path: Path,
     settings.DAGU = dataclasses.replace(settings.DAGU, paths=paths)
     run = retried_run(tmp_path)
     client = APIClient()
-    client.force_authenticate(get_user_model().objects.create_user("ops", is_staff=True))
+    client.force_authenticate(user_with_role("ops", "manager"))
     url = f"/api/v2/dag-runs/{run.id}/logs"
     [last] = client.get(url).json()["steps"]
     assert (last["log"], last["try"], last["tries"]) == ("third try ok\n", 3, 3)
@@ -98,7 +98,7 @@ def test_the_run_page_shows_the_last_try_and_links_the_earlier_ones(
     paths = dataclasses.replace(settings.DAGU.paths, log_dir=tmp_path)
     settings.DAGU = dataclasses.replace(settings.DAGU, paths=paths)
     run = retried_run(tmp_path)
-    client.force_login(get_user_model().objects.create_user("ops", is_staff=True))
+    client.force_login(user_with_role("ops", "manager"))
     page = client.get(f"/runs/{run.id}/").content.decode()
     assert "third try ok" in page and "first try" not in page
     for n in (1, 2):

@@ -11,6 +11,7 @@ from controlplane.core.config import ConfigError, resolve
 from controlplane.core.labels import matches
 from controlplane.core.spec import DagSpecError, parse_dag_file
 from controlplane.core.yamlload import MAX_DEPTH, YamlError, load_all, load_one
+from tests.roles import user_with_role
 from tests.test_validate_command import run_validate
 
 # 457 bytes in the report; nine levels of ten expand to a billion strings.
@@ -146,11 +147,10 @@ def test_a_recursive_alias_in_validate_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.django_db
 def test_a_recursive_alias_posted_to_the_api_is_a_json_400():
-    from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
-    user = get_user_model().objects.create_user("yaml-user")
+    user = user_with_role("yaml-user", "manager")
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
     for spec in (RECURSIVE, ALIAS_BOMB, "steps: " + "[" * 3000 + "]" * 3000):

@@ -107,6 +107,7 @@ class WorkerAdmin(admin.ModelAdmin):
         "last_heartbeat_at",
         "registered_via",
         "registry_file",
+        "drained_by",
     )
     fields = (*readonly_fields[:5], "draining", *readonly_fields[5:])
     inlines = (WorkerLabelInline,)
@@ -172,7 +173,8 @@ class WorkerAdmin(admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[Worker], *, draining: bool
     ) -> None:
         ids = list(queryset.values_list("pk", flat=True))
-        changed = [wid for wid in ids if set_draining(wid, draining=draining)]
+        by = request.user.get_username()
+        changed = [wid for wid in ids if set_draining(wid, draining=draining, by=by)]
         verb = "draining" if draining else "undrained"
         if changed:
             logger.info(

@@ -32,6 +32,7 @@ from controlplane.core.labels import (
     LabelError,
     parse_label_string,
 )
+from controlplane.roles import ManagerWrites
 from workers.models import RegisteredVia, Worker
 from workers.presence import set_draining
 from workers.summary import summarize, worker_queryset, worker_summaries
@@ -225,7 +226,7 @@ class WorkerDetailView(APIView):
 
 def _drain(request: Request, worker_id: str, *, draining: bool) -> Response:
     # The coordinator reads the flag from the row; nothing else to tell it.
-    if not set_draining(worker_id, draining=draining):
+    if not set_draining(worker_id, draining=draining, by=request.user.get_username()):
         raise NotFound(f'worker "{worker_id}" not found')
     verb = "draining" if draining else "undrained"
     logger.info("worker %s %s via the API by %s", worker_id, verb, request.user)
@@ -233,6 +234,8 @@ def _drain(request: Request, worker_id: str, *, draining: bool) -> Response:
 
 
 class WorkerDrainView(APIView):
+    permission_classes = [ManagerWrites]
+
     @extend_schema(
         operation_id="drainWorker",
         request=None,
@@ -243,6 +246,8 @@ class WorkerDrainView(APIView):
 
 
 class WorkerUndrainView(APIView):
+    permission_classes = [ManagerWrites]
+
     @extend_schema(
         operation_id="undrainWorker",
         request=None,

@@ -35,6 +35,8 @@ class Worker(models.Model):
     # Runs the worker reported in its last heartbeat.
     active_tasks = models.PositiveIntegerField(default=0)
     draining = models.BooleanField(default=False)
+    # Who last drained or undrained it (a username; empty for the CLI or never).
+    drained_by = models.CharField(max_length=150, blank=True)
     registered_at = models.DateTimeField()
     last_heartbeat_at = models.DateTimeField(null=True, blank=True, db_index=True)
     registered_via = models.CharField(

@@ -396,12 +396,14 @@ def _write_states(states: list[WorkerState], *, now: datetime) -> None:
         )
 
 
-def set_draining(worker_id: str, *, draining: bool) -> bool:
+def set_draining(worker_id: str, *, draining: bool, by: str = "") -> bool:
     """Drain (or undrain) a worker: it takes no new runs and finishes what it has.
 
-    Returns False if the worker is unknown. The coordinator picks the flag up from the row.
+    Returns False if the worker is unknown. The coordinator picks the flag up from the row;
+    `drained_by` keeps who last drained or undrained it.
     """
-    return bool(Worker.objects.filter(pk=worker_id).update(draining=draining))
+    rows = Worker.objects.filter(pk=worker_id)
+    return bool(rows.update(draining=draining, drained_by=by))
 
 
 def purge_offline(*, now: datetime, timing: TimingConfig) -> list[str]:

@@ -1,8 +1,9 @@
-"""`manage.py create_api_token USERNAME`: create (or show) a user's REST API token.
+"""`manage.py create_api_token USERNAME [--role ROLE]`: create (or show) a user's API token.
 
 The token is printed alone on the last line of stdout, so scripts can take `| tail -n1`.
-`--create-user` creates the user first if needed: a staff account with no usable password,
-which can use the API with its token but cannot log into the admin until given a password.
+A missing user is created with no usable password (it uses the API with its token and cannot
+log in until given a password); `--role` puts the user in that role (viewer, operator,
+manager, admin). A user with no role gets 403 from every endpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from rest_framework.authtoken.models import Token
 
 from controlplane.cli import ConfigCommand
 from controlplane.core.config import Config
+from controlplane.roles import ROLES, role_of, set_role
 
 
 class Command(ConfigCommand):
@@ -22,12 +24,10 @@ class Command(ConfigCommand):
     config_sections = ("paths",)
 
     def add_command_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("username", help="the user the token belongs to")
-        parser.add_argument(
-            "--create-user",
-            action="store_true",
-            help="create the user (staff, no password) if it does not exist",
-        )
+        parser.add_argument("username", help="the user the token belongs to (created if missing)")
+        parser.add_argument("--role", choices=ROLES, help="give the user this role")
+        # Kept so older scripts still work: a missing user is always created now.
+        parser.add_argument("--create-user", action="store_true", help=argparse.SUPPRESS)
 
     def handle_config(self, config: Config, **options: Any) -> None:
         username = options["username"]
@@ -35,13 +35,16 @@ class Command(ConfigCommand):
         lookup = {user_model.USERNAME_FIELD: username}
         user = user_model.objects.filter(**lookup).first()
         if user is None:
-            if not options["create_user"]:
-                self.exit_with_error(
-                    f'unknown user "{username}" (create it with --create-user, or in the admin)'
-                )
             # No password given: create_user stores an unusable one.
-            user = user_model.objects.create_user(**lookup, is_staff=True)
-            self.stdout.write(f'created staff user "{username}" (no password)')
+            user = user_model.objects.create_user(**lookup)
+            self.stdout.write(f'created user "{username}" (no password)')
+        if options["role"]:
+            set_role(user, options["role"])
+        role = role_of(user)
+        if role is None:
+            self.stdout.write(f'user "{username}" has no role: every request gets 403 (--role)')
+        else:
+            self.stdout.write(f'user "{username}" has the {role} role')
         token, created = Token.objects.get_or_create(user=user)
         self.stdout.write(f'{"new" if created else "existing"} API token for "{username}":')
         self.stdout.write(token.key)
