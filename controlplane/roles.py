@@ -154,10 +154,14 @@ def admin_site_permission(request: HttpRequest) -> bool:
 
 
 def set_role(user: AbstractBaseUser, role: str) -> None:
-    """Put the user in exactly one role group (the groups the data migration made)."""
+    """Put the user in exactly one role group.
+
+    The data migration makes the groups; one deleted by hand (or by a test database flush)
+    is made again rather than failing the command that assigns it.
+    """
     if role not in ROLES:
         raise ValueError(f'unknown role "{role}"; expected one of {", ".join(ROLES)}')
     groups = user.groups  # type: ignore[attr-defined]
     groups.remove(*groups.filter(name__in=ROLES))
-    groups.add(Group.objects.get(name=role))
+    groups.add(Group.objects.get_or_create(name=role)[0])
     user.__dict__.pop("_dagu_role", None)
