@@ -420,8 +420,8 @@ def measure_api(*, workers: int, requests: int, channels: int, hold: float) -> d
             meter.start()
             results: dict[str, Any] = {"workers": workers}
             for label, path in (
-                ("all", "/api/v2/workers"),
-                ("selector zone=z1", "/api/v2/workers?selector=zone%3Dz1"),
+                ("all (one page of 1,000)", "/api/v2/workers?limit=1000"),
+                ("selector zone=z1", "/api/v2/workers?selector=zone%3Dz1&limit=1000"),
             ):
                 times, status, size, body = time_requests(
                     web_port, path, token=token, count=requests
