@@ -14,6 +14,14 @@ def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
     return JsonResponse({"detail": f"no API endpoint at {request.path[:200]}"}, status=404)
 
 
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's 404 handler: JSON under /api/ (a path no route pattern matches, such as one
+    with a newline the catch-all route cannot see), the HTML page elsewhere."""
+    if request.path.startswith("/api/"):
+        return not_found(request)
+    return defaults.page_not_found(request, exception)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "internal server error"}, status=500)

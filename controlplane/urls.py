@@ -47,9 +47,10 @@ api_urlpatterns = [
         name="api-schema",
     ),
     # Last: any other path under /api/v2/ is a JSON 404, not Django's HTML page.
-    re_path(r"^(?P<path>.*)$", api_errors.not_found, name="api-not-found"),
+    re_path(r"^(?P<path>(?s:.*))$", api_errors.not_found, name="api-not-found"),
 ]
 
+handler404 = api_errors.page_not_found
 handler500 = api_errors.server_error
 
 urlpatterns = [

@@ -283,7 +283,8 @@ def test_seed_worker_command_lines_register_with_their_labels(dagu_cluster: Clus
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     ca = trustme.CA()
     server = ca.issue_cert("localhost", "127.0.0.1")
-    client = ca.issue_cert("worker.example")
+    # With mutual TLS the certificate names the worker (issue 10: CN or a DNS SAN = worker id).
+    client = ca.issue_cert("worker.example", "gpu-1")
     folder = tmp_path_factory.mktemp("pki")
     files = {
         "ca.pem": ca.cert_pem,
