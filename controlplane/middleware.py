@@ -31,3 +31,18 @@ class ApiBodyLimit:
                     status=413,
                 )
         return self.get_response(request)
+
+
+class ApiNulRefusal:
+    """A NUL character in an API path is a JSON 404: no stored id or name can hold one (every
+    edge validates them), and PostgreSQL refuses one in any text parameter, so the lookup
+    would otherwise end in a 500. Query filters treat a NUL as matching nothing (dags.api).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith("/api/") and "\x00" in request.path:
+            return JsonResponse({"detail": "no API resource has a NUL in its path"}, status=404)
+        return self.get_response(request)

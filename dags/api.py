@@ -300,6 +300,9 @@ class DagRunListView(ListAPIView):
                     + ", ".join(values(RunStatus))
                 )
             qs = qs.filter(status=run_status)
+        texts = [query.get(name) or "" for name in ("dag_name", "worker_id", "root", "parent")]
+        if any("\x00" in text for text in texts):
+            return qs.none()  # nothing stored holds a NUL (and PostgreSQL cannot compare one)
         if dag_name := query.get("dag_name"):
             qs = qs.filter(dag_name=dag_name)
         if worker_id := query.get("worker_id"):

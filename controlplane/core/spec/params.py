@@ -43,5 +43,8 @@ def resolve_params(dag: Dag, overrides: Mapping[str, str]) -> dict[str, str]:
     for key, value in overrides.items():
         if problem := protected_name_problem(key):
             raise ValueError(problem)
+        if "\x00" in key or "\x00" in str(value):
+            # No process environment can carry a NUL, and PostgreSQL's JSON cannot store one.
+            raise ValueError(f"params: {key[:40]!r} holds a NUL character")
         resolved[key] = str(value)
     return resolved
