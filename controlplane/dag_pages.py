@@ -24,9 +24,15 @@ from controlplane.core.clock import utcnow
 from controlplane.core.rpc.client import wake_coordinator
 from controlplane.core.spec import Dag, DagFile, DagSpecError, parse_dag_file
 from controlplane.roles import OPERATOR, can_start_runs, denial, viewer_required
-from dags.api import dag_files, describe_dag_file, find_dag_path, params_from_request
+from dags.api import (
+    dag_files,
+    describe_dag_file,
+    find_dag_path,
+    params_from_request,
+    start_dag_run,
+)
 from dags.models import DagRun
-from dags.runs import RunError, create_run
+from dags.runs import RunError
 
 RUNS_PER_PAGE = 25
 
@@ -121,14 +127,7 @@ def _start(request: HttpRequest, dag_file: DagFile, path: str) -> tuple[str | No
     }
     try:
         params = params_from_request(raw)
-        run = create_run(
-            dag_file,
-            now=utcnow(),
-            default_mode=settings.DAGU.default_execution_mode,
-            params=params,
-            source=path,
-            by=request.user.get_username(),
-        )
+        run = start_dag_run(request, dag_file, params=params, source=path)
     except ParseError as exc:
         return None, str(exc.detail)
     except RunError as exc:

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
+from django.http import HttpRequest
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -227,6 +228,20 @@ def describe_dag_file(path: Path, *, dags_dir: Path) -> tuple[dict[str, Any], Da
     return entry, dag_file
 
 
+def start_dag_run(
+    request: HttpRequest | Request, dag_file: DagFile, *, params: dict[str, str], source: str
+) -> DagRun:
+    """Queue a run of `dag_file` as the requesting user (the API's and the DAG page's Start)."""
+    return create_run(
+        dag_file,
+        now=utcnow(),
+        default_mode=settings.DAGU.default_execution_mode,
+        params=params,
+        source=source,
+        by=request.user.get_username(),
+    )
+
+
 def params_from_request(value: object) -> dict[str, str]:
     """`params` as a JSON object of scalars or a "K=V ..." string; ParseError otherwise."""
     if value is None or value == "":
@@ -341,14 +356,7 @@ class DagRunListView(ListAPIView):
             return spec_error_response(exc)
         params = params_from_request(request.data.get("params"))
         try:
-            run = create_run(
-                dag_file,
-                now=utcnow(),
-                default_mode=settings.DAGU.default_execution_mode,
-                params=params,
-                source=source,
-                by=request.user.get_username(),
-            )
+            run = start_dag_run(request, dag_file, params=params, source=source)
         except RunError as exc:
             raise ParseError(str(exc)) from None
         wake_coordinator(settings.DAGU)
