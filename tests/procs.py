@@ -153,6 +153,13 @@ class Cluster:
         self.port = self._wait_port(name, proc, "coordinator listening on", "the coordinator")
         return proc
 
+    def start_extra_coordinator(self, name: str) -> int:
+        """Another coordinator on the same database and data dir, on a port of its own
+        (PostgreSQL lane only: SQLite refuses a second). Returns its port; `self.port` stays
+        the first coordinator's."""
+        proc = self.spawn(name, "coordinator", "--coordinator.port", "0")
+        return self._wait_port(name, proc, "coordinator listening on", f"coordinator {name}")
+
     def start_main(self, name: str = "main", *args: str) -> int:
         """`start_all` on a free web port; returns that port (self.port is its gRPC port)."""
         proc = self.spawn(name, "start_all", "--port", "0", *args)
@@ -170,7 +177,13 @@ class Cluster:
         return int(port)
 
     def start_worker(
-        self, worker_id: str, labels: str = "", *, max_runs: int = 4, extra: tuple[str, ...] = ()
+        self,
+        worker_id: str,
+        labels: str = "",
+        *,
+        max_runs: int = 4,
+        extra: tuple[str, ...] = (),
+        coordinators: str = "",
     ) -> subprocess.Popen[bytes]:
         args = [
             "worker",
@@ -179,7 +192,7 @@ class Cluster:
             "--worker.max-active-runs",
             str(max_runs),
             "--worker.coordinators",
-            f"127.0.0.1:{self.port}",
+            coordinators or f"127.0.0.1:{self.port}",
             "--shutdown-grace",
             "5",
             *extra,

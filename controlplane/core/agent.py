@@ -40,6 +40,7 @@ from controlplane.core.rpc.client import (
     CoordinatorRefused,
     CoordinatorUnavailable,
     address_source,
+    live_source,
     worker_token_source,
 )
 from controlplane.core.rpc.events import event_to_pb, ms
@@ -228,8 +229,16 @@ class WorkerAgent:
         self.started_at = utcnow()
         self.shutdown_grace = shutdown_grace
         self.client = client or CoordinatorClient(
-            addresses=address_source(config), peer=config.peer, token=worker_token_source(config)
+            addresses=address_source(config),
+            peer=config.peer,
+            token=worker_token_source(config),
+            live=live_source(config),
+            who=f"worker {self.worker_id}",
         )
+        # After a move to another coordinator, heartbeat there at once: the heartbeat
+        # re-registers this worker with its running attempts (see _heartbeat_loop).
+        self._beat_now = threading.Event()
+        self.client.on_move = lambda address: self._beat_now.set()
         self.refused = ""  # why the coordinator refused this worker; it then stops
         self.outbox = Outbox()
         self.stop_event = threading.Event()  # stop taking work
@@ -436,9 +445,13 @@ class WorkerAgent:
         while not self.halt_event.is_set():
             if self.heartbeat_once():
                 backoff.reset()
-                self.halt_event.wait(self.config.timing.heartbeat_interval)
+                delay = self.config.timing.heartbeat_interval
             else:
-                self.halt_event.wait(backoff.next_delay())
+                delay = backoff.next_delay()
+            # Set by halt, and by a move to another coordinator: that one learns of this
+            # worker and its running attempts now, not after a backoff.
+            self._beat_now.wait(delay)
+            self._beat_now.clear()
 
     def _poll_loop(self) -> None:
         backoff = Backoff()
@@ -533,6 +546,7 @@ class WorkerAgent:
         self._report_deadline = time.monotonic() + 10
         self.outbox.wait_empty(timeout=10)
         self.halt_event.set()
+        self._beat_now.set()
         if self._registrant is not None:
             self._registrant.stop()
         self.client.close()

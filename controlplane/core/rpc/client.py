@@ -116,13 +116,53 @@ def address_source(config: Config) -> Callable[[], list[str]]:
     return lambda: discover_coordinators(root)
 
 
-def explain_rpc_error(
-    exc: grpc.RpcError, address: str, *, tls: bool = False, client_cert: bool = False
+def live_source(config: Config) -> Callable[[], list[str]] | None:
+    """With several configured coordinators, the registry says which of them are running."""
+    if len(config.worker.coordinators) < 2:
+        return None
+    root = Path(config.paths.service_registry_dir)
+    return lambda: discover_coordinators(root)
+
+
+def next_address(
+    candidates: list[str], *, after: str, skip: set[str], live: list[str] | None = None
 ) -> str:
-    """Turn transport failures into something an operator can act on."""
+    """Round-robin: the next candidate after `after` that is not in `skip`, preferring those
+    in `live` (what the registry lists as running) when it is known.
+
+    When every candidate is in `skip` (a whole round failed), the next one again; the
+    caller's backoff keeps that from spinning.
+    """
+    if after in candidates:
+        i = candidates.index(after) + 1
+        candidates = candidates[i:] + candidates[:i]
+    if live:
+        running = set(live)
+        candidates = [a for a in candidates if a in running] + [
+            a for a in candidates if a not in running
+        ]
+    fresh = [a for a in candidates if a not in skip]
+    return (fresh or candidates)[0]
+
+
+def explain_rpc_error(
+    exc: grpc.RpcError,
+    address: str,
+    *,
+    tls: bool = False,
+    client_cert: bool = False,
+    answered: bool = False,
+) -> str:
+    """Turn transport failures into something an operator can act on.
+
+    `answered`: this coordinator answered before, so a closed socket means it went away (a
+    crash, a restart), not a TLS mismatch.
+    """
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else "") or ""
     low = details.lower()
+    if answered and ("socket closed" in low or "connection reset" in low):
+        return f"coordinator {address} closed the connection: {details}"
     if "certificate_verify_failed" in low or "certificate verify failed" in low:
         return (
             f"TLS handshake with coordinator {address} failed: its certificate is not signed by "
@@ -206,8 +246,20 @@ def unverified_server_identity(
     return pem.encode(), names[0] if names else host
 
 
+# Consecutive transport failures (UNAVAILABLE or DEADLINE_EXCEEDED, from any of the worker's
+# loops) after which a coordinator counts as gone and the client moves to the next address.
+# One is not enough: a long poll can race its deadline on a busy coordinator. A channel that
+# gRPC reports in TRANSIENT_FAILURE (it cannot connect at all) is left at the first failure.
+MOVE_AFTER_FAILURES = 2
+
+
 class CoordinatorClient:
-    """Calls the coordinator, moving on to the next known address when one fails."""
+    """Calls one coordinator at a time; moves to the next known address when it stops answering.
+
+    All callers (a worker's heartbeat, poll and report loops, its sub-DAG calls) share the
+    current coordinator, so a worker polls one coordinator only. `on_move(address)` runs
+    after each move to another address: the agent heartbeats there at once.
+    """
 
     def __init__(
         self,
@@ -215,40 +267,62 @@ class CoordinatorClient:
         addresses: Callable[[], list[str]],
         peer: PeerConfig,
         token: TokenSource | None = None,
+        live: Callable[[], list[str]] | None = None,
+        who: str = "client",
+        on_move: Callable[[str], None] | None = None,
     ) -> None:
         self._addresses = addresses
+        self._live = live or (lambda: [])
         self._peer = peer
         self._token = token or (lambda: ("", ""))
         self._tls = uses_tls(peer)
         self._credentials = None if peer.skip_tls_verify else channel_credentials(peer)
+        self._who = who  # names the caller in the one line logged per move
+        self.on_move = on_move
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._stub: coordinator_pb2_grpc.CoordinatorStub | None = None
-        self._address = ""
-        self._failed: set[str] = set()
+        self._address = ""  # the current coordinator; "" until the first pick
+        self._connectivity: grpc.ChannelConnectivity | None = None
+        self._failures = 0  # consecutive transport failures on the current coordinator
+        self._failed: set[str] = set()  # addresses given up on in this round
+        self._answered_by: set[str] = set()  # addresses that answered a call once
 
     @property
     def address(self) -> str:
         return self._address
 
-    def _connect(self) -> coordinator_pb2_grpc.CoordinatorStub:
+    def _connect(self) -> tuple[coordinator_pb2_grpc.CoordinatorStub, str]:
+        moved = ""
         with self._lock:
             if self._stub is not None:
-                return self._stub
-            candidates = self._addresses()
-            if not candidates:
-                raise CoordinatorUnavailable(
-                    "no coordinator address: none configured and none in the service registry"
-                )
-            fresh = [a for a in candidates if a not in self._failed] or candidates
-            if len(fresh) == len(candidates):
-                self._failed.clear()
-            address = fresh[0]
-            self._channel = self._open_channel(address)
-            # The generated stub has no annotations (protoc writes none for grpc code).
-            self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
-            self._address = address
-            return self._stub
+                return self._stub, self._address
+            if not self._address:
+                candidates = self._addresses()
+                if not candidates:
+                    raise CoordinatorUnavailable(
+                        "no coordinator address: none configured and none in the service registry"
+                    )
+                self._address = self._pick(candidates, after="")
+            address = self._address
+            try:
+                channel = self._open_channel(address)
+            except CoordinatorUnavailable as exc:
+                moved = self._give_up(address, reason=str(exc))
+                error = exc
+            else:
+                self._channel, self._connectivity = channel, None
+                channel.subscribe(lambda state: self._on_connectivity(channel, state))
+                # The generated stub has no annotations (protoc writes none for grpc code).
+                self._stub = coordinator_pb2_grpc.CoordinatorStub(channel)  # type: ignore[no-untyped-call]
+                return self._stub, address
+        self._announce(moved)
+        raise error
+
+    def _on_connectivity(self, channel: grpc.Channel, state: grpc.ChannelConnectivity) -> None:
+        # gRPC calls this from its own thread; a late call about a closed channel is ignored.
+        if channel is self._channel:
+            self._connectivity = state
 
     def _open_channel(self, address: str) -> grpc.Channel:
         if not self._tls:
@@ -258,7 +332,6 @@ class CoordinatorClient:
         try:
             pem, name = unverified_server_identity(address)
         except OSError as exc:
-            self._failed.add(address)
             raise CoordinatorUnavailable(
                 f"coordinator {address}: cannot fetch its TLS certificate: {exc}"
             ) from None
@@ -267,36 +340,99 @@ class CoordinatorClient:
         options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", name)]
         return grpc.secure_channel(address, credentials, options=options)
 
-    def _drop(self, address: str) -> None:
+    def _failure(self, address: str, exc: grpc.RpcError) -> str:
+        """Count one transport failure on `address`; returns the address moved to, if any."""
+        code = exc.code() if hasattr(exc, "code") else None
+        details = ((exc.details() if hasattr(exc, "details") else "") or "").splitlines()
+        what = f"{code.name if code else 'error'}{': ' + details[0] if details else ''}"
         with self._lock:
-            if self._address == address and self._channel is not None:
-                self._channel.close()
-                self._channel, self._stub = None, None
-                self._failed.add(address)
+            if address != self._address:
+                return ""  # the call started before the last move: already dealt with
+            self._failures += 1
+            if self._connectivity == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                return self._give_up(address, reason=f"{what}; channel in TRANSIENT_FAILURE")
+            if self._failures < MOVE_AFTER_FAILURES:
+                return ""
+            return self._give_up(address, reason=f"{what}; {self._failures} calls in a row")
+
+    def _give_up(self, address: str, *, reason: str) -> str:
+        """With the lock held: close `address` and pick the next coordinator, round-robin.
+
+        Returns the new address when it is another one (then logs the move), else "".
+        """
+        if self._channel is not None:
+            self._channel.close()  # in-flight calls on it end; none is left to answer late
+        self._channel, self._stub, self._connectivity = None, None, None
+        self._failures = 0
+        self._failed.add(address)
+        candidates = self._addresses()
+        if not candidates:
+            self._address = ""
+            return ""
+        self._address = self._pick(candidates, after=address)
+        if self._failed.issuperset(candidates):
+            self._failed.clear()  # a whole round failed: the next one starts afresh
+        if self._address == address:
+            return ""
+        logger.warning(
+            "%s: coordinator %s stopped answering (%s); now using %s",
+            self._who,
+            address,
+            reason,
+            self._address,
+        )
+        return self._address
+
+    def _pick(self, candidates: list[str], *, after: str) -> str:
+        return next_address(candidates, after=after, skip=self._failed, live=self._live())
+
+    def _announce(self, moved: str) -> None:
+        if moved and self.on_move is not None:
+            self.on_move(moved)
+
+    def _answered(self, address: str) -> None:
+        if address not in self._answered_by:
+            self._answered_by.add(address)
+        if self._failures or self._failed:
+            with self._lock:
+                if address == self._address:
+                    self._failures = 0
+                    self._failed.clear()
 
     def call(self, method: str, request: Any, *, timeout: float) -> Any:
         """Invoke `method`; transport failures become CoordinatorUnavailable.
 
         Application errors (e.g. FAILED_PRECONDITION) are re-raised as grpc.RpcError.
         """
-        stub = self._connect()
-        address = self._address
+        stub, address = self._connect()
         token, where = self._token()
         metadata = [("authorization", f"Bearer {token}")] if token else None
         try:
-            return getattr(stub, method)(request, timeout=timeout, metadata=metadata)
+            reply = getattr(stub, method)(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
             refused = refusal(exc, method, where)
             if refused is not None:
                 raise CoordinatorRefused(refused) from None
             code = exc.code() if hasattr(exc, "code") else None
             if code in _RETRYABLE:
-                self._drop(address)
+                self._announce(self._failure(address, exc))
                 message = explain_rpc_error(
-                    exc, address, tls=self._tls, client_cert=bool(self._peer.cert_file)
+                    exc,
+                    address,
+                    tls=self._tls,
+                    client_cert=bool(self._peer.cert_file),
+                    answered=address in self._answered_by,
                 )
                 raise CoordinatorUnavailable(message) from None
+            if code == grpc.StatusCode.CANCELLED and address != self._address:
+                # Its channel was closed by a move: a poll cut short here handed out nothing
+                # this worker will run; the coordinators supersede what it may have assigned.
+                raise CoordinatorUnavailable(
+                    f"coordinator {address}: call abandoned on moving to {self._address}"
+                ) from None
             raise
+        self._answered(address)
+        return reply
 
     def close(self) -> None:
         with self._lock:
