@@ -514,10 +514,11 @@ class WorkerAgent:
         for thread in threads:
             thread.start()
         logger.info(
-            "worker %s started (labels %s, max %d runs)",
+            "worker %s started (labels %s, max %d runs, coordinators %s)",
             self.worker_id,
             ",".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "none",
             self.max_active_runs,
+            ",".join(self.config.worker.coordinators) or "from the service registry",
         )
         self.stop_event.wait()
         self._shutdown()
