@@ -26,19 +26,28 @@ def marks(tmp_path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+@pytest.mark.parametrize("listed", [True, False], ids=["worker.coordinators", "registry"])
 def test_a_worker_moves_to_the_other_coordinator_when_its_own_is_killed(
-    fast_cluster: Cluster, tmp_path: Path
+    fast_cluster: Cluster, tmp_path: Path, listed: bool
 ):
     c = fast_cluster
     c.start_coordinator("coord-a")
-    first = f"127.0.0.1:{c.port}"
-    second = f"127.0.0.1:{c.start_extra_coordinator('coord-b')}"
-    c.start_worker("w1", "pool=multi", max_runs=4, coordinators=f"{first},{second}")
-    wait_for(
-        lambda: f"connected to coordinator {first}" in c.log("w1"),
+    names = {f"127.0.0.1:{c.port}": "coord-a"}
+    names[f"127.0.0.1:{c.start_extra_coordinator('coord-b')}"] = "coord-b"
+    if listed:
+        c.start_worker("w1", "pool=multi", max_runs=4, coordinators=",".join(names))
+    else:
+        # No address given: the worker finds both coordinators in the service registry.
+        args = ("--worker.id", "w1", "--worker.labels", "pool=multi", "--shutdown-grace", "5")
+        c.spawn("w1", "worker", *args, "--worker.max-active-runs", "4")
+    first = wait_for(
+        lambda: next((a for a in names if f"connected to coordinator {a}" in c.log("w1")), None),
         timeout=30,
-        what="the worker to use the first coordinator it lists",
+        what="the worker to connect to a coordinator",
     )
+    if listed:
+        assert names[first] == "coord-a"  # the first one listed
+    (second,) = set(names) - {first}
     out = tmp_path / "marks"
     dag = write_dag(
         tmp_path,
@@ -56,7 +65,7 @@ steps:
         timeout=60,
         what="a run to start on the worker",
     )
-    c.kill("coord-a")
+    c.kill(names[first])
     moved = f"coordinator {first} stopped answering"
     wait_for(
         lambda: moved in c.log("w1") and f"now using {second}" in c.log("w1"),
