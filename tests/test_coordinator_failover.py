@@ -291,15 +291,14 @@ def test_a_failure_from_before_a_move_does_not_count_against_the_new_coordinator
         failing_wake(client)
     # A long poll that was in flight on a:1 fails late, several times over.
     for _ in range(MOVE_AFTER_FAILURES):
-        assert client._failure("a:1", FakeRpcError(UNAVAILABLE)) == ""
+        assert client._failure("a:1", 0, FakeRpcError(UNAVAILABLE)) == ""
     assert client.address == "b:1"
     wake(client)
     assert fleet.addresses_called()[-1] == "b:1"
 
 
-def test_a_call_cut_short_by_a_move_is_a_transport_failure_not_an_application_error():
-    fleet = Coordinators()
-    client = FakeClient(fleet, ["a:1", "b:1"])
+def poll_cut_short(client: CoordinatorClient, interrupt: Callable[[], None]) -> Exception:
+    """What a Poll in flight raises when `interrupt` closes its channel (fakes: no timing)."""
     started, release = threading.Event(), threading.Event()
     outcome: list[Exception] = []
 
@@ -321,13 +320,44 @@ def test_a_call_cut_short_by_a_move_is_a_transport_failure_not_an_application_er
     thread = threading.Thread(target=poll)
     thread.start()
     assert started.wait(5)
-    for _ in range(MOVE_AFTER_FAILURES):
-        failing_wake(client)
+    interrupt()
     release.set()
     thread.join(5)
+    assert len(outcome) == 1
+    return outcome[0]
+
+
+def test_a_poll_cut_short_by_a_move_is_a_transport_failure_not_an_application_error():
+    client = FakeClient(Coordinators(), ["a:1", "b:1"])
+
+    def move() -> None:
+        for _ in range(MOVE_AFTER_FAILURES):
+            failing_wake(client)
+
+    error = poll_cut_short(client, move)
     assert client.address == "b:1"
-    assert len(outcome) == 1 and isinstance(outcome[0], CoordinatorUnavailable)
-    assert "call abandoned on moving to b:1" in str(outcome[0])
+    assert isinstance(error, CoordinatorUnavailable)
+    assert "call abandoned on leaving it for b:1" in str(error)
+
+
+def test_a_poll_cut_short_by_close_stays_a_grpc_error():
+    # The agent closes the client last on shutdown and ignores that error quietly.
+    client = FakeClient(Coordinators(), ["a:1", "b:1"])
+    error = poll_cut_short(client, client.close)
+    assert isinstance(error, grpc.RpcError) and not isinstance(error, CoordinatorUnavailable)
+
+
+def test_with_one_coordinator_a_late_failure_does_not_count_against_the_fresh_channel():
+    fleet = Coordinators()
+    client = FakeClient(fleet, ["a:1"])
+    wake(client)
+    fleet.down["a:1"] = UNAVAILABLE
+    for _ in range(MOVE_AFTER_FAILURES):
+        failing_wake(client)
+    del fleet.down["a:1"]
+    wake(client)  # on a second channel
+    assert client._failure("a:1", 0, FakeRpcError(UNAVAILABLE)) == ""
+    assert client._failures == 0
 
 
 def test_a_refusal_is_not_a_reason_to_move():

@@ -287,16 +287,17 @@ class CoordinatorClient:
         self._failures = 0  # consecutive transport failures on the current coordinator
         self._failed: set[str] = set()  # addresses given up on in this round
         self._answered_by: set[str] = set()  # addresses that answered a call once
+        self._channels = 0  # channels given up on so far: tells a late failure from a fresh one
 
     @property
     def address(self) -> str:
         return self._address
 
-    def _connect(self) -> tuple[coordinator_pb2_grpc.CoordinatorStub, str]:
+    def _connect(self) -> tuple[coordinator_pb2_grpc.CoordinatorStub, str, int]:
         moved = ""
         with self._lock:
             if self._stub is not None:
-                return self._stub, self._address
+                return self._stub, self._address, self._channels
             if not self._address:
                 candidates = self._addresses()
                 if not candidates:
@@ -315,7 +316,7 @@ class CoordinatorClient:
                 channel.subscribe(lambda state: self._on_connectivity(channel, state))
                 # The generated stub has no annotations (protoc writes none for grpc code).
                 self._stub = coordinator_pb2_grpc.CoordinatorStub(channel)  # type: ignore[no-untyped-call]
-                return self._stub, address
+                return self._stub, address, self._channels
         self._announce(moved)
         raise error
 
@@ -340,14 +341,14 @@ class CoordinatorClient:
         options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", name)]
         return grpc.secure_channel(address, credentials, options=options)
 
-    def _failure(self, address: str, exc: grpc.RpcError) -> str:
+    def _failure(self, address: str, channel: int, exc: grpc.RpcError) -> str:
         """Count one transport failure on `address`; returns the address moved to, if any."""
         code = exc.code() if hasattr(exc, "code") else None
         details = ((exc.details() if hasattr(exc, "details") else "") or "").splitlines()
         what = f"{code.name if code else 'error'}{': ' + details[0] if details else ''}"
         with self._lock:
-            if address != self._address:
-                return ""  # the call started before the last move: already dealt with
+            if channel != self._channels:
+                return ""  # the call started on a channel given up on since: already dealt with
             self._failures += 1
             if self._connectivity == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
                 return self._give_up(address, reason=f"{what}; channel in TRANSIENT_FAILURE")
@@ -363,6 +364,7 @@ class CoordinatorClient:
         if self._channel is not None:
             self._channel.close()  # in-flight calls on it end; none is left to answer late
         self._channel, self._stub, self._connectivity = None, None, None
+        self._channels += 1
         self._failures = 0
         self._failed.add(address)
         candidates = self._addresses()
@@ -404,7 +406,7 @@ class CoordinatorClient:
 
         Application errors (e.g. FAILED_PRECONDITION) are re-raised as grpc.RpcError.
         """
-        stub, address = self._connect()
+        stub, address, channel = self._connect()
         token, where = self._token()
         metadata = [("authorization", f"Bearer {token}")] if token else None
         try:
@@ -415,7 +417,7 @@ class CoordinatorClient:
                 raise CoordinatorRefused(refused) from None
             code = exc.code() if hasattr(exc, "code") else None
             if code in _RETRYABLE:
-                self._announce(self._failure(address, exc))
+                self._announce(self._failure(address, channel, exc))
                 message = explain_rpc_error(
                     exc,
                     address,
@@ -424,11 +426,11 @@ class CoordinatorClient:
                     answered=address in self._answered_by,
                 )
                 raise CoordinatorUnavailable(message) from None
-            if code == grpc.StatusCode.CANCELLED and address != self._address:
-                # Its channel was closed by a move: a poll cut short here handed out nothing
-                # this worker will run; the coordinators supersede what it may have assigned.
+            if code == grpc.StatusCode.CANCELLED and channel != self._channels:
+                # Its channel was given up on: a poll cut short here handed out nothing this
+                # worker will run; failover supersedes what the coordinator may have assigned.
                 raise CoordinatorUnavailable(
-                    f"coordinator {address}: call abandoned on moving to {self._address}"
+                    f"coordinator {address}: call abandoned on leaving it for {self._address}"
                 ) from None
             raise
         self._answered(address)
