@@ -72,6 +72,8 @@ steps:
         timeout=10,
         what="the worker to move to the other coordinator within 10 s",
     )
+    # Runs queued after the kill reach the worker through the coordinator it moved to.
+    run_ids += [c.start_run(dag) for _ in range(2)]
     for run_id in run_ids:
         c.wait_run(run_id, timeout=180)
     done = marks(tmp_path)
