@@ -32,6 +32,10 @@ def run_loop(
 
     def loop() -> None:
         while not stop.is_set():
+            # Cleared before the step, never after the pause: a wake-up that arrives while
+            # the step runs (work it may have missed) ends the next pause at once.
+            if wake is not None:
+                wake.clear()
             close_old_connections()
             try:
                 step()
@@ -39,11 +43,7 @@ def run_loop(
                 logger.error("%s: %s", name, exc)
             except Exception:
                 logger.exception("%s step failed; retrying", name)
-            if wake is not None:
-                wake.wait(interval)
-                wake.clear()
-            else:
-                stop.wait(interval)
+            (wake or stop).wait(interval)
         connection.close()
 
     thread = threading.Thread(target=loop, name=name, daemon=True)
