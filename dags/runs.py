@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import F, Field, Model
 
 from controlplane.core.config import Config
 from controlplane.core.routing import ModeDecision, decide_execution_mode
 from controlplane.core.spec import (
-    Dag,
     DagFile,
     dag_name_problem,
     find_in_dags_dir,
@@ -89,7 +88,7 @@ def create_run(
     decision = decide_execution_mode(
         dag, step_selector=step_selector or {}, default_mode=default_mode
     )
-    run = DagRun.objects.create(
+    run = DagRun(
         id=new_run_id(now),
         dag_name=dag.name,
         spec=dag_file.text,
@@ -109,22 +108,59 @@ def create_run(
         queued_at=now,
         started_by=by,
     )
-    _create_steps(run, dag)
-    record_decision(
+    # Three INSERTs, one per table: the run, all its steps, its first decision.
+    insert_rows([run])
+    insert_rows([StepRun(run=run, name=step.name, position=i) for i, step in enumerate(dag.steps)])
+    created = decision_row(
         run,
         decision=decision,
         event=DecisionEvent.CREATED,
         now=now,
         detail=_created_detail(decision),
     )
+    insert_rows([created])
     logger.info("run %s of %s queued (%s: %s)", run.id, dag.name, decision.mode, decision.why)
     return run
 
 
-def _create_steps(run: DagRun, dag: Dag) -> None:
-    StepRun.objects.bulk_create(
-        StepRun(run=run, name=step.name, position=i) for i, step in enumerate(dag.steps)
-    )
+def insert_rows(rows: Sequence[Model]) -> None:
+    """INSERT `rows` (instances of one model) in one statement, as `bulk_create` would.
+
+    Run creation is on every run's path (the API, `manage.py start`, the scheduler, sub-DAG
+    steps), and compiling its three INSERTs through the ORM cost more than the database took
+    to run them; the statement text is built once per model, row count and database. Values
+    go through each field's own `pre_save` and `get_db_prep_save`, as the ORM's compiler does.
+    Database-generated keys are not read back; the rows count as saved afterwards.
+    """
+    if not rows:
+        return
+    model = type(rows[0])
+    alias = router.db_for_write(model)
+    conn = connections[alias]
+    key = (model, alias, conn.vendor, len(rows))
+    cached = _INSERTS.get(key)
+    if cached is None:
+        meta = model._meta
+        fields = [f for f in meta.concrete_fields if not (f.primary_key and f.db_returning)]
+        columns = ", ".join(conn.ops.quote_name(f.column) for f in fields)
+        one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        sql = (
+            f"INSERT INTO {conn.ops.quote_name(meta.db_table)} ({columns}) "
+            f"VALUES {', '.join([one] * len(rows))}"
+        )
+        cached = _INSERTS[key] = (sql, fields)
+    sql, fields = cached
+    params = [
+        f.get_db_prep_save(f.pre_save(row, True), connection=conn) for row in rows for f in fields
+    ]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+    for row in rows:
+        row._state.adding, row._state.db = False, alias
+
+
+# (model, database alias, vendor, rows) -> (INSERT statement, its fields in order)
+_INSERTS: dict[tuple[type[Model], str, str, int], tuple[str, list[Field[Any, Any]]]] = {}
 
 
 def _created_detail(decision: ModeDecision) -> str:

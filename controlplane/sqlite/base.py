@@ -90,15 +90,23 @@ class DatabaseWrapper(base.DatabaseWrapper):
         pause = _BEGIN_FIRST_PAUSE
         raw.execute("PRAGMA busy_timeout = 0")
         try:
+            try:
+                super()._start_transaction_under_autocommit()  # as Django does it
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+            # Retries go straight to sqlite3: a refused BEGIN is not a statement worth
+            # logging or counting, and the first one was.
             while True:
-                try:
-                    super()._start_transaction_under_autocommit()
-                    return
-                except OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() >= deadline:
-                        raise
                 time.sleep(pause)
                 pause = min(pause * 2, _BEGIN_MAX_PAUSE)
+                try:
+                    raw.execute(f"BEGIN {self.transaction_mode}")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise OperationalError(*exc.args) from exc
         finally:
             raw.execute(f"PRAGMA busy_timeout = {timeout_ms}")
 
