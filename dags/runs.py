@@ -124,11 +124,11 @@ def create_run(
 
 
 def insert_rows(rows: Sequence[Model]) -> None:
-    """INSERT `rows` (instances of one model) in one statement, as `bulk_create` would.
+    """INSERT `rows` (instances of one model) as `bulk_create` would, one statement a batch.
 
     Run creation is on every run's path (the API, `manage.py start`, the scheduler, sub-DAG
     steps), and compiling its three INSERTs through the ORM cost more than the database took
-    to run them; the statement text is built once per model, row count and database. Values
+    to run them; the statement text is built once per model, batch size and database. Values
     go through each field's own `pre_save` and `get_db_prep_save`, as the ORM's compiler does.
     Database-generated keys are not read back; the rows count as saved afterwards.
     """
@@ -137,30 +137,39 @@ def insert_rows(rows: Sequence[Model]) -> None:
     model = type(rows[0])
     alias = router.db_for_write(model)
     conn = connections[alias]
-    key = (model, alias, conn.vendor, len(rows))
-    cached = _INSERTS.get(key)
-    if cached is None:
-        meta = model._meta
-        fields = [f for f in meta.concrete_fields if not (f.primary_key and f.db_returning)]
-        columns = ", ".join(conn.ops.quote_name(f.column) for f in fields)
-        one = "(" + ", ".join(["%s"] * len(fields)) + ")"
-        sql = (
-            f"INSERT INTO {conn.ops.quote_name(meta.db_table)} ({columns}) "
-            f"VALUES {', '.join([one] * len(rows))}"
-        )
-        cached = _INSERTS[key] = (sql, fields)
-    sql, fields = cached
-    params = [
-        f.get_db_prep_save(f.pre_save(row, True), connection=conn) for row in rows for f in fields
-    ]
+    fields = [f for f in model._meta.concrete_fields if not (f.primary_key and f.db_returning)]
+    batch = max(1, conn.ops.bulk_batch_size(fields, rows))
     with conn.cursor() as cursor:
-        cursor.execute(sql, params)
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            params = [
+                f.get_db_prep_save(f.pre_save(row, True), connection=conn)
+                for row in chunk
+                for f in fields
+            ]
+            cursor.execute(_insert_sql(model, fields, alias, len(chunk)), params)
     for row in rows:
         row._state.adding, row._state.db = False, alias
 
 
-# (model, database alias, vendor, rows) -> (INSERT statement, its fields in order)
-_INSERTS: dict[tuple[type[Model], str, str, int], tuple[str, list[Field[Any, Any]]]] = {}
+def _insert_sql(model: type[Model], fields: list[Field[Any, Any]], alias: str, count: int) -> str:
+    key = (model, alias, count)
+    sql = _INSERTS.get(key)
+    if sql is None:
+        ops = connections[alias].ops
+        columns = ", ".join(ops.quote_name(f.column) for f in fields)
+        one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        sql = f"INSERT INTO {ops.quote_name(model._meta.db_table)} ({columns}) VALUES "
+        sql += ", ".join([one] * count)
+        if len(_INSERTS) >= _INSERTS_MAX:
+            _INSERTS.clear()  # DAGs of many different sizes: start over rather than grow
+        _INSERTS[key] = sql
+    return sql
+
+
+# (model, database alias, rows) -> the INSERT statement; one per DAG size in use.
+_INSERTS: dict[tuple[type[Model], str, int], str] = {}
+_INSERTS_MAX = 512
 
 
 def _created_detail(decision: ModeDecision) -> str:

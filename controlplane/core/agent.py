@@ -102,11 +102,16 @@ class Outbox:
                     self._marked.discard(step)
             self._events.append(event)
             self._bytes += len(event.data)
-            if self._pending_since is None:
+            first = self._pending_since is None
+            if first:
                 self._pending_since = time.monotonic()
             if event.kind == RUN_FINISHED:
                 self._ends += 1
-            self._cond.notify_all()
+            # Only what can change the report loop's mind wakes it: the first event (it
+            # starts the linger) and what makes a batch ready. A step's events in between
+            # would only cost the step's thread the interpreter lock while it spawns.
+            if first or self._ready(self._pending_since or 0.0, float("inf")):
+                self._cond.notify_all()
 
     def wait(self, timeout: float) -> bool:
         with self._cond:
