@@ -91,7 +91,9 @@ def print_round(result: dict[str, Any]) -> None:
     print_table(["figure", "ours", "celery", "ours/celery"], rows)
     print(
         f"  ours per run: coordinator CPU {ours['coordinator_cpu_ms_per_run']:.1f} ms, "
-        f"SQL statements {ours['sql_statements_per_run']:.1f}",
+        f"SQL statements {ours['sql_statements_per_run']:.1f}; runs created by the "
+        f"benchmark process {ours['create_runs_per_s_live']:.0f}/s while they run "
+        f"({ours['create_runs_per_s_drained']:.0f}/s with the workers drained)",
         flush=True,
     )
 

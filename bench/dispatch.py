@@ -731,6 +731,10 @@ def run_all(args: argparse.Namespace, summary: dict[str, Any], sql_dir: Path) ->
                 throughput_runs_per_s=live["steady_runs_per_s"],
                 throughput_overall_runs_per_s=live["overall_runs_per_s"],
                 backlog_runs_per_s=backlog["steady_runs_per_s"],
+                # Runs created per second by this one process (`create_run` as `manage.py
+                # start` calls it): with the workers drained, and while the runs execute.
+                create_runs_per_s_drained=args.runs / backlog["create_seconds"],
+                create_runs_per_s_live=args.runs / live["create_seconds"],
                 runs=args.runs,
                 coordinator_cpu_percent=live["cpu_percent"]["coordinator"],
                 coordinator_cpu_ms_per_run=cost["cpu_ms_per_run"],

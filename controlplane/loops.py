@@ -1,12 +1,16 @@
 """The one shape of every background loop: call a one-step function, sleep on an Event.
 
-Each round closes stale database connections first, so a loop survives a restarted database.
+A round after a failed step, and at least one round a second, closes stale database
+connections first, so a loop survives a restarted database. Not every round: with
+CONN_HEALTH_CHECKS (PostgreSQL) each check costs a `SELECT 1` round trip before the step's
+first query, which the dispatch loop would pay on every wake-up.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from django.db import close_old_connections, connection
@@ -14,6 +18,8 @@ from django.db import close_old_connections, connection
 from controlplane.core.spec import DagSpecError
 
 logger = logging.getLogger(__name__)
+
+CONNECTION_CHECK_SECONDS = 1.0
 
 
 def run_loop(
@@ -31,19 +37,24 @@ def run_loop(
     """
 
     def loop() -> None:
+        checked_at, failed = float("-inf"), False
         while not stop.is_set():
-            close_old_connections()
+            # Cleared before the step, never after the pause: a wake-up that arrives while
+            # the step runs (work it may have missed) ends the next pause at once.
+            if wake is not None:
+                wake.clear()
+            if failed or time.monotonic() - checked_at >= CONNECTION_CHECK_SECONDS:
+                close_old_connections()
+                checked_at = time.monotonic()
+            failed = False
             try:
                 step()
             except DagSpecError as exc:
                 logger.error("%s: %s", name, exc)
             except Exception:
+                failed = True
                 logger.exception("%s step failed; retrying", name)
-            if wake is not None:
-                wake.wait(interval)
-                wake.clear()
-            else:
-                stop.wait(interval)
+            (wake or stop).wait(interval)
         connection.close()
 
     thread = threading.Thread(target=loop, name=name, daemon=True)

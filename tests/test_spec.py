@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from controlplane.core.spec import (
     parse_params_string,
     resolve_params,
 )
+from controlplane.core.spec.parse import PARSE_CACHE, _ParseCache
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -1111,3 +1113,51 @@ def test_resolve_params_refuses_a_protected_override():
     dag = parse("steps: [{name: a, command: echo}]").main
     with pytest.raises(ValueError, match='"LD_PRELOAD" is a protected variable'):
         resolve_params(dag, {"LD_PRELOAD": "/tmp/x.so"})
+
+
+# --------------------------------------------------------------------------- parse cache
+
+
+def test_a_dag_file_is_parsed_once_while_it_is_unchanged(tmp_path):
+    path = tmp_path / "hot.yaml"
+    path.write_text("steps:\n  - name: a\n    command: echo one\n")
+    first = load_dag_file(path)
+    assert load_dag_file(path) is first
+
+
+def test_a_changed_dag_file_is_parsed_again_even_with_the_same_size_and_mtime(tmp_path):
+    path = tmp_path / "hot.yaml"
+    path.write_text("steps:\n  - name: a\n    command: echo one\n")
+    stat = path.stat()
+    assert load_dag_file(path).main.steps[0].command == "echo one"
+    path.write_text("steps:\n  - name: a\n    command: echo two\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    assert load_dag_file(path).main.steps[0].command == "echo two"
+
+
+def test_a_file_calling_other_files_is_checked_again_when_they_change(tmp_path):
+    (tmp_path / "child.yaml").write_text("steps: [{name: a, command: echo}]\n")
+    caller = tmp_path / "caller.yaml"
+    caller.write_text("steps:\n  - name: go\n    call: child\n")
+    assert load_dag_file(caller, dags_dir=tmp_path).main.steps[0].call == "child"
+    (tmp_path / "child.yaml").unlink()
+    with pytest.raises(DagSpecError, match='unknown DAG "child"'):
+        load_dag_file(caller, dags_dir=tmp_path)
+
+
+def test_the_parse_cache_is_bounded_and_drops_the_least_recently_used():
+    cache = _ParseCache(max_entries=2, max_text_chars=100)
+    one, two, three = (parse(f"steps: [{{name: s{i}, command: echo}}]") for i in range(3))
+    cache.put(("1", "s", "n", None), one)
+    cache.put(("2", "s", "n", None), two)
+    assert cache.get(("1", "s", "n", None)) is one  # now the most recently used
+    cache.put(("3", "s", "n", None), three)
+    assert len(cache) == 2
+    assert cache.get(("2", "s", "n", None)) is None
+    assert cache.get(("1", "s", "n", None)) is one
+    cache.put(("x" * 101, "s", "n", None), one)  # too big to keep
+    assert cache.get(("x" * 101, "s", "n", None)) is None
+    for i in range(PARSE_CACHE.max_entries + 10):
+        parse(f"steps: [{{name: bounded{i}, command: echo}}]")
+    assert len(PARSE_CACHE) == PARSE_CACHE.max_entries

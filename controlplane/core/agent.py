@@ -25,7 +25,7 @@ import grpc
 from controlplane.core import registry
 from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
-from controlplane.core.events import STEP_LOG, Event, EventReporter
+from controlplane.core.events import RUN_FINISHED, STEP_LOG, Event, EventReporter
 from controlplane.core.execution import (
     ChildRequest,
     ChildResult,
@@ -54,6 +54,10 @@ POLL_WAIT_SECONDS = 10.0
 RPC_TIMEOUT_SECONDS = 10.0
 REPORT_BATCH_EVENTS = 500
 REPORT_BATCH_BYTES = 4 * 1024 * 1024
+# How long the first unsent event may wait for more before a Report goes out. A run that
+# ends sooner (a fast step) sends attempt_started..run_finished in one Report, and a run's
+# end is sent at once (it frees a slot); a long run's first report is this much later.
+REPORT_LINGER_SECONDS = 0.01
 CHILD_POLL_SECONDS = 0.5
 CHILD_CANCEL_WAIT_SECONDS = 30.0
 OUTBOX_DROP_MARKER = (
@@ -79,6 +83,8 @@ class Outbox:
         self._cond = threading.Condition()
         self.dropped_log_bytes = 0
         self._marked: set[tuple[str, str]] = set()  # (attempt token, step) with a marker out
+        self._pending_since: float | None = None  # monotonic time the oldest unsent was put
+        self._ends = 0  # run_finished events waiting: each makes the batch ready at once
 
     def put(self, event: Event) -> None:
         with self._cond:
@@ -97,11 +103,49 @@ class Outbox:
                     self._marked.discard(step)
             self._events.append(event)
             self._bytes += len(event.data)
-            self._cond.notify_all()
+            first = self._pending_since is None
+            if first:
+                self._pending_since = time.monotonic()
+            if event.kind == RUN_FINISHED:
+                self._ends += 1
+            # Only what can change the report loop's mind wakes it: the first event (it
+            # starts the linger) and what makes a batch ready. A step's events in between
+            # would only cost the step's thread the interpreter lock while it spawns.
+            if first or self._ready(self._pending_since or 0.0, float("inf")):
+                self._cond.notify_all()
 
     def wait(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: bool(self._events), timeout=timeout)
+
+    def ready(self, *, now: float, linger: float) -> bool:
+        """Whether a Report should go now: a run ended, a batch is full, or the oldest
+        unsent event has waited `linger` seconds (`now` on the monotonic clock)."""
+        with self._cond:
+            return self._ready(now, linger)
+
+    def _ready(self, now: float, linger: float) -> bool:
+        if not self._events:
+            return False
+        return (
+            self._ends > 0
+            or len(self._events) >= REPORT_BATCH_EVENTS
+            or self._bytes >= REPORT_BATCH_BYTES
+            or self._pending_since is None
+            or now - self._pending_since >= linger
+        )
+
+    def wait_ready(self, timeout: float, *, linger: float) -> bool:
+        """Wait up to `timeout` for an event, then up to `linger` for `ready`. True if any."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: bool(self._events), timeout=timeout):
+                return False
+            while not self._ready(time.monotonic(), linger):
+                assert self._pending_since is not None
+                left = self._pending_since + linger - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+            return True
 
     def batch(self) -> list[Event]:
         with self._cond:
@@ -119,14 +163,22 @@ class Outbox:
     def ack(self, count: int) -> None:
         with self._cond:
             for _ in range(count):
-                self._bytes -= len(self._events.popleft().data)
+                event = self._events.popleft()
+                self._bytes -= len(event.data)
+                if event.kind == RUN_FINISHED:
+                    self._ends -= 1
+            # What stays behind (a batch was full) has waited long enough already.
+            self._pending_since = self._pending_since if self._events else None
             self._cond.notify_all()
 
     def discard_attempt(self, token: str) -> None:
         with self._cond:
             kept = deque(e for e in self._events if e.attempt_token != token)
             self._bytes = sum(len(e.data) for e in kept)
+            self._ends = sum(1 for e in kept if e.kind == RUN_FINISHED)
             self._events = kept
+            if not kept:
+                self._pending_since = None
 
     def __len__(self) -> int:
         with self._cond:
@@ -475,7 +527,9 @@ class WorkerAgent:
     def _report_loop(self) -> None:
         backoff = Backoff()
         while not (self.halt_event.is_set() and not len(self.outbox)):
-            if not self.outbox.wait(timeout=0.5):
+            # Once halting, nothing more is coming: no reason to linger.
+            linger = 0.0 if self.halt_event.is_set() else REPORT_LINGER_SECONDS
+            if not self.outbox.wait_ready(0.5, linger=linger):
                 if self.halt_event.is_set():
                     return
                 continue

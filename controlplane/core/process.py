@@ -213,14 +213,38 @@ class _PipeReader(threading.Thread):
 
 
 def _wait_or_kill(proc: subprocess.Popen[bytes], stop: TryStop) -> int:
-    while True:
-        try:
-            return proc.wait(timeout=POLL_SEC)
-        except subprocess.TimeoutExpired:
-            pass
-        if stop.poll():
-            _kill_group(proc)
-            return proc.wait()
+    # Popen.wait(timeout) sleeps in growing steps (up to POLL_SEC) between checks, which
+    # can double a short step's time; a pidfd wakes us the moment the process exits.
+    exited = _exit_poller(proc.pid)
+    try:
+        while True:
+            if exited is not None:
+                exited[1].poll(int(POLL_SEC * 1000))
+                code = proc.poll()
+                if code is not None:
+                    return code
+            else:
+                try:
+                    return proc.wait(timeout=POLL_SEC)
+                except subprocess.TimeoutExpired:
+                    pass
+            if stop.poll():
+                _kill_group(proc)
+                return proc.wait()
+    finally:
+        if exited is not None:
+            os.close(exited[0])
+
+
+def _exit_poller(pid: int) -> tuple[int, select.poll] | None:
+    """A pidfd of the (not yet reaped) process and a poller on it; None where unsupported."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or seccomp forbids it
+        return None
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return fd, poller
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -7,19 +7,29 @@ handlers, dispatcher and housekeeping) therefore queue on a Python lock taken be
 `BEGIN IMMEDIATE` and released at commit or rollback; other processes still meet at
 SQLite's own lock. Profiling showed the coordinator's report handlers spending two thirds of
 their time in that busy handler before this (docs/benchmarks.md).
+
+Across processes (the coordinator and a `manage.py start`, a web process, a benchmark) the
+same sleeps made each side wait up to 10 ms for a lock held for one: `BEGIN IMMEDIATE`
+therefore polls SQLite's lock itself, in steps of 0.1 to 2 ms, with SQLite's busy handler
+switched off for that one statement; the busy timeout still bounds the wait.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from typing import Any
 
+from django.db import OperationalError
 from django.db.backends.sqlite3 import base
 
 from controlplane.core.config import ConfigError
 
 _WRITE_LOCK = threading.Lock()
+# How `BEGIN IMMEDIATE` polls a write lock another process holds (seconds).
+_BEGIN_FIRST_PAUSE = 0.0001
+_BEGIN_MAX_PAUSE = 0.002
 
 # What SQLite says about a file it cannot use at all; every command would otherwise end in
 # the same long traceback from deep inside the connection set-up.
@@ -46,6 +56,8 @@ def damaged_database(exc: BaseException, path: object) -> ConfigError | None:
 
 class DatabaseWrapper(base.DatabaseWrapper):
     _holds_write_lock = False
+    _busy_timeout_ms = 0
+    _busy_timeout_of: sqlite3.Connection | None = None
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> sqlite3.Connection:
         try:
@@ -60,10 +72,43 @@ class DatabaseWrapper(base.DatabaseWrapper):
         _WRITE_LOCK.acquire()
         self._holds_write_lock = True
         try:
-            super()._start_transaction_under_autocommit()
+            self._begin()
         except BaseException:
             self._release_write_lock()
             raise
+
+    def _begin(self) -> None:
+        raw = self.connection
+        if self.transaction_mode is None:
+            super()._start_transaction_under_autocommit()
+            return
+        if self._busy_timeout_of is not raw:  # read once per connection
+            self._busy_timeout_ms = int(raw.execute("PRAGMA busy_timeout").fetchone()[0])
+            self._busy_timeout_of = raw
+        timeout_ms = self._busy_timeout_ms
+        deadline = time.monotonic() + timeout_ms / 1000
+        pause = _BEGIN_FIRST_PAUSE
+        raw.execute("PRAGMA busy_timeout = 0")
+        try:
+            try:
+                super()._start_transaction_under_autocommit()  # as Django does it
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+            # Retries go straight to sqlite3: a refused BEGIN is not a statement worth
+            # logging or counting, and the first one was.
+            while True:
+                time.sleep(pause)
+                pause = min(pause * 2, _BEGIN_MAX_PAUSE)
+                try:
+                    raw.execute(f"BEGIN {self.transaction_mode}")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() >= deadline:
+                        raise OperationalError(*exc.args) from exc
+        finally:
+            raw.execute(f"PRAGMA busy_timeout = {timeout_ms}")
 
     def _release_write_lock(self) -> None:
         if self._holds_write_lock:

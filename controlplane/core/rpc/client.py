@@ -5,6 +5,7 @@ Model-free: the worker agent uses it, and so do the CLI commands that nudge a co
 
 from __future__ import annotations
 
+import atexit
 import logging
 import random
 import ssl
@@ -459,19 +460,63 @@ class Backoff:
         self._next = self.initial
 
 
+# Wake-up clients by where they send: a process that queues runs (the API, `start_all`, a
+# benchmark) keeps one channel per coordinator set instead of dialing for every run.
+_WAKE_CLIENTS: dict[tuple[object, ...], CoordinatorClient] = {}
+_WAKE_CLIENTS_MAX = 8
+_wake_lock = threading.Lock()
+
+
 def wake_coordinator(config: Config, *, timeout: float = 1.0) -> bool:
     """Best effort: tell a coordinator that runs were queued. False if none answered.
 
     The coordinator also scans the queue on its own every half second, so a missed
-    wake-up only costs latency, never a run.
+    wake-up only costs latency, never a run. The channel is kept for the next call (closed
+    at exit); one that went stale (a restarted coordinator) is dropped and dialed again.
     """
-    client = CoordinatorClient(
-        addresses=address_source(config), peer=config.peer, token=worker_token_source(config)
-    )
     try:
-        client.call("Wake", pb.WakeRequest(), timeout=timeout)
+        client, kept = _wake_client(config)
+        try:
+            client.call("Wake", pb.WakeRequest(), timeout=timeout)
+        except CoordinatorUnavailable:
+            if not kept:
+                return False
+            # A kept channel may be stale; the client dropped it, so this dials afresh (and
+            # finds a restarted coordinator's new address in the registry).
+            client.call("Wake", pb.WakeRequest(), timeout=timeout)
         return True
     except (CoordinatorUnavailable, grpc.RpcError, ConfigError):
         return False
-    finally:
+
+
+def _wake_client(config: Config) -> tuple[CoordinatorClient, bool]:
+    """The kept client for `config`'s coordinators, and whether it was kept from before."""
+    key = (
+        tuple(config.worker.coordinators),
+        str(config.paths.service_registry_dir),
+        str(config.paths.data_dir),
+        config.peer,
+        config.worker.token,
+        config.worker.token_file,
+    )
+    with _wake_lock:
+        client = _WAKE_CLIENTS.get(key)
+        if client is not None:
+            return client, True
+        client = CoordinatorClient(
+            addresses=address_source(config), peer=config.peer, token=worker_token_source(config)
+        )
+        if len(_WAKE_CLIENTS) >= _WAKE_CLIENTS_MAX:
+            _WAKE_CLIENTS.pop(next(iter(_WAKE_CLIENTS))).close()
+        _WAKE_CLIENTS[key] = client
+        return client, False
+
+
+@atexit.register
+def close_wake_clients() -> None:
+    """Close the kept wake-up channels (at exit, or in tests that stop their coordinator)."""
+    with _wake_lock:
+        clients = list(_WAKE_CLIENTS.values())
+        _WAKE_CLIENTS.clear()
+    for client in clients:
         client.close()

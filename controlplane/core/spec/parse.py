@@ -12,6 +12,8 @@ import math
 import os
 import re
 import shlex
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
@@ -64,7 +66,69 @@ def parse_dag_file(
 
     `default_name` names the main DAG when it has no `name:`. With `dags_dir`, a `call` of a
     DAG that is not in this file must have a `<dags_dir>/<name>.yaml` (or `.yml`).
+
+    A hot DAG is parsed once: the result is kept in a bounded cache keyed by the text itself
+    (so a changed file is parsed again), unless it depends on other files (see `_ParseCache`).
     """
+    key = (text, source, default_name, None if dags_dir is None else str(dags_dir))
+    cached = PARSE_CACHE.get(key)
+    if cached is not None:
+        return cached
+    dag_file, self_contained = _parse_dag_file(
+        text, source=source, default_name=default_name, dags_dir=dags_dir
+    )
+    if dags_dir is None or self_contained:
+        PARSE_CACHE.put(key, dag_file)
+    return dag_file
+
+
+class _ParseCache:
+    """Parsed files by (text, source, default name, DAGs dir); least recently used goes first.
+
+    Keyed by the whole text rather than a path's mtime: a file rewritten within the mtime
+    granularity is still parsed again, and reading a DAG file costs far less than parsing it.
+    A file whose steps call DAGs of other files is only cached when parsed without a DAGs
+    dir: with one, its validity depends on those files, which may change on their own.
+    Parsed objects are frozen, so callers share them safely.
+    """
+
+    def __init__(self, *, max_entries: int, max_text_chars: int) -> None:
+        self.max_entries, self.max_text_chars = max_entries, max_text_chars
+        self._entries: OrderedDict[tuple[str, str, str, str | None], DagFile] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str, str | None]) -> DagFile | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, str, str, str | None], dag_file: DagFile) -> None:
+        if len(key[0]) > self.max_text_chars:
+            return  # a huge file would pin its text in memory for little gain
+        with self._lock:
+            self._entries[key] = dag_file
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+PARSE_CACHE = _ParseCache(max_entries=256, max_text_chars=256 * 1024)
+
+
+def _parse_dag_file(
+    text: str, *, source: str, default_name: str, dags_dir: Path | None
+) -> tuple[DagFile, bool]:
+    """The parsed file, and whether it calls no DAG outside itself."""
     problems: list[SpecProblem] = []
     warnings: list[SpecProblem] = []
     documents = _load_documents(text, problems)
@@ -87,9 +151,12 @@ def parse_dag_file(
         )
     if problems:
         raise DagSpecError(problems)
-    return DagFile(
+    dag_file = DagFile(
         source=source, text=text, dags=tuple(d.dag for d in drafts), warnings=tuple(warnings)
     )
+    in_file = {d.dag.name for d in drafts}
+    self_contained = all(target in in_file for d in drafts for _, target in d.calls)
+    return dag_file, self_contained
 
 
 def load_dag_file(path: str | os.PathLike[str], *, dags_dir: Path | None = None) -> DagFile:

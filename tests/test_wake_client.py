@@ -1,0 +1,76 @@
+"""wake_coordinator keeps its channel between calls and survives a restarted coordinator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from controlplane.core.config import resolve
+from controlplane.core.rpc import client
+from controlplane.core.rpc.client import close_wake_clients, wake_coordinator
+from controlplane.core.rpc.v1 import coordinator_pb2 as pb
+from controlplane.core.rpc.v1 import coordinator_pb2_grpc
+
+
+class CountingCoordinator(coordinator_pb2_grpc.CoordinatorServicer):
+    """Answers Wake only, counting the calls."""
+
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def Wake(self, request: pb.WakeRequest, context: grpc.ServicerContext) -> pb.WakeResponse:
+        self.wakes += 1
+        return pb.WakeResponse()
+
+
+def serve(servicer: CountingCoordinator, port: int = 0) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server, bound
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clients() -> Iterator[None]:
+    close_wake_clients()
+    yield
+    close_wake_clients()
+
+
+def test_wake_coordinator_reuses_one_channel(tmp_path: Path):
+    first = CountingCoordinator()
+    server, port = serve(first)
+    try:
+        config = resolve(
+            env={"DAGU_HOME": str(tmp_path), "DAGU_WORKER_COORDINATORS": f"127.0.0.1:{port}"}
+        )
+        assert wake_coordinator(config)
+        kept = list(client._WAKE_CLIENTS.values())
+        assert wake_coordinator(config)
+        assert list(client._WAKE_CLIENTS.values()) == kept and len(kept) == 1
+        assert first.wakes == 2
+    finally:
+        server.stop(0)
+
+
+def test_a_kept_channel_finds_a_restarted_coordinator_and_none_is_false(tmp_path: Path):
+    first = CountingCoordinator()
+    server, port = serve(first)
+    config = resolve(
+        env={"DAGU_HOME": str(tmp_path), "DAGU_WORKER_COORDINATORS": f"127.0.0.1:{port}"}
+    )
+    assert wake_coordinator(config)
+    server.stop(0).wait()
+    second = CountingCoordinator()
+    restarted, _ = serve(second, port)
+    try:
+        assert wake_coordinator(config)  # the kept channel led to the old process
+        assert second.wakes == 1
+    finally:
+        restarted.stop(0).wait()
+    assert not wake_coordinator(config)  # nobody there: False, no exception
