@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from django.db import connection, transaction
 
 from controlplane.core.config import resolve
 from controlplane.lease import LEASE_SECONDS, hold_lease, new_holder_id, release_lease
 from controlplane.models import CoordinatorLease, CronTick
+from dags import wakeups
 from dags.models import DagRun
 from dags.scheduler import CATCH_UP_SECONDS, CronScheduler
 from tests.procs import FAST_TIMING, PG_LANE, Cluster, wait_for, write_dag
@@ -249,3 +253,53 @@ def test_the_holder_id_names_the_process():
     # holder_pid above relies on the holder id's shape.
     host, pid, token = new_holder_id().split(":")
     assert int(pid) == os.getpid() and host and token
+
+
+# --- wake-ups ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_queued_anywhere_wakes_every_listening_coordinator(tmp_path: Path):
+    if connection.vendor != "postgresql":
+        assert wakeups.listen(stop=threading.Event(), on_wake=lambda: None) is None
+        return
+    stop = threading.Event()
+    woken = [threading.Event(), threading.Event()]  # two coordinators' dispatchers
+    threads = [wakeups.listen(stop=stop, on_wake=event.set) for event in woken]
+    try:
+        for event in woken:  # each wakes once on connecting
+            assert event.wait(10)
+            event.clear()
+        with transaction.atomic():
+            wakeups.runs_queued()
+            wakeups.runs_queued()
+            time.sleep(0.5)
+            assert not any(event.is_set() for event in woken)  # nothing before the commit
+        assert all(event.wait(10) for event in woken)
+    finally:
+        stop.set()
+        for thread in threads:
+            assert thread is not None
+            thread.join(timeout=5)
+
+
+@needs_pg
+@pytest.mark.processes
+def test_a_cron_tick_fires_once_across_two_coordinators(cluster: Cluster):
+    c = cluster
+    (c.home / "dags").mkdir(exist_ok=True)
+    write_dag(c.home / "dags", "minutely", "schedule: '* * * * *'\n" + STEP)
+    c.start_coordinator("c1")
+    c.start_peer_coordinator("c2")
+    # The next minute's tick (at most about a minute away), then a few more seconds in which
+    # a second scheduler could have fired it again.
+    [tick] = wait_for(
+        lambda: c.query("SELECT * FROM controlplane_crontick"),
+        timeout=90,
+        what="the first cron tick",
+        every=0.5,
+    )
+    time.sleep(3)
+    runs = c.query("SELECT id, queued_at FROM dags_dagrun WHERE dag_name = 'minutely'")
+    ticks = c.query("SELECT * FROM controlplane_crontick WHERE due_at = ?", tick["due_at"])
+    assert [r["id"] for r in runs] == [tick["run_id"]] and len(ticks) == 1
