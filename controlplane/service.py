@@ -161,7 +161,10 @@ def stop_coordinator(running: RunningCoordinator, *, grace: float = 5.0) -> None
     for thread in running.threads:
         thread.join(timeout=grace + 5)
     running.core.housekeeping_step()  # last flush of heartbeats
-    running.core.lease.release(now=utcnow())  # another coordinator takes over at once
+    try:
+        running.core.lease.release(now=utcnow())  # another coordinator takes over at once
+    except Exception as exc:  # the database is gone: the lease expires on its own
+        logger.warning("could not hand the housekeeping lease back: %s", exc)
     running.registrant.stop()
     if running.sole is not None:
         running.sole.release()
