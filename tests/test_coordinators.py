@@ -303,3 +303,51 @@ def test_a_cron_tick_fires_once_across_two_coordinators(cluster: Cluster):
     runs = c.query("SELECT id, queued_at FROM dags_dagrun WHERE dag_name = 'minutely'")
     ticks = c.query("SELECT * FROM controlplane_crontick WHERE due_at = ?", tick["due_at"])
     assert [r["id"] for r in runs] == [tick["run_id"]] and len(ticks) == 1
+
+
+@needs_pg
+@pytest.mark.processes
+def test_killing_a_coordinator_mid_runs_loses_and_doubles_none(tmp_path: Path, db_template: Path):
+    c = Cluster(tmp_path / "home", db_template, extra_env=FAST_TIMING)
+    try:
+        (c.home / "dags").mkdir(exist_ok=True)
+        marks = tmp_path / "marks"
+        write_dag(
+            c.home / "dags",
+            "steady",
+            "workerSelector:\n  pool: x\nsteps:\n  - name: a\n"
+            f"    command: sh -c 'sleep 1; echo $DAG_RUN_ID >> {marks}'\n",
+        )
+        c.start_coordinator("c1")
+        port2 = c.start_peer_coordinator("c2")
+        both = {"c1": f"127.0.0.1:{c.port}", "c2": f"127.0.0.1:{port2}"}
+        for worker_id, first, second in (("w1", "c1", "c2"), ("w2", "c2", "c1")):
+            c.start_worker(
+                worker_id,
+                "pool=x",
+                max_runs=4,
+                extra=("--worker.coordinators", f"{both[first]},{both[second]}"),
+            )
+        token = api_token(c)
+        web = c.start_web()
+        run_ids = []
+        for n in range(30):
+            status, body = api(f"http://127.0.0.1:{web}/api/v2/dag-runs", token, {"dag": "steady"})
+            assert status == 201, body
+            run_ids.append(body["dag_run_id"])
+            if n == 10:
+                c.kill("c1")
+        wait_for(
+            lambda: (
+                c.query("SELECT count(*) AS n FROM dags_dagrun WHERE status = 'succeeded'")[0]["n"]
+                == len(run_ids)
+            ),
+            timeout=180,
+            what="every run to succeed after a coordinator died",
+            every=0.5,
+        )
+        finished = marks.read_text().split()
+        assert sorted(finished) == sorted(run_ids)  # each step's last line written once
+        assert c.procs["w1"].poll() is None and c.procs["c2"].poll() is None
+    finally:
+        c.close()
