@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.db.models import F
 
 from controlplane.core import registry
@@ -25,9 +25,11 @@ from controlplane.core.config import Config
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from controlplane.dispatch import dispatch_once
 from controlplane.failover import failover_once
+from controlplane.lease import LeaseKeeper
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.reports import ApplyResult, Event, apply_events
 from dags.runs import RunError, completed_steps, get_run, request_cancel, start_child_run
+from dags.wakeups import runs_queued
 from workers.load import held_attempts
 from workers.models import Worker
 from workers.presence import Fleet, Identity, Running, flush_fleet, purge_offline
@@ -73,6 +75,9 @@ class Coordinator:
             workers_per_credential=config.limits.workers_per_credential,
         )
         self.wake_event = threading.Event()
+        # The housekeeping lease, renewed by a loop of controlplane.service; on SQLite the
+        # only coordinator (service.start_coordinator makes sure of it) takes it at once.
+        self.lease = LeaseKeeper(sole=connection.vendor == "sqlite")
         self.log_dir = Path(config.paths.log_dir)
 
     # -- RPC handlers ----------------------------------------------------------------------
@@ -138,6 +143,7 @@ class Coordinator:
         result = apply_events(events, log_dir=self.log_dir)
         if result.finished_runs:
             self.wake()  # a slot freed up
+            runs_queued()  # ... which a run waiting on another coordinator may need
         return result
 
     def start_child(
@@ -206,13 +212,22 @@ class Coordinator:
         )
 
     def housekeeping_step(self) -> None:
-        """Flush heartbeats, sync drain flags, supersede lost attempts."""
+        """Flush heartbeats, sync drain flags, supersede lost attempts.
+
+        Every coordinator flushes its own workers and applies the failover rules that need
+        its memory; judging silent workers fleet-wide is the lease holder's alone.
+        """
         now = utcnow()
         flush_fleet(self.fleet, now=now)
-        self.fleet.set_draining(
-            set(Worker.objects.filter(draining=True).values_list("id", flat=True))
-        )
-        if failover_once(fleet=self.fleet, now=now, mailbox_tokens=self._mailbox_tokens()):
+        self.sync_draining()
+        lease = self.lease.held()
+        if failover_once(
+            fleet=self.fleet,
+            now=now,
+            mailbox_tokens=self._mailbox_tokens(),
+            judge_lost=lease is not None,
+            lost_since=lease.acquired_at if lease else None,
+        ):
             self.wake()
 
     def sync_draining(self) -> None:
@@ -224,39 +239,64 @@ class Coordinator:
         return {a.token for a in self.fleet.pending_mail() if isinstance(a, Attempt)}
 
     def registry_step(self) -> None:
-        """Mirror worker files into the fleet and clean up stale or dead entries."""
+        """Mirror worker files into the fleet; the lease holder cleans up stale or dead ones."""
         now = utcnow()
         root = Path(self.config.paths.service_registry_dir)
-        registry.cleanup(
-            root,
-            now=now,
-            stale_after=self.config.timing.registry_stale_after,
-            this_host=socket.gethostname(),
-        )
+        leader = self.lease.held() is not None
+        if leader:
+            registry.cleanup(
+                root,
+                now=now,
+                stale_after=self.config.timing.registry_stale_after,
+                this_host=socket.gethostname(),
+            )
         scanned = registry.scan(root, "worker")
-        self.fleet.merge_registry(
-            [
-                (
-                    str(entry.path),
-                    Identity(
-                        id=rec.id,
-                        host=rec.host,
-                        pid=rec.pid,
-                        labels=rec.labels,
-                        max_active_runs=rec.max_active_runs,
-                        started_at=rec.started_at,
-                    ),
-                    max(rec.last_heartbeat, entry.mtime),
-                )
-                for entry in scanned.entries
-                if isinstance(rec := entry.record, registry.WorkerRecord)
-            ],
-            now=now,
-        )
-        self.fleet.forget(purge_offline(now=now, timing=self.config.timing))
+        records = [
+            (
+                str(entry.path),
+                Identity(
+                    id=rec.id,
+                    host=rec.host,
+                    pid=rec.pid,
+                    labels=rec.labels,
+                    max_active_runs=rec.max_active_runs,
+                    started_at=rec.started_at,
+                ),
+                max(rec.last_heartbeat, entry.mtime),
+            )
+            for entry in scanned.entries
+            if isinstance(rec := entry.record, registry.WorkerRecord)
+        ]
+        self.fleet.merge_registry(_not_fresher_elsewhere(records, self.fleet), now=now)
+        if leader:
+            self.fleet.forget(purge_offline(now=now, timing=self.config.timing))
 
     def load_fleet(self) -> None:
         self.fleet.load(Worker.objects.all())
+
+
+def _not_fresher_elsewhere(
+    records: list[tuple[str, Identity, datetime]], fleet: Fleet
+) -> list[tuple[str, Identity, datetime]]:
+    """Registry records worth merging: not for a worker whose stored row is fresher.
+
+    Such a row was written by the coordinator the worker talks to; merging the older file
+    time here and flushing it would move that worker's last heartbeat backwards.
+    """
+    stored = dict(
+        Worker.objects.filter(id__in=[who.id for _, who, _ in records]).values_list(
+            "id", "last_heartbeat_at"
+        )
+    )
+    out = []
+    for record in records:
+        _, who, seen = record
+        state = fleet.get(who.id)
+        row_seen = stored.get(who.id)
+        ours = state is not None and state.contacted_at is not None
+        if ours or row_seen is None or row_seen < seen:
+            out.append(record)
+    return out
 
 
 def coordinator_record(

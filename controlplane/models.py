@@ -45,3 +45,40 @@ class DispatchDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id} #{self.attempt} {self.event}"
+
+
+class CoordinatorLease(models.Model):
+    """Which coordinator does the fleet-wide housekeeping now (docs/design.md, "Several
+    coordinators"). One row per duty; `fencing` grows by one at every change of holder, so a
+    write made under an older number can be told from the current holder's."""
+
+    name = models.CharField(primary_key=True, max_length=64)
+    holder = models.CharField(max_length=255, blank=True)
+    fencing = models.PositiveBigIntegerField(default=0)
+    acquired_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder or 'nobody'} (fencing {self.fencing})"
+
+
+class CronTick(models.Model):
+    """One fired cron tick: the unique key is what makes a tick fire once across coordinators
+    (an old and a new lease holder racing on the same minute insert the same key)."""
+
+    dag_name = models.CharField(max_length=255)
+    expression = models.CharField(max_length=255)
+    due_at = models.DateTimeField(db_index=True)
+    run_id = models.CharField(max_length=64, blank=True)
+    fencing = models.PositiveBigIntegerField(default=0)
+    fired_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dag_name", "expression", "due_at"], name="cron_tick_fires_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dag_name} {self.expression} @ {self.due_at.isoformat()}"

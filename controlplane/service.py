@@ -17,17 +17,23 @@ from controlplane.coordinator import Coordinator, coordinator_record
 from controlplane.core import registry
 from controlplane.core.clock import utcnow
 from controlplane.core.config import Config, ConfigError
+from controlplane.lease import RENEW_SECONDS, SoleCoordinator, claim_sole_coordinator
 from controlplane.loops import run_loop
 from controlplane.rpc.server import build_server
+from dags import wakeups
 from dags.local import LocalExecutor
-from dags.retention import apply_retention
+from dags.retention import RetentionDuty
+from dags.scheduler import CronScheduler
 from workers.credentials import ensure_bootstrap_credential
 
 logger = logging.getLogger(__name__)
 
 DISPATCH_IDLE_SECONDS = 0.5
 HOUSEKEEPING_SECONDS = 1.0
-RETENTION_SECONDS = 86400.0  # retention.days is applied at start and then daily
+SCHEDULER_SECONDS = 1.0
+# Retention runs on the lease holder once it holds the lease, then daily; a new holder runs
+# it again (harmless: pruning is idempotent). Checked this often:
+RETENTION_CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -41,10 +47,12 @@ class RunningCoordinator:
     local: LocalExecutor
     threads: list[threading.Thread] = field(default_factory=list)
     advertised: str = ""  # host:port as the service registry shows it
+    sole: SoleCoordinator | None = None  # SQLite: the lock that keeps a second one out
 
 
 def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordinator:
     """Bind, register in the service registry, and start the loops. Raises ConfigError."""
+    sole = claim_sole_coordinator()  # SQLite: a second coordinator stops here (exit 2)
     core = Coordinator(config)
     core.load_fleet()
     # Before the port opens, so a worker on this host never meets a coordinator whose
@@ -69,7 +77,27 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
     local = LocalExecutor(config, stop=stop, wake=core.wake)
     running = RunningCoordinator(core, server, port, health_servicer, stop, registrant, local)
     running.advertised = f"{bound_config.coordinator.advertise}:{port}"
+    running.sole = sole
     running.threads = [
+        *_own_loops(core, local, stop=stop, config=config),
+        *_lease_loops(core, stop=stop, config=config),
+    ]
+    logger.info(
+        "coordinator %s listening on %s:%d, advertised as %s:%d",
+        bound_config.coordinator.id,
+        config.coordinator.host,
+        port,
+        bound_config.coordinator.advertise,
+        port,
+    )
+    return running
+
+
+def _own_loops(
+    core: Coordinator, local: LocalExecutor, *, stop: threading.Event, config: Config
+) -> list[threading.Thread]:
+    """What every coordinator does for the workers connected to it (and its local runs)."""
+    threads = [
         run_loop(
             "dispatch",
             core.dispatch_step,
@@ -85,24 +113,41 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
             interval=config.timing.registry_refresh_interval,
         ),
         local.start(),
-        run_loop(
-            "retention",
-            lambda: apply_retention(
-                days=config.retention.days, now=utcnow(), log_dir=Path(config.paths.log_dir)
-            ),
-            stop=stop,
-            interval=RETENTION_SECONDS,
-        ),
     ]
-    logger.info(
-        "coordinator %s listening on %s:%d, advertised as %s:%d",
-        bound_config.coordinator.id,
-        config.coordinator.host,
-        port,
-        bound_config.coordinator.advertise,
-        port,
+    # PostgreSQL: a run queued anywhere wakes this dispatcher too (docs/design.md).
+    if (listener := wakeups.listen(stop=stop, on_wake=core.wake)) is not None:
+        threads.append(listener)
+    return threads
+
+
+def _lease_loops(
+    core: Coordinator, *, stop: threading.Event, config: Config
+) -> list[threading.Thread]:
+    """The lease, and the fleet-wide duties only its holder does (failover of silent workers
+    and the registry cleanup are parts of the housekeeping and registry steps)."""
+    scheduler = CronScheduler(config, now=utcnow(), on_queued=core.wake)
+    retention = RetentionDuty(days=config.retention.days, log_dir=Path(config.paths.log_dir))
+
+    def schedule() -> None:
+        if lease := core.lease.held():
+            scheduler.tick(now=utcnow(), fencing=lease.fencing)
+        else:
+            scheduler.stand_by(now=utcnow())
+
+    def prune() -> None:
+        if core.lease.held():
+            retention.step(now=utcnow())
+        else:
+            retention.forget()  # a new term starts with a pass
+
+    lease_thread = run_loop(
+        "lease", lambda: core.lease.step(now=utcnow()), stop=stop, interval=RENEW_SECONDS
     )
-    return running
+    return [
+        lease_thread,
+        run_loop("scheduler", schedule, stop=stop, interval=SCHEDULER_SECONDS),
+        run_loop("retention", prune, stop=stop, interval=RETENTION_CHECK_SECONDS),
+    ]
 
 
 def stop_coordinator(running: RunningCoordinator, *, grace: float = 5.0) -> None:
@@ -116,7 +161,13 @@ def stop_coordinator(running: RunningCoordinator, *, grace: float = 5.0) -> None
     for thread in running.threads:
         thread.join(timeout=grace + 5)
     running.core.housekeeping_step()  # last flush of heartbeats
+    try:
+        running.core.lease.release(now=utcnow())  # another coordinator takes over at once
+    except Exception as exc:  # the database is gone: the lease expires on its own
+        logger.warning("could not hand the housekeeping lease back: %s", exc)
     running.registrant.stop()
+    if running.sole is not None:
+        running.sole.release()
     logger.info("coordinator stopped at %s", utcnow().isoformat())
 
 

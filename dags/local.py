@@ -290,21 +290,24 @@ def recover_lost_local_attempts(*, now: datetime, started_at: datetime, mine: se
     """Requeue local attempts whose executor is gone, to resume on this main instance.
 
     Lost are the main instance's own attempts from before it (re)started, and attempts of
-    `manage.py start` processes on this host that have exited. Returns how many.
+    `manage.py start` processes (or, on PostgreSQL, other coordinators) on this host that
+    have exited. Returns how many.
     """
     cli_prefix = f"local:{socket.gethostname()}:"
     lost = 0
     attempts = Attempt.objects.filter(mode=ExecutionMode.LOCAL, status__in=ACTIVE_ATTEMPT_STATUSES)
     for attempt in attempts.select_related("run"):
         holder = attempt.worker_id
-        if holder == LOCAL_WORKER_ID:
+        # This process's own id too: a restarted container often gets its old pid back.
+        if holder in (LOCAL_WORKER_ID, cli_executor_id()):
             if attempt.created_at >= started_at or attempt.run_id in mine:
                 continue
             reason = "the main instance restarted while the run was executing"
         elif holder.startswith(cli_prefix) and holder[len(cli_prefix) :].isdigit():
             if pid_alive(int(holder[len(cli_prefix) :])):
                 continue
-            reason = f"the start command executing it (pid {holder[len(cli_prefix) :]}) exited"
+            pid = holder[len(cli_prefix) :]
+            reason = f"the start command or coordinator executing it (pid {pid}) exited"
         else:
             continue
         if supersede_attempt(attempt, reason=reason, now=now, count_as_redispatch=False):
@@ -328,6 +331,11 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self.started_at = utcnow()
         self._next_recovery = 0.0
+        # On SQLite this is the only coordinator and "local" means "this main instance" (its
+        # restart recovery relies on that). On PostgreSQL several coordinators may each run
+        # local runs: each holds them under its own process id, so none takes another's
+        # running attempts for lost ones (docs/design.md, "Several coordinators").
+        self.executor_id = LOCAL_WORKER_ID if connection.vendor == "sqlite" else cli_executor_id()
 
     def start(self) -> threading.Thread:
         return run_loop("local-executor", self.run_once, stop=self.stop, interval=0.25)
@@ -350,7 +358,7 @@ class LocalExecutor:
         started = 0
         for run in queued:
             attempt = start_attempt(
-                run, now=utcnow(), mode=ExecutionMode.LOCAL, worker_id=LOCAL_WORKER_ID
+                run, now=utcnow(), mode=ExecutionMode.LOCAL, worker_id=self.executor_id
             )
             if attempt is None:
                 continue

@@ -71,3 +71,20 @@ def apply_retention(*, days: int, now: datetime, log_dir: Path) -> int:
     if days <= 0:
         return 0
     return prune_runs(older_than=timedelta(days=days), now=now, log_dir=log_dir)
+
+
+class RetentionDuty:
+    """Retention on the housekeeping lease holder: a pass when it gets the lease, then daily."""
+
+    def __init__(self, *, days: int, log_dir: Path, every: timedelta = timedelta(days=1)) -> None:
+        self.days, self.log_dir, self.every = days, log_dir, every
+        self.last_pass: datetime | None = None
+
+    def step(self, *, now: datetime) -> int:
+        if self.last_pass is not None and now - self.last_pass < self.every:
+            return 0
+        self.last_pass = now
+        return apply_retention(days=self.days, now=now, log_dir=self.log_dir)
+
+    def forget(self) -> None:
+        self.last_pass = None

@@ -28,6 +28,7 @@ from controlplane.core.spec import (
     resolve_params,
 )
 from controlplane.models import DecisionEvent, DispatchDecision
+from dags import wakeups
 from dags.models import (
     TERMINAL_RUN_STATUSES,
     Attempt,
@@ -124,6 +125,7 @@ def create_run(
         )
         insert_rows([created])
     logger.info("run %s of %s queued (%s: %s)", run.id, dag.name, decision.mode, decision.why)
+    wakeups.runs_queued()  # every coordinator looks at the queue once this commits
     return run
 
 
@@ -352,6 +354,7 @@ def retry_run(run_id: str, *, now: datetime, by: str = "") -> DagRun:
     run.refresh_from_db()
     detail = f"retried by {by or 'an operator'}"
     record_decision(run, event=DecisionEvent.RETRY, now=now, detail=detail)
+    wakeups.runs_queued()
     return run
 
 

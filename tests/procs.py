@@ -128,6 +128,7 @@ class Cluster:
             subprocess.run([*MANAGE, "migrate", "-v0"], env=self.env, check=True, timeout=180)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
+        self.ports: dict[str, int] = {}  # coordinator name -> gRPC port
 
     # -- processes ------------------------------------------------------------------------
 
@@ -151,14 +152,24 @@ class Cluster:
         again = ("--coordinator.port", str(self.port)) if self.port else ()
         proc = self.spawn(name, "coordinator", *again)
         self.port = self._wait_port(name, proc, "coordinator listening on", "the coordinator")
+        self.ports[name] = self.port
         return proc
 
-    def start_extra_coordinator(self, name: str) -> int:
-        """Another coordinator on the same database and data dir, on a port of its own
-        (PostgreSQL lane only: SQLite refuses a second). Returns its port; `self.port` stays
-        the first coordinator's."""
-        proc = self.spawn(name, "coordinator", "--coordinator.port", "0")
-        return self._wait_port(name, proc, "coordinator listening on", f"coordinator {name}")
+    def start_peer_coordinator(self, name: str) -> int:
+        """Another coordinator on the same database (and data dir); returns its gRPC port.
+
+        `self.port` keeps naming the first one, so `start_worker` dials it unless told
+        otherwise. On SQLite this one exits 2: several coordinators need PostgreSQL.
+        """
+        proc = self.spawn(name, "coordinator")
+        port = self._wait_port(name, proc, "coordinator listening on", f"coordinator {name}")
+        self.ports[name] = port
+        return port
+
+    def start_web(self, name: str = "web") -> int:
+        """`manage.py web` (the UI and API alone) on a free port; returns that port."""
+        proc = self.spawn(name, "web", "--port", "0")
+        return self._wait_port(name, proc, "web UI and API on", "the web tier")
 
     def start_main(self, name: str = "main", *args: str) -> int:
         """`start_all` on a free web port; returns that port (self.port is its gRPC port)."""
@@ -184,7 +195,9 @@ class Cluster:
         max_runs: int = 4,
         extra: tuple[str, ...] = (),
         coordinators: str = "",
+        port: int | None = None,
     ) -> subprocess.Popen[bytes]:
+        """A worker dialling the first coordinator, or the one on `port`."""
         args = [
             "worker",
             "--worker.id",
@@ -192,7 +205,7 @@ class Cluster:
             "--worker.max-active-runs",
             str(max_runs),
             "--worker.coordinators",
-            coordinators or f"127.0.0.1:{self.port}",
+            coordinators or f"127.0.0.1:{port or self.port}",
             "--shutdown-grace",
             "5",
             *extra,

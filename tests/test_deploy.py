@@ -19,11 +19,12 @@ import yaml
 from django.core.management import get_commands
 
 from controlplane.console import command_argv
-from tests.procs import DAGU, Cluster, free_port, wait_for
+from tests.procs import DAGU, PG_LANE, Cluster, free_port, listening_port, wait_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S = DEPLOY / "kubernetes"
 COMPOSE = DEPLOY / "docker-compose.yml"
+COMPOSE_HA = DEPLOY / "docker-compose-ha.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 BIN = Path(sys.executable).parent
 
@@ -112,9 +113,23 @@ def compose_validator() -> jsonschema.Draft201909Validator:
     return jsonschema.Draft201909Validator(schema)
 
 
-def test_compose_file_validates_against_the_compose_spec():
-    errors = [e.message for e in compose_validator().iter_errors(load_yaml(COMPOSE))]
+@pytest.mark.parametrize("compose", [COMPOSE, COMPOSE_HA], ids=["single", "ha"])
+def test_compose_file_validates_against_the_compose_spec(compose: Path):
+    errors = [e.message for e in compose_validator().iter_errors(load_yaml(compose))]
     assert errors == []
+
+
+def test_ha_compose_runs_two_coordinators_a_web_tier_and_workers_that_know_both():
+    services = load_yaml(COMPOSE_HA)["services"]  # type: ignore[index]
+    commands = {name: shlex.split(spec.get("command", "")) for name, spec in services.items()}
+    coordinators = [name for name, argv in commands.items() if argv[:1] == ["coordinator"]]
+    assert len(coordinators) == 2
+    assert commands["web"][0] == "web" and services["web"]["deploy"]["replicas"] >= 2
+    dialled = next(a for a in commands["worker"] if a.startswith("--worker.coordinators="))
+    assert dialled.split("=", 1)[1].split(",") == [f"{name}:{GRPC_PORT}" for name in coordinators]
+    # Several coordinators need PostgreSQL: every Dagu service is pointed at it.
+    for name in ("dagu-migrate", *coordinators, "web"):
+        assert any(e.startswith("DATABASE_URL=postgres://") for e in services[name]["environment"])
 
 
 def test_compose_spec_check_rejects_a_broken_file():
@@ -188,10 +203,10 @@ def interpolate(value: str, variables: dict[str, str]) -> str:
 class Topology:
     """deploy/docker-compose.yml's services as local processes in one Cluster."""
 
-    def __init__(self, cluster: Cluster, root: Path) -> None:
+    def __init__(self, cluster: Cluster, root: Path, compose: Path = COMPOSE) -> None:
         self.cluster = cluster
         self.root = root
-        self.compose = load_yaml(COMPOSE)
+        self.compose = load_yaml(compose)
         self.image_env = dockerfile_env(DOCKERFILE)
         self.variables = {"DATABASE_URL": cluster.pg_url}
         self.web_port, self.grpc_port = free_port(), free_port()
@@ -207,7 +222,7 @@ class Topology:
         return {
             name: spec
             for name, spec in self.compose["services"].items()
-            if not spec.get("profiles")  # the optional PostgreSQL service
+            if spec["image"].startswith("dagu:")  # not PostgreSQL: the lane's server stands in
         }
 
     def host_path(self, service: str, replica: int, container_path: str) -> str:
@@ -235,9 +250,11 @@ class Topology:
             if value.startswith("/"):
                 env[key] = self.host_path(service, replica, value)
                 Path(env[key]).mkdir(parents=True, exist_ok=True)
-        if spec.get("ports"):
-            published = {int(str(p).rsplit(":", 1)[1]) for p in spec["ports"]}
-            assert published == {WEB_PORT, GRPC_PORT}, published
+        if "DATABASE_URL" in env:  # the lane's database stands in for the file's server
+            env["DATABASE_URL"] = self.variables["DATABASE_URL"]
+        published = {int(str(p).rsplit(":", 1)[1]) for p in spec.get("ports", [])}
+        assert published <= {WEB_PORT, GRPC_PORT}, published
+        if GRPC_PORT in published:
             env["DAGU_COORDINATOR_PORT"] = str(self.grpc_port)
         return env
 
@@ -248,9 +265,17 @@ class Topology:
             args.append(f"--port={self.web_port}")
         return args
 
-    def start(self, service: str, replica: int = 1) -> str:
+    def start(
+        self,
+        service: str,
+        replica: int = 1,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> str:
         name = f"{service}-{replica}"
-        self.cluster.spawn(name, *self.args(service), env=self.env(service, replica))
+        argv = self.args(service) if args is None else args
+        self.cluster.spawn(name, *argv, env={**self.env(service, replica), **(env or {})})
         return name
 
     def run_once(self, service: str) -> None:
@@ -263,11 +288,13 @@ class Topology:
         )
         assert result.returncode == 0, result.stdout + result.stderr
 
-    def main_command(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def main_command(
+        self, *args: str, service: str = "dagu-main"
+    ) -> subprocess.CompletedProcess[str]:
         """`docker compose exec dagu-main dagu ARGS...`."""
         return subprocess.run(
             [*DAGU, *args],
-            env={**self.cluster.env, **self.env("dagu-main")},
+            env={**self.cluster.env, **self.env(service)},
             capture_output=True,
             text=True,
             timeout=120,
@@ -336,3 +363,48 @@ def test_compose_topology_routes_a_gpu_run_to_a_worker_gpu_process(
     assert landed["gpu-job"] in {by_pid[pid] for pid in pools["worker-gpu"]}
     assert landed["cpu-job"] in {by_pid[pid] for pid in pools["worker-cpu"]}
     assert cluster.stop(main) == 0
+
+
+@pytest.mark.processes
+@pytest.mark.skipif(not PG_LANE, reason="the HA topology needs PostgreSQL")
+def test_ha_compose_topology_runs_a_dag_through_either_coordinator(
+    cluster: Cluster, tmp_path: Path
+):
+    topology = Topology(cluster, tmp_path / "compose-ha", COMPOSE_HA)
+    assert set(topology.services()) == {
+        "dagu-migrate", "coordinator-a", "coordinator-b", "web", "worker"
+    }  # fmt: skip
+    dags = Path(topology.env("coordinator-a")["DAGU_DAGS_DIR"])
+    (dags / "ha-job.yaml").write_text(
+        "workerSelector:\n  pool: default\nsteps:\n  - name: work\n    command: 'true'\n"
+    )
+    topology.run_once("dagu-migrate")
+    ports = {}
+    for name in ("coordinator-a", "coordinator-b"):
+        started = topology.start(name, env={"DAGU_COORDINATOR_PORT": "0"})
+        ports[name] = wait_for(
+            lambda started=started: (
+                listening_port(cluster.log(started), "coordinator listening on")
+                or cluster.procs[started].poll() is not None
+            ),
+            timeout=60,
+            what=f"{name} to listen",
+        )
+        assert cluster.procs[started].poll() is None, cluster.log(started)
+    web = topology.start("web")
+    wait_for(
+        lambda: "web UI and API" in cluster.log(web) or cluster.procs[web].poll() is not None,
+        timeout=60,
+        what="the web tier to serve",
+    )
+    assert cluster.procs[web].poll() is None, cluster.log(web)
+    # Workers dial the coordinators by service name; here those are loopback ports.
+    argv = [
+        re.sub(r"(coordinator-[ab]):\d+", lambda m: f"127.0.0.1:{ports[m.group(1)]}", arg)
+        for arg in topology.args("worker")
+    ]
+    worker = topology.start("worker", args=argv)
+    started = topology.main_command("start", "ha-job", "--wait", "--json", service="web")
+    assert started.returncode == 0, started.stdout + started.stderr + cluster.log(worker)
+    assert json.loads(started.stdout)["status"] == "succeeded"
+    assert cluster.stop(web) == 0

@@ -33,7 +33,7 @@ def test_a_worker_moves_to_the_other_coordinator_when_its_own_is_killed(
     c = fast_cluster
     c.start_coordinator("coord-a")
     names = {f"127.0.0.1:{c.port}": "coord-a"}
-    names[f"127.0.0.1:{c.start_extra_coordinator('coord-b')}"] = "coord-b"
+    names[f"127.0.0.1:{c.start_peer_coordinator('coord-b')}"] = "coord-b"
     if listed:
         c.start_worker("w1", "pool=multi", max_runs=4, coordinators=",".join(names))
     else:

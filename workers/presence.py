@@ -51,6 +51,9 @@ class WorkerState:
     labels_changed: bool = True
     heartbeats: int = 0  # gRPC heartbeats received by this coordinator
     credential: str = ""  # the credential that last heartbeated or polled as this id
+    # Last heartbeat or poll that reached THIS coordinator (not a registry file, not the row
+    # another coordinator wrote): the worker polls here, so mail put here gets taken.
+    contacted_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class Fleet:
             state.labels_changed = True
         state.host, state.pid, state.max_active_runs = who.host, who.pid, who.max_active_runs
         state.started_at = who.started_at or state.started_at
-        state.last_heartbeat = now
+        state.last_heartbeat = state.contacted_at = now
         state.dirty = True
         return state
 
@@ -213,11 +216,12 @@ class Fleet:
     def dispatch_health(self, state: WorkerState, *, now: datetime) -> str:
         """Health for handing out runs: the start-up grace is for failover only.
 
-        A worker this coordinator has not heard from since it started (by heartbeat, poll or
-        a refreshed registry file) may have been dead for a day; it gets no runs until it
-        shows up, and until then counts as no better than UNHEALTHY.
+        A worker that has not polled or heartbeated this coordinator since it started may
+        have been dead for a day, or may poll another coordinator (a fresh registry file or
+        row says only that it lives somewhere): mail put here would never be taken. It gets
+        no runs until it shows up, and until then counts as no better than UNHEALTHY.
         """
-        if state.last_heartbeat is not None and state.last_heartbeat >= self.started_at:
+        if state.contacted_at is not None and state.contacted_at >= self.started_at:
             return self.health(state, now=now)
         silent = health_status(state.last_heartbeat, now=now, timing=self.timing)
         return silent if silent in (UNHEALTHY, OFFLINE) else UNHEALTHY

@@ -1,4 +1,5 @@
-"""`manage.py coordinator`: the gRPC coordinator with its dispatch, health and failover loops."""
+"""`manage.py coordinator`: the gRPC coordinator with its dispatch, health and failover loops,
+the cron scheduler and the local executor; several may share one PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from controlplane.service import install_stop_signals, start_coordinator, stop_c
 
 
 class Command(ConfigCommand):
-    help = "Run the coordinator (gRPC): dispatch queue, heartbeats, health, failover, registry."
+    help = (
+        "Run the coordinator (gRPC): dispatch queue, heartbeats, health, failover, registry, "
+        "cron scheduler. Several may share one PostgreSQL database."
+    )
     config_sections = ("coordinator", "peer", "paths")
 
     def add_command_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,353 @@
+"""Several coordinators on one database (docs/design.md, "Several coordinators").
+
+The lease and the cron claims are database tests (both lanes: the same code path holds on
+SQLite); the real-process tests need PostgreSQL and skip on SQLite, except the one that
+shows SQLite refusing a second coordinator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from django.db import connection, transaction
+
+from controlplane.core.config import resolve
+from controlplane.lease import LEASE_SECONDS, hold_lease, new_holder_id, release_lease
+from controlplane.models import CoordinatorLease, CronTick
+from dags import wakeups
+from dags.models import DagRun
+from dags.scheduler import CATCH_UP_SECONDS, CronScheduler
+from tests.procs import FAST_TIMING, PG_LANE, Cluster, wait_for, write_dag
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+STEP = "steps:\n  - name: a\n    command: echo $WORKER_ID\n"
+needs_pg = pytest.mark.skipif(not PG_LANE, reason="several coordinators need PostgreSQL")
+
+
+# --- the lease ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_one_holder_at_a_time_and_a_new_fencing_number_at_each_takeover():
+    a = hold_lease("a", now=T0)
+    assert a is not None and a.fencing == 1
+    assert hold_lease("b", now=T0 + timedelta(seconds=1)) is None
+    # The holder renews; the term moves, the fencing number does not.
+    renewed = hold_lease("a", now=T0 + timedelta(seconds=2))
+    assert renewed is not None and renewed.fencing == 1
+    # A silent holder loses the lease once its term ends, and cannot renew it back.
+    later = T0 + timedelta(seconds=2 + LEASE_SECONDS + 0.1)
+    b = hold_lease("b", now=later)
+    assert b is not None and (b.holder, b.fencing) == ("b", 2)
+    assert hold_lease("a", now=later + timedelta(seconds=0.1)) is None
+    row = CoordinatorLease.objects.get()
+    assert (row.holder, row.fencing) == ("b", 2)
+
+
+@pytest.mark.django_db
+def test_a_released_lease_is_taken_at_once():
+    assert hold_lease("a", now=T0) is not None
+    assert release_lease("a", now=T0 + timedelta(seconds=1))
+    b = hold_lease("b", now=T0 + timedelta(seconds=1))
+    assert b is not None and b.fencing == 2
+
+
+@pytest.mark.django_db
+def test_sqlite_sole_coordinator_takes_the_lease_without_waiting():
+    assert hold_lease("before-restart", now=T0) is not None
+    again = hold_lease("after-restart", now=T0 + timedelta(seconds=1), force=True)
+    assert again is not None and again.fencing == 2
+
+
+# --- cron ticks fire once across schedulers ---------------------------------------------------
+
+
+def every_minute(tmp_path: Path):
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    write_dag(dags, "minutely", "schedule: '* * * * *'\nsteps:\n  - name: a\n    command: 'true'\n")
+    return resolve(env={"DAGU_HOME": str(tmp_path), "DAGU_DAGS_DIR": str(dags)})
+
+
+@pytest.mark.django_db
+def test_two_schedulers_racing_fire_each_tick_once(tmp_path: Path):
+    config = every_minute(tmp_path)
+    start = T0 + timedelta(seconds=1)
+    a = CronScheduler(config, now=start, on_queued=lambda: None)
+    b = CronScheduler(config, now=start, on_queued=lambda: None)
+    # Three minutes: both tick every 20 s (an old holder that has not seen it lost the lease
+    # and the new one); each minute's tick is claimed once.
+    fired = 0
+    for second in range(20, 181, 20):
+        now = start + timedelta(seconds=second)
+        fired += a.tick(now=now, fencing=1) + b.tick(now=now, fencing=2)
+    assert fired == 3
+    assert DagRun.objects.filter(dag_name="minutely").count() == 3
+    ticks = CronTick.objects.order_by("due_at")
+    assert [t.due_at for t in ticks] == [T0 + timedelta(minutes=m) for m in (1, 2, 3)]
+    assert all(t.run_id for t in ticks)
+
+
+@pytest.mark.django_db
+def test_a_new_holder_fires_the_tick_due_while_the_lease_changed_hands(tmp_path: Path):
+    config = every_minute(tmp_path)
+    old = CronScheduler(config, now=T0, on_queued=lambda: None)
+    new = CronScheduler(config, now=T0, on_queued=lambda: None)
+    # The old holder fires 12:01 and dies at 12:01:58; the new one stands by meanwhile.
+    assert old.tick(now=T0 + timedelta(seconds=61), fencing=1) == 1
+    for second in range(0, 125, 5):
+        new.stand_by(now=T0 + timedelta(seconds=second))
+    # It takes over at 12:02:06, after the 12:02 tick: fires it, and not 12:01 again.
+    assert CATCH_UP_SECONDS > 10
+    assert new.tick(now=T0 + timedelta(seconds=126), fencing=2) == 1
+    assert sorted(CronTick.objects.values_list("due_at", "fencing")) == [
+        (T0 + timedelta(minutes=1), 1),
+        (T0 + timedelta(minutes=2), 2),
+    ]
+
+
+# --- real processes ---------------------------------------------------------------------------
+
+
+def api(url: str, token: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data)
+    request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def api_token(cluster: Cluster) -> str:
+    created = cluster.manage("create_api_token", "ops", "--role", "manager")
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip().splitlines()[-1]
+
+
+def lease_row(cluster: Cluster) -> dict | None:
+    rows = cluster.query("SELECT * FROM controlplane_coordinatorlease WHERE name = 'housekeeping'")
+    return dict(rows[0]) if rows else None
+
+
+def holder_pid(row: dict | None) -> int | None:
+    if not row or not row["holder"]:
+        return None
+    return int(row["holder"].split(":")[1])
+
+
+@pytest.mark.processes
+def test_sqlite_refuses_a_second_coordinator_with_one_line(cluster: Cluster):
+    if PG_LANE:
+        pytest.skip("SQLite only: PostgreSQL takes several coordinators")
+    cluster.start_coordinator()
+    second = cluster.spawn("second", "coordinator")
+    assert second.wait(timeout=60) == 2
+    lines = [line for line in cluster.log("second").splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and "several coordinators need PostgreSQL" in lines[0]
+    # The first one is untouched, and after a kill -9 a new one starts (no stale lock).
+    assert cluster.procs["coordinator"].poll() is None
+    cluster.kill("coordinator")
+    cluster.start_coordinator("coordinator-2")
+
+
+@needs_pg
+@pytest.mark.processes
+def test_runs_from_the_api_run_once_over_both_coordinators_workers(
+    cluster: Cluster, tmp_path: Path
+):
+    c = cluster
+    (c.home / "dags").mkdir(exist_ok=True)
+    write_dag(c.home / "dags", "spread", f"workerSelector:\n  pool: x\n{STEP}")
+    c.start_coordinator("c1")
+    port2 = c.start_peer_coordinator("c2")
+    web = c.start_web()
+    workers = {"a1": c.port, "a2": c.port, "b1": port2, "b2": port2}
+    for worker_id, port in workers.items():
+        c.start_worker(worker_id, "pool=x", max_runs=3, port=port)
+    token = api_token(c)
+    run_ids = []
+    for _ in range(40):
+        status, body = api(f"http://127.0.0.1:{web}/api/v2/dag-runs", token, {"dag": "spread"})
+        assert status == 201, body
+        run_ids.append(body["dag_run_id"])
+    wait_for(
+        lambda: (
+            c.query("SELECT count(*) AS n FROM dags_dagrun WHERE status = 'succeeded'")[0]["n"]
+            == len(run_ids)
+        ),
+        timeout=180,
+        what="every run to succeed",
+        every=0.5,
+    )
+    attempts = c.query("SELECT run_id, worker_id FROM dags_attempt")
+    assert sorted(a["run_id"] for a in attempts) == sorted(run_ids)  # one attempt each
+    used = {a["worker_id"] for a in attempts}
+    assert used & {"a1", "a2"} and used & {"b1", "b2"}, used
+    # One of the two holds the housekeeping lease.
+    pid = holder_pid(lease_row(c))
+    assert pid in {c.procs["c1"].pid, c.procs["c2"].pid}
+
+
+@needs_pg
+@pytest.mark.processes
+def test_killing_the_lease_holder_hands_housekeeping_over_and_failover_still_happens(
+    tmp_path: Path, db_template: Path
+):
+    c = Cluster(tmp_path / "home", db_template, extra_env=FAST_TIMING)
+    try:
+        (c.home / "dags").mkdir(exist_ok=True)
+        marks = tmp_path / "marks"
+        dag = write_dag(
+            c.home / "dags",
+            "long",
+            "workerSelector:\n  pool: x\nsteps:\n  - name: a\n"
+            f"    command: sh -c 'echo $WORKER_ID >> {marks}; sleep 8'\n",
+        )
+        c.start_coordinator("c1")
+        port2 = c.start_peer_coordinator("c2")
+        first = wait_for(lambda: lease_row(c), timeout=30, what="a lease holder")
+        holder = holder_pid(first)
+        assert holder == c.procs["c1"].pid  # the first one up took it
+        c.start_worker("doomed", "pool=x", max_runs=1, port=port2)
+        run_id = c.start_run(dag)
+        wait_for(lambda: marks.exists(), timeout=30, what="the run to start on doomed")
+        c.start_worker("rescuer", "pool=x", max_runs=1, port=port2)
+        # The housekeeping leader and the worker die together.
+        c.kill("c1")
+        c.kill("doomed")
+        taken = wait_for(
+            lambda: (row := lease_row(c)) and holder_pid(row) == c.procs["c2"].pid and row,
+            timeout=10 + 2,  # expiry (6 s) plus one renewal round, with scheduling slack
+            what="the other coordinator to take the lease",
+            every=0.2,
+        )
+        assert taken["fencing"] == first["fencing"] + 1
+        unhealthy = float(FAST_TIMING["DAGU_HEALTH_UNHEALTHY_AFTER"])
+        wait_for(
+            lambda: (row := c.run_row(run_id)) and row["attempt"] == 2,
+            timeout=unhealthy + 10 + 2,  # its thresholds plus the lease handover
+            what="the lost worker's run to be redispatched",
+            every=0.2,
+        )
+        row = c.wait_run(run_id, timeout=60)
+        assert (row["status"], row["worker_id"]) == ("succeeded", "rescuer")
+        assert c.procs["c2"].poll() is None
+    finally:
+        c.close()
+
+
+def test_the_holder_id_names_the_process():
+    # holder_pid above relies on the holder id's shape.
+    host, pid, token = new_holder_id().split(":")
+    assert int(pid) == os.getpid() and host and token
+
+
+# --- wake-ups ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_queued_anywhere_wakes_every_listening_coordinator(tmp_path: Path):
+    if connection.vendor != "postgresql":
+        assert wakeups.listen(stop=threading.Event(), on_wake=lambda: None) is None
+        return
+    stop = threading.Event()
+    woken = [threading.Event(), threading.Event()]  # two coordinators' dispatchers
+    threads = [wakeups.listen(stop=stop, on_wake=event.set) for event in woken]
+    try:
+        for event in woken:  # each wakes once on connecting
+            assert event.wait(10)
+            event.clear()
+        with transaction.atomic():
+            wakeups.runs_queued()
+            wakeups.runs_queued()
+            time.sleep(0.5)
+            assert not any(event.is_set() for event in woken)  # nothing before the commit
+        assert all(event.wait(10) for event in woken)
+    finally:
+        stop.set()
+        for thread in threads:
+            assert thread is not None
+            thread.join(timeout=5)
+
+
+@needs_pg
+@pytest.mark.processes
+def test_a_cron_tick_fires_once_across_two_coordinators(cluster: Cluster):
+    c = cluster
+    (c.home / "dags").mkdir(exist_ok=True)
+    write_dag(c.home / "dags", "minutely", "schedule: '* * * * *'\n" + STEP)
+    c.start_coordinator("c1")
+    c.start_peer_coordinator("c2")
+    # The next minute's tick (at most about a minute away), then a few more seconds in which
+    # a second scheduler could have fired it again.
+    [tick] = wait_for(
+        lambda: c.query("SELECT * FROM controlplane_crontick"),
+        timeout=90,
+        what="the first cron tick",
+        every=0.5,
+    )
+    time.sleep(3)
+    runs = c.query("SELECT id, queued_at FROM dags_dagrun WHERE dag_name = 'minutely'")
+    ticks = c.query("SELECT * FROM controlplane_crontick WHERE due_at = ?", tick["due_at"])
+    assert [r["id"] for r in runs] == [tick["run_id"]] and len(ticks) == 1
+
+
+@needs_pg
+@pytest.mark.processes
+def test_killing_a_coordinator_mid_runs_loses_and_doubles_none(tmp_path: Path, db_template: Path):
+    c = Cluster(tmp_path / "home", db_template, extra_env=FAST_TIMING)
+    try:
+        (c.home / "dags").mkdir(exist_ok=True)
+        marks = tmp_path / "marks"
+        write_dag(
+            c.home / "dags",
+            "steady",
+            "workerSelector:\n  pool: x\nsteps:\n  - name: a\n"
+            f"    command: sh -c 'sleep 1; echo $DAG_RUN_ID >> {marks}'\n",
+        )
+        c.start_coordinator("c1")
+        port2 = c.start_peer_coordinator("c2")
+        both = {"c1": f"127.0.0.1:{c.port}", "c2": f"127.0.0.1:{port2}"}
+        for worker_id, first, second in (("w1", "c1", "c2"), ("w2", "c2", "c1")):
+            c.start_worker(
+                worker_id,
+                "pool=x",
+                max_runs=4,
+                extra=("--worker.coordinators", f"{both[first]},{both[second]}"),
+            )
+        token = api_token(c)
+        web = c.start_web()
+        run_ids = []
+        for n in range(30):
+            status, body = api(f"http://127.0.0.1:{web}/api/v2/dag-runs", token, {"dag": "steady"})
+            assert status == 201, body
+            run_ids.append(body["dag_run_id"])
+            if n == 10:
+                c.kill("c1")
+        wait_for(
+            lambda: (
+                c.query("SELECT count(*) AS n FROM dags_dagrun WHERE status = 'succeeded'")[0]["n"]
+                == len(run_ids)
+            ),
+            timeout=180,
+            what="every run to succeed after a coordinator died",
+            every=0.5,
+        )
+        finished = marks.read_text().split()
+        assert sorted(finished) == sorted(run_ids)  # each step's last line written once
+        assert c.procs["w1"].poll() is None and c.procs["c2"].poll() is None
+    finally:
+        c.close()
