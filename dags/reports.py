@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.db import transaction
-from django.db.models import Q
 
 from controlplane.core.events import (
     ATTEMPT_STARTED,
@@ -28,6 +27,7 @@ from controlplane.core.events import (
     Event,
 )
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
+from dags import sql
 from dags.models import Attempt, AttemptStatus, DagRun, RunStatus, StepRun, StepStatus
 
 logger = logging.getLogger(__name__)
@@ -67,127 +67,256 @@ def step_log_path(run_id: str, attempt: int, step: str, retry: int = 0) -> str:
 
 
 def apply_events(events: Iterable[Event], *, log_dir: Path) -> ApplyResult:
-    """Apply a batch in order; see the module docstring for replay and rejection rules."""
+    """Apply a batch in order; see the module docstring for replay and rejection rules.
+
+    However many attempts and events the batch holds, it costs a fixed handful of
+    statements: one SELECT of its attempts (with their runs' current attempt and status),
+    then per table one UPDATE per shape of change (`executemany`): the attempts, the steps,
+    the runs that start and the runs that end, and the steps an ending run leaves over.
+    Events are folded in order first, so a fast run's four events (attempt started, step
+    started, step finished, run finished) change each of its rows once.
+    """
     result = ApplyResult()
     by_token: dict[str, list[Event]] = {}
     for event in events:
         by_token.setdefault(event.attempt_token, []).append(event)
     # Log files first and outside any transaction: a slow disk must not hold the database
     # (SQLite's single write lock above all), and offsets make the writes idempotent.
-    for token, batch in by_token.items():
-        _write_logs(token, batch, log_dir=log_dir)
+    logged = [token for token, batch in by_token.items() if any(e.kind == STEP_LOG for e in batch)]
+    if logged:
+        _write_logs({t: by_token[t] for t in logged}, log_dir=log_dir)
     # One transaction for the whole report: every write transaction queues for SQLite's
     # single write lock, so fewer, larger ones are what raise throughput.
     with transaction.atomic():
-        for token, batch in by_token.items():
-            _apply_attempt_batch(token, batch, result=result)
+        _apply_batches(by_token, result=result)
     return result
 
 
-def _apply_attempt_batch(token: str, batch: list[Event], *, result: ApplyResult) -> None:
-    attempt = Attempt.objects.select_related("run").filter(token=token).first()
-    if attempt is None:
-        result.rejected_tokens.add(token)
-        return
-    fresh = [e for e in batch if e.seq > attempt.last_event_seq]
-    result.applied += len(batch) - len(fresh)
-    if not fresh:
-        return
-    run = attempt.run
-    if run.attempt != attempt.number or attempt.status not in ACTIVE_ATTEMPT_STATUSES:
-        logger.info(
-            "rejected %d report(s) from superseded attempt %s #%d of run %s",
-            len(fresh),
-            attempt.worker_id or "local",
-            attempt.number,
-            run.id,
-        )
-        result.rejected_tokens.add(token)
-        return
-    with transaction.atomic():
-        for event in fresh:
-            if event.kind != STEP_LOG:
-                _apply_one(event, attempt=attempt, run=run, result=result)
-        Attempt.objects.filter(pk=attempt.pk).update(last_event_seq=fresh[-1].seq)
-    result.applied += len(fresh)
+@dataclass
+class _Current:
+    """An attempt as the batch's SELECT found it, with its run's current attempt."""
+
+    id: int
+    number: int
+    status: str
+    last_event_seq: int
+    run_id: str
+    run_attempt: int
+    run_status: str
+    # Steps still pending or running (read only for attempts whose batch ends the run).
+    unfinished: set[str] = field(default_factory=set)
 
 
-def _write_logs(token: str, batch: list[Event], *, log_dir: Path) -> None:
-    """Append the batch's log chunks if its attempt is current (checked again on apply)."""
-    logs = [e for e in batch if e.kind == STEP_LOG]
-    attempt = Attempt.objects.select_related("run").filter(token=token).first() if logs else None
-    if attempt is None or attempt.run.attempt != attempt.number:
-        return
-    if attempt.status not in ACTIVE_ATTEMPT_STATUSES:
-        return
-    for event in logs:
-        if event.seq > attempt.last_event_seq:
-            _append_log(log_dir, attempt.run_id, attempt.number, event)
+_ATTEMPT_COLUMNS = (
+    "a.id, a.token, a.number, a.status, a.last_event_seq, a.run_id, r.attempt, r.status"
+)
 
 
-def _apply_one(event: Event, *, attempt: Attempt, run: DagRun, result: ApplyResult) -> None:
-    if event.kind == ATTEMPT_STARTED:
-        Attempt.objects.filter(pk=attempt.pk, status=AttemptStatus.ASSIGNED).update(
-            status=AttemptStatus.RUNNING, started_at=event.at
+def _current_attempts(tokens: list[str], *, ending: list[str]) -> dict[str, _Current]:
+    """One SELECT: the batch's attempts, and for those that end their run the steps left."""
+    params: list[object] = []
+    if ending:
+        step = (
+            f"s.name FROM {sql.table(Attempt)} a JOIN {sql.table(DagRun)} r ON r.id = a.run_id "
+            f"LEFT JOIN {sql.table(StepRun)} s ON s.run_id = a.run_id AND s.status IN (%s, %s) "
+            f"AND a.token IN ({sql.marks(len(ending))})"
         )
-        DagRun.objects.filter(pk=run.pk, started_at__isnull=True).update(started_at=event.at)
-    elif event.kind == STEP_STARTED:
-        StepRun.objects.filter(run=run, name=event.step).update(
-            status=StepStatus.RUNNING,
-            started_at=event.at,
-            finished_at=None,
-            exit_code=None,
-            error="",
-            attempt=attempt.number,
-            retries=event.retry,
-            log_path=step_log_path(run.id, attempt.number, event.step, event.retry),
-        )
-    elif event.kind == STEP_FINISHED:
-        StepRun.objects.filter(run=run, name=event.step).update(
-            status=event.status,
-            exit_code=event.exit_code,
-            finished_at=event.at,
-            attempt=attempt.number,
-            output_value=event.output_value or "",
-            error=event.error[:10000],
-        )
-    elif event.kind == RUN_FINISHED:
-        _finish_run(event, attempt=attempt, run=run, result=result)
+        params += [StepStatus.PENDING, StepStatus.RUNNING, *ending]
     else:
-        logger.warning("ignoring unknown report kind %r for run %s", event.kind, run.id)
+        step = f"NULL FROM {sql.table(Attempt)} a JOIN {sql.table(DagRun)} r ON r.id = a.run_id"
+    rows = sql.fetch(
+        f"SELECT {_ATTEMPT_COLUMNS}, {step} WHERE a.token IN ({sql.marks(len(tokens))})",
+        [*params, *tokens],
+    )
+    found: dict[str, _Current] = {}
+    for pk, token, number, status, seq, run_id, run_attempt, run_status, step_name in rows:
+        current = found.get(token)
+        if current is None:
+            current = found[token] = _Current(
+                pk, number, status, seq, run_id, run_attempt, run_status
+            )
+        if step_name is not None:
+            current.unfinished.add(step_name)
+    return found
 
 
-def _finish_run(event: Event, *, attempt: Attempt, run: DagRun, result: ApplyResult) -> None:
-    status = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
+@dataclass
+class _Changes:
+    """What a batch does to each row, folded event by event; written per table at the end."""
+
+    attempts: dict[tuple[object, ...], dict[str, object]] = field(default_factory=dict)
+    steps: dict[tuple[object, ...], dict[str, object]] = field(default_factory=dict)
+    # run id -> when its (first applied) attempt_started says it started
+    run_started: dict[str, object] = field(default_factory=dict)
+    # run id -> (ending event, its attempt as found)
+    run_ends: dict[str, tuple[Event, _Current]] = field(default_factory=dict)
+
+
+def _apply_batches(by_token: dict[str, list[Event]], *, result: ApplyResult) -> None:
+    ending = [t for t, batch in by_token.items() if any(e.kind == RUN_FINISHED for e in batch)]
+    found = _current_attempts(list(by_token), ending=ending)
+    changes = _Changes()
+    for token, batch in by_token.items():
+        current = found.get(token)
+        if current is None:
+            result.rejected_tokens.add(token)
+            continue
+        fresh = [e for e in batch if e.seq > current.last_event_seq]
+        result.applied += len(batch) - len(fresh)
+        if not fresh:
+            continue
+        if current.run_attempt != current.number or current.status not in ACTIVE_ATTEMPT_STATUSES:
+            logger.info(
+                "rejected %d report(s) from superseded attempt #%d of run %s",
+                len(fresh),
+                current.number,
+                current.run_id,
+            )
+            result.rejected_tokens.add(token)
+            continue
+        _fold(fresh, current=current, changes=changes)
+        result.applied += len(fresh)
+    _write_changes(changes, result=result)
+
+
+def _fold(fresh: list[Event], *, current: _Current, changes: _Changes) -> None:
+    """Fold one attempt's new events, in order, into the rows they change."""
+    run_id, number = current.run_id, current.number
+    attempt = changes.attempts.setdefault((current.id,), {})
+    status = current.status
+    for event in fresh:
+        at = sql.when_datetime(event.at)
+        if event.kind == ATTEMPT_STARTED:
+            if status == AttemptStatus.ASSIGNED:
+                status = AttemptStatus.RUNNING
+                attempt.update(status=status, started_at=at)
+            changes.run_started.setdefault(run_id, at)
+        elif event.kind == STEP_STARTED:
+            changes.steps.setdefault((run_id, event.step), {}).update(
+                status=StepStatus.RUNNING,
+                started_at=at,
+                finished_at=None,
+                exit_code=None,
+                error="",
+                attempt=number,
+                retries=event.retry,
+                log_path=step_log_path(run_id, number, event.step, event.retry),
+            )
+        elif event.kind == STEP_FINISHED:
+            changes.steps.setdefault((run_id, event.step), {}).update(
+                status=event.status,
+                exit_code=event.exit_code,
+                finished_at=at,
+                attempt=number,
+                output_value=event.output_value or "",
+                error=event.error[:10000],
+            )
+        elif event.kind == RUN_FINISHED:
+            end = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
+            status = _ATTEMPT_END[end]
+            attempt.update(status=status, finished_at=at, end_reason=event.error[:10000])
+            changes.run_ends.setdefault(run_id, (event, current))
+        elif event.kind != STEP_LOG:
+            logger.warning("ignoring unknown report kind %r for run %s", event.kind, run_id)
+    attempt["last_event_seq"] = fresh[-1].seq
+
+
+def _write_changes(changes: _Changes, *, result: ApplyResult) -> None:
+    # Steps before the runs' ends: what an ending run leaves over is what is still unfinished
+    # after the batch's own step events.
+    sql.update_by_shape(StepRun, changes.steps, keys=("run_id", "name"))
+    ends, leftovers = [], []
+    for run_id, (event, current) in changes.run_ends.items():
+        number = current.number
+        if current.run_status != RunStatus.RUNNING:
+            continue  # the compare-and-set below would fail: someone ended it already
+        status = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
+        at, error = sql.when_datetime(event.at), event.error[:10000]
+        started = changes.run_started.pop(run_id, None)
+        ends.append(
+            (
+                status,
+                at,
+                error,
+                sql.as_json(DagRun, "outputs", dict(event.outputs)),
+                started,
+                run_id,
+                number,
+                RunStatus.RUNNING,
+            )
+        )
+        result.finished_runs.append(run_id)
+        logger.info("run %s %s (attempt %d)", run_id, status, number)
+        if _leaves_steps(current, changes.steps):
+            leftovers.append(
+                (_leftover_state(event, status), at, error, run_id, run_id, number, status)
+            )
     # Compare-and-set on the attempt number: only the current attempt can end the run,
     # which is what keeps a run from being completed twice.
-    ended = DagRun.objects.filter(
-        pk=run.pk, attempt=attempt.number, status=RunStatus.RUNNING
-    ).update(
-        status=status,
-        finished_at=event.at,
-        error=event.error[:10000],
-        outputs=dict(event.outputs),
-        waiting_reason="",
+    sql.execute_many(
+        f"UPDATE {sql.table(DagRun)} SET status = %s, finished_at = %s, error = %s, "
+        "outputs = %s, waiting_reason = '', started_at = COALESCE(started_at, %s) "
+        "WHERE id = %s AND attempt = %s AND status = %s",
+        ends,
     )
-    Attempt.objects.filter(pk=attempt.pk).update(
-        status=_ATTEMPT_END[status], finished_at=event.at, end_reason=event.error[:10000]
+    sql.execute_many(
+        f"UPDATE {sql.table(DagRun)} SET started_at = %s WHERE id = %s AND started_at IS NULL",
+        [(at, run_id) for run_id, at in changes.run_started.items()],
     )
-    if not ended:
-        return
-    # Steps never reported finished, in one UPDATE whatever their number. The engine names
-    # their state (cancelled after a cancel or a DAG timeout, where the run itself failed);
-    # a report without it (a crash, a worker before the field) keeps the old rule.
+    # Steps never reported finished, in one UPDATE whatever their number, and only where
+    # this attempt's compare-and-set above ended the run.
+    sql.execute_many(
+        f"UPDATE {sql.table(StepRun)} SET status = %s, finished_at = %s, error = %s "
+        f"WHERE run_id = %s AND status IN ('{StepStatus.PENDING}', '{StepStatus.RUNNING}') "
+        f"AND EXISTS (SELECT 1 FROM {sql.table(DagRun)} r "
+        "WHERE r.id = %s AND r.attempt = %s AND r.status = %s)",
+        leftovers,
+    )
+    # The attempt rows last: a status guard keeps an attempt superseded meanwhile (by
+    # another coordinator's failover, on PostgreSQL) superseded.
+    active = ", ".join(f"'{s}'" for s in ACTIVE_ATTEMPT_STATUSES)
+    sql.update_by_shape(Attempt, changes.attempts, keys=("id",), guard=f"status IN ({active})")
+
+
+def _leaves_steps(current: _Current, steps: dict[tuple[object, ...], dict[str, object]]) -> bool:
+    """Whether the run's end leaves steps pending or running, after the batch's step events."""
+    open_states = (StepStatus.PENDING, StepStatus.RUNNING)
+    for (run_id, _name), values in steps.items():
+        if run_id == current.run_id and values.get("status") in open_states:
+            return True
+    return any(
+        steps.get((current.run_id, name), {}).get("status", StepStatus.RUNNING) in open_states
+        for name in current.unfinished
+    )
+
+
+def _leftover_state(event: Event, status: str) -> str:
+    """What steps never reported finished become. The engine names their state (cancelled
+    after a cancel or a DAG timeout, where the run itself failed); a report without it (a
+    crash, a worker before the field) keeps the old rule."""
     leftover = event.unstarted_status or (
         StepStatus.CANCELLED if status == RunStatus.CANCELLED else StepStatus.SKIPPED
     )
     if leftover not in _LEFTOVER_STATES:  # a worker cannot leave steps running forever
         leftover = StepStatus.CANCELLED
-    StepRun.objects.filter(run=run).filter(
-        Q(status=StepStatus.PENDING) | Q(status=StepStatus.RUNNING)
-    ).update(status=leftover, finished_at=event.at, error=event.error[:10000])
-    result.finished_runs.append(run.id)
-    logger.info("run %s %s (attempt %d)", run.id, status, attempt.number)
+    return leftover
+
+
+def _write_logs(by_token: dict[str, list[Event]], *, log_dir: Path) -> None:
+    """Append the log chunks of attempts that are current (checked again on apply)."""
+    tokens = list(by_token)
+    rows = sql.fetch(
+        f"SELECT a.token, a.run_id, a.number, a.status, a.last_event_seq, r.attempt "
+        f"FROM {sql.table(Attempt)} a JOIN {sql.table(DagRun)} r ON r.id = a.run_id "
+        f"WHERE a.token IN ({sql.marks(len(tokens))})",
+        tokens,
+    )
+    for token, run_id, number, status, last_seq, run_attempt in rows:
+        if run_attempt != number or status not in ACTIVE_ATTEMPT_STATUSES:
+            continue
+        for event in by_token[token]:
+            if event.kind == STEP_LOG and event.seq > last_seq:
+                _append_log(log_dir, run_id, number, event)
 
 
 def _append_log(log_dir: Path, run_id: str, attempt: int, event: Event) -> None:
