@@ -221,29 +221,72 @@ def _fold(fresh: list[Event], *, current: _Current, changes: _Changes) -> None:
     attempt["last_event_seq"] = fresh[-1].seq
 
 
+# One statement shape per table whatever the batch holds (a run starting, one ending, or
+# both), so a batch is one `executemany` per table: NULL in a COALESCE keeps the column.
+# Every step event sets status, attempt, exit_code, finished_at and error.
+_STEP_UPDATE = (
+    "UPDATE {table} SET status = %s, attempt = %s, exit_code = %s, finished_at = %s, "
+    "error = %s, output_value = COALESCE(%s, output_value), "
+    "started_at = COALESCE(%s, started_at), retries = COALESCE(%s, retries), "
+    "log_path = COALESCE(%s, log_path) WHERE run_id = %s AND name = %s"
+)
+_STEP_OPTIONAL = ("output_value", "started_at", "retries", "log_path")
+# A run's end is a compare-and-set on the attempt number (the second condition): only the
+# current attempt can end the run, which is what keeps a run from being completed twice.
+# A row that only records the start passes TRUE for the first condition.
+_RUN_UPDATE = (
+    "UPDATE {table} SET started_at = COALESCE(started_at, %s), status = COALESCE(%s, status), "
+    "finished_at = COALESCE(%s, finished_at), error = COALESCE(%s, error), "
+    "outputs = COALESCE(%s, outputs), waiting_reason = COALESCE(%s, waiting_reason) "
+    "WHERE id = %s AND (%s OR (attempt = %s AND status = %s))"
+)
+# The status guard keeps an attempt superseded meanwhile (by another coordinator's
+# failover, on PostgreSQL) superseded.
+_ATTEMPT_UPDATE = (
+    "UPDATE {table} SET status = COALESCE(%s, status), started_at = COALESCE(%s, started_at), "
+    "finished_at = COALESCE(%s, finished_at), end_reason = COALESCE(%s, end_reason), "
+    "last_event_seq = %s WHERE id = %s AND status IN ({active})"
+)
+_ATTEMPT_OPTIONAL = ("status", "started_at", "finished_at", "end_reason")
+# Steps never reported finished, in one UPDATE whatever their number, and only where this
+# attempt's compare-and-set ended the run.
+_LEFTOVER_UPDATE = (
+    "UPDATE {table} SET status = %s, finished_at = %s, error = %s "
+    "WHERE run_id = %s AND status IN ({open}) "
+    "AND EXISTS (SELECT 1 FROM {runs} r WHERE r.id = %s AND r.attempt = %s AND r.status = %s)"
+)
+
+
 def _write_changes(changes: _Changes, *, result: ApplyResult) -> None:
     # Steps before the runs' ends: what an ending run leaves over is what is still unfinished
     # after the batch's own step events.
-    sql.update_by_shape(StepRun, changes.steps, keys=("run_id", "name"))
-    ends, leftovers = [], []
+    sql.execute_many(
+        _STEP_UPDATE.format(table=sql.table(StepRun)),
+        [
+            (
+                v["status"],
+                v["attempt"],
+                v["exit_code"],
+                v["finished_at"],
+                v["error"],
+                *(v.get(c) for c in _STEP_OPTIONAL),
+                run_id,
+                name,
+            )
+            for (run_id, name), v in changes.steps.items()
+        ],
+    )
+    runs, leftovers = [], []
     for run_id, (event, current) in changes.run_ends.items():
-        number = current.number
         if current.run_status != RunStatus.RUNNING:
-            continue  # the compare-and-set below would fail: someone ended it already
+            continue  # the compare-and-set would fail: someone ended it already
+        number = current.number
         status = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
         at, error = sql.when_datetime(event.at), event.error[:10000]
+        outputs = sql.as_json(DagRun, "outputs", dict(event.outputs))
         started = changes.run_started.pop(run_id, None)
-        ends.append(
-            (
-                status,
-                at,
-                error,
-                sql.as_json(DagRun, "outputs", dict(event.outputs)),
-                started,
-                run_id,
-                number,
-                RunStatus.RUNNING,
-            )
+        runs.append(
+            (started, status, at, error, outputs, "", run_id, False, number, RunStatus.RUNNING)
         )
         result.finished_runs.append(run_id)
         logger.info("run %s %s (attempt %d)", run_id, status, number)
@@ -251,31 +294,22 @@ def _write_changes(changes: _Changes, *, result: ApplyResult) -> None:
             leftovers.append(
                 (_leftover_state(event, status), at, error, run_id, run_id, number, status)
             )
-    # Compare-and-set on the attempt number: only the current attempt can end the run,
-    # which is what keeps a run from being completed twice.
+    for run_id, started in changes.run_started.items():
+        runs.append((started, None, None, None, None, None, run_id, True, 0, ""))
+    sql.execute_many(_RUN_UPDATE.format(table=sql.table(DagRun)), runs)
+    open_states = ", ".join(f"'{s}'" for s in (StepStatus.PENDING, StepStatus.RUNNING))
     sql.execute_many(
-        f"UPDATE {sql.table(DagRun)} SET status = %s, finished_at = %s, error = %s, "
-        "outputs = %s, waiting_reason = '', started_at = COALESCE(started_at, %s) "
-        "WHERE id = %s AND attempt = %s AND status = %s",
-        ends,
-    )
-    sql.execute_many(
-        f"UPDATE {sql.table(DagRun)} SET started_at = %s WHERE id = %s AND started_at IS NULL",
-        [(at, run_id) for run_id, at in changes.run_started.items()],
-    )
-    # Steps never reported finished, in one UPDATE whatever their number, and only where
-    # this attempt's compare-and-set above ended the run.
-    sql.execute_many(
-        f"UPDATE {sql.table(StepRun)} SET status = %s, finished_at = %s, error = %s "
-        f"WHERE run_id = %s AND status IN ('{StepStatus.PENDING}', '{StepStatus.RUNNING}') "
-        f"AND EXISTS (SELECT 1 FROM {sql.table(DagRun)} r "
-        "WHERE r.id = %s AND r.attempt = %s AND r.status = %s)",
+        _LEFTOVER_UPDATE.format(table=sql.table(StepRun), open=open_states, runs=sql.table(DagRun)),
         leftovers,
     )
-    # The attempt rows last: a status guard keeps an attempt superseded meanwhile (by
-    # another coordinator's failover, on PostgreSQL) superseded.
     active = ", ".join(f"'{s}'" for s in ACTIVE_ATTEMPT_STATUSES)
-    sql.update_by_shape(Attempt, changes.attempts, keys=("id",), guard=f"status IN ({active})")
+    sql.execute_many(
+        _ATTEMPT_UPDATE.format(table=sql.table(Attempt), active=active),
+        [
+            (*(v.get(c) for c in _ATTEMPT_OPTIONAL), v["last_event_seq"], pk)
+            for (pk,), v in changes.attempts.items()
+        ],
+    )
 
 
 def _leaves_steps(current: _Current, steps: dict[tuple[object, ...], dict[str, object]]) -> bool:

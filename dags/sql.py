@@ -10,7 +10,7 @@ use `%s` placeholders and portable SQL (RETURNING needs SQLite >= 3.35, or Postg
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -60,28 +60,6 @@ def execute_many(sql: str, rows: Sequence[Row]) -> None:
             cursor.execute(sql, rows[0])
         else:
             cursor.executemany(sql, rows)
-
-
-def update_by_shape(
-    model: type[Model],
-    changes: Mapping[tuple[Any, ...], Mapping[str, Any]],
-    keys: Sequence[str],
-    *,
-    guard: str = "",
-) -> None:
-    """Write `changes` (key values -> {column: value}) with one UPDATE per set of columns.
-
-    Rows changed the same way (the usual case in a batch) share one `executemany`. `guard`
-    is an extra condition (constant SQL, no parameters) every changed row must meet.
-    """
-    shapes: dict[tuple[str, ...], list[Row]] = {}
-    for key, values in changes.items():
-        columns = tuple(sorted(values))
-        shapes.setdefault(columns, []).append((*(values[c] for c in columns), *key))
-    where = " AND ".join([*(f"{k} = %s" for k in keys), *([guard] if guard else [])])
-    for columns, rows in shapes.items():
-        assignments = ", ".join(f"{c} = %s" for c in columns)
-        execute_many(f"UPDATE {table(model)} SET {assignments} WHERE {where}", rows)
 
 
 def case(key: str, pairs: Iterable[tuple[Any, Any]], params: list[Any]) -> str:
