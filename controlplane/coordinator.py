@@ -26,7 +26,7 @@ from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from controlplane.dispatch import dispatch_once, queued_groups
 from controlplane.failover import failover_once
 from dags.models import Attempt, DagRun, RunStatus
-from dags.reports import ApplyResult, Event, apply_events
+from dags.reports import ApplyResult, Event, GroupCommit, apply_batches
 from dags.runs import (
     RunError,
     TaskPayload,
@@ -63,6 +63,8 @@ class Coordinator:
         )
         self.wake_event = threading.Event()
         self.log_dir = Path(config.paths.log_dir)
+        # Concurrent Report calls share one transaction (group commit).
+        self.reports = GroupCommit(lambda batches: apply_batches(batches, log_dir=self.log_dir))
 
     # -- RPC handlers ----------------------------------------------------------------------
 
@@ -107,7 +109,7 @@ class Coordinator:
         return [t for t in tokens if t not in keep]
 
     def report(self, events: Iterable[Event]) -> ApplyResult:
-        result = apply_events(events, log_dir=self.log_dir)
+        result = self.reports.submit(events)
         if result.finished_runs:
             self.wake()  # a slot freed up
         return result

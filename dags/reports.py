@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,29 +68,150 @@ def step_log_path(run_id: str, attempt: int, step: str, retry: int = 0) -> str:
 
 
 def apply_events(events: Iterable[Event], *, log_dir: Path) -> ApplyResult:
-    """Apply a batch in order; see the module docstring for replay and rejection rules.
+    """Apply a batch in order; see the module docstring for replay and rejection rules."""
+    return apply_batches([list(events)], log_dir=log_dir)[0]
 
-    However many attempts and events the batch holds, it costs a fixed handful of
-    statements: one SELECT of its attempts (with their runs' current attempt and status),
-    then per table one UPDATE per shape of change (`executemany`): the attempts, the steps,
-    the runs that start and the runs that end, and the steps an ending run leaves over.
-    Events are folded in order first, so a fast run's four events (attempt started, step
-    started, step finished, run finished) change each of its rows once.
+
+def apply_batches(batches: Sequence[Sequence[Event]], *, log_dir: Path) -> list[ApplyResult]:
+    """Apply several reports' batches together; each gets the result it would alone.
+
+    However many attempts and events they hold, it costs one transaction and a fixed
+    handful of statements: one SELECT of the attempts (with their runs' current attempt and
+    status), then one `executemany` per table: the steps, the runs (starts and ends), the
+    steps an ending run leaves over (only if any), the attempts. Events are folded in order
+    first, so a fast run's four events (attempt started, step started, step finished, run
+    finished) change each of its rows once. An event sent twice (a worker's retry racing
+    its first send) is applied once.
     """
-    result = ApplyResult()
-    by_token: dict[str, list[Event]] = {}
-    for event in events:
-        by_token.setdefault(event.attempt_token, []).append(event)
+    by_token: dict[str, dict[int, Event]] = {}
+    for batch in batches:
+        for event in batch:
+            by_token.setdefault(event.attempt_token, {}).setdefault(event.seq, event)
+    merged = {token: [seen[seq] for seq in sorted(seen)] for token, seen in by_token.items()}
     # Log files first and outside any transaction: a slow disk must not hold the database
     # (SQLite's single write lock above all), and offsets make the writes idempotent.
-    logged = [token for token, batch in by_token.items() if any(e.kind == STEP_LOG for e in batch)]
+    logged = [token for token, events in merged.items() if any(e.kind == STEP_LOG for e in events)]
     if logged:
-        _write_logs({t: by_token[t] for t in logged}, log_dir=log_dir)
-    # One transaction for the whole report: every write transaction queues for SQLite's
-    # single write lock, so fewer, larger ones are what raise throughput.
+        _write_logs({t: merged[t] for t in logged}, log_dir=log_dir)
+    # One transaction for all: every write transaction queues for SQLite's single write
+    # lock, so fewer, larger ones are what raise throughput.
     with transaction.atomic():
-        _apply_batches(by_token, result=result)
+        found, finished = _apply_merged(merged)
+    return [_result_of(batch, found=found, finished=finished) for batch in batches]
+
+
+def _result_of(
+    batch: Sequence[Event], *, found: dict[str, _Current], finished: dict[str, str]
+) -> ApplyResult:
+    """What one report's batch got: replays acked, fresh events applied or their token
+    rejected (unknown, or no longer the run's current attempt)."""
+    result = ApplyResult()
+    by_token: dict[str, list[Event]] = {}
+    for event in batch:
+        by_token.setdefault(event.attempt_token, []).append(event)
+    for token, events in by_token.items():
+        current = found.get(token)
+        if current is None:
+            result.rejected_tokens.add(token)
+            continue
+        fresh = sum(1 for e in events if e.seq > current.last_event_seq)
+        result.applied += len(events) - fresh
+        if not fresh:
+            continue
+        if not current.is_current:
+            result.rejected_tokens.add(token)
+            continue
+        result.applied += fresh
+        if token in finished:
+            result.finished_runs.append(finished[token])
     return result
+
+
+# Events one group commit takes at most; a group over it leaves the rest to the next.
+GROUP_MAX_EVENTS = 5000
+
+
+@dataclass
+class _Pending:
+    events: list[Event]
+    done: bool = False
+    lead: bool = False  # handed the writing by the writer before it
+    result: ApplyResult | None = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Group commit for concurrent reports: what arrives while one group is being written
+    is written next, together, as one `apply_batches` (one transaction, one statement per
+    table), instead of one transaction per report queueing for the write lock.
+
+    No thread of its own: a caller that finds nobody writing writes, and the others wait
+    for their result. A writer writes until its own report is stored, then hands the
+    writing to the first waiting caller, so nobody writes for others for ever.
+    """
+
+    def __init__(
+        self, apply: Callable[[list[list[Event]]], list[ApplyResult]], *, timeout: float = 60.0
+    ) -> None:
+        self._apply = apply
+        self._timeout = timeout
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._writing = False
+
+    def submit(self, events: Iterable[Event]) -> ApplyResult:
+        """Apply `events` (with whatever else is waiting); raises what applying raised."""
+        me = _Pending(list(events))
+        with self._cond:
+            self._queue.append(me)
+            if self._writing:
+                woken = self._cond.wait_for(lambda: me.done or me.lead, timeout=self._timeout)
+                if not woken and me in self._queue:
+                    self._queue.remove(me)  # never taken: nothing of it was applied
+                    raise TimeoutError("report not applied: the writers before it took too long")
+                if not woken and not self._cond.wait_for(lambda: me.done, self._timeout):
+                    # Being written by a writer that takes too long; the worker sends it again
+                    # and replays are idempotent.
+                    raise TimeoutError("report not confirmed: its writer took too long")
+            else:
+                self._writing = True
+        if not me.done:
+            self._write_until(me)
+        if me.error is not None:
+            raise me.error
+        assert me.result is not None
+        return me.result
+
+    def _write_until(self, me: _Pending) -> None:
+        try:
+            while not me.done:
+                with self._cond:
+                    group, size = [], 0
+                    while self._queue and (not group or size < GROUP_MAX_EVENTS):
+                        group.append(self._queue.pop(0))
+                        size += len(group[-1].events)
+                self._write(group)
+        finally:
+            with self._cond:
+                if self._queue:
+                    self._queue[0].lead = True
+                else:
+                    self._writing = False
+                self._cond.notify_all()
+
+    def _write(self, group: list[_Pending]) -> None:
+        try:
+            results = self._apply([p.events for p in group])
+            for pending, result in zip(group, results, strict=True):
+                pending.result = result
+        except Exception as exc:  # every caller of the group gets it; each worker retries
+            for pending in group:
+                pending.error = exc
+        finally:
+            with self._cond:
+                for pending in group:
+                    pending.done = True
+                self._cond.notify_all()
 
 
 @dataclass
@@ -105,6 +227,11 @@ class _Current:
     run_status: str
     # Steps still pending or running (read only for attempts whose batch ends the run).
     unfinished: set[str] = field(default_factory=set)
+
+    @property
+    def is_current(self) -> bool:
+        """Still the run's current attempt, and not ended: its reports may change the run."""
+        return self.run_attempt == self.number and self.status in ACTIVE_ATTEMPT_STATUSES
 
 
 _ATTEMPT_COLUMNS = (
@@ -148,38 +275,38 @@ class _Changes:
     steps: dict[tuple[object, ...], dict[str, object]] = field(default_factory=dict)
     # run id -> when its (first applied) attempt_started says it started
     run_started: dict[str, object] = field(default_factory=dict)
-    # run id -> (ending event, its attempt as found)
-    run_ends: dict[str, tuple[Event, _Current]] = field(default_factory=dict)
+    # run id -> (ending event, its attempt's token, its attempt as found)
+    run_ends: dict[str, tuple[Event, str, _Current]] = field(default_factory=dict)
 
 
-def _apply_batches(by_token: dict[str, list[Event]], *, result: ApplyResult) -> None:
+def _apply_merged(
+    by_token: dict[str, list[Event]],
+) -> tuple[dict[str, _Current], dict[str, str]]:
+    """Apply the batches merged by token; returns the attempts as found and, per token, the
+    run it ended."""
     ending = [t for t, batch in by_token.items() if any(e.kind == RUN_FINISHED for e in batch)]
     found = _current_attempts(list(by_token), ending=ending)
     changes = _Changes()
     for token, batch in by_token.items():
         current = found.get(token)
         if current is None:
-            result.rejected_tokens.add(token)
             continue
         fresh = [e for e in batch if e.seq > current.last_event_seq]
-        result.applied += len(batch) - len(fresh)
         if not fresh:
             continue
-        if current.run_attempt != current.number or current.status not in ACTIVE_ATTEMPT_STATUSES:
+        if not current.is_current:
             logger.info(
                 "rejected %d report(s) from superseded attempt #%d of run %s",
                 len(fresh),
                 current.number,
                 current.run_id,
             )
-            result.rejected_tokens.add(token)
             continue
-        _fold(fresh, current=current, changes=changes)
-        result.applied += len(fresh)
-    _write_changes(changes, result=result)
+        _fold(fresh, token=token, current=current, changes=changes)
+    return found, _write_changes(changes)
 
 
-def _fold(fresh: list[Event], *, current: _Current, changes: _Changes) -> None:
+def _fold(fresh: list[Event], *, token: str, current: _Current, changes: _Changes) -> None:
     """Fold one attempt's new events, in order, into the rows they change."""
     run_id, number = current.run_id, current.number
     attempt = changes.attempts.setdefault((current.id,), {})
@@ -215,7 +342,7 @@ def _fold(fresh: list[Event], *, current: _Current, changes: _Changes) -> None:
             end = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
             status = _ATTEMPT_END[end]
             attempt.update(status=status, finished_at=at, end_reason=event.error[:10000])
-            changes.run_ends.setdefault(run_id, (event, current))
+            changes.run_ends.setdefault(run_id, (event, token, current))
         elif event.kind != STEP_LOG:
             logger.warning("ignoring unknown report kind %r for run %s", event.kind, run_id)
     attempt["last_event_seq"] = fresh[-1].seq
@@ -257,7 +384,8 @@ _LEFTOVER_UPDATE = (
 )
 
 
-def _write_changes(changes: _Changes, *, result: ApplyResult) -> None:
+def _write_changes(changes: _Changes) -> dict[str, str]:
+    """Write the folded changes; returns, per token, the run its attempt ended."""
     # Steps before the runs' ends: what an ending run leaves over is what is still unfinished
     # after the batch's own step events.
     sql.execute_many(
@@ -277,7 +405,8 @@ def _write_changes(changes: _Changes, *, result: ApplyResult) -> None:
         ],
     )
     runs, leftovers = [], []
-    for run_id, (event, current) in changes.run_ends.items():
+    finished: dict[str, str] = {}
+    for run_id, (event, token, current) in changes.run_ends.items():
         if current.run_status != RunStatus.RUNNING:
             continue  # the compare-and-set would fail: someone ended it already
         number = current.number
@@ -288,7 +417,7 @@ def _write_changes(changes: _Changes, *, result: ApplyResult) -> None:
         runs.append(
             (started, status, at, error, outputs, "", run_id, False, number, RunStatus.RUNNING)
         )
-        result.finished_runs.append(run_id)
+        finished[token] = run_id
         logger.info("run %s %s (attempt %d)", run_id, status, number)
         if _leaves_steps(current, changes.steps):
             leftovers.append(
@@ -310,6 +439,7 @@ def _write_changes(changes: _Changes, *, result: ApplyResult) -> None:
             for (pk,), v in changes.attempts.items()
         ],
     )
+    return finished
 
 
 def _leaves_steps(current: _Current, steps: dict[tuple[object, ...], dict[str, object]]) -> bool:
