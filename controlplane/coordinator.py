@@ -83,7 +83,11 @@ class Coordinator:
 
         Each was built when its run was claimed; only whether its attempt is still current
         is read again, since a cancel or a failover may have come while it waited."""
-        return still_current([item for item in items if isinstance(item, TaskPayload)])
+        tasks = [item for item in items if isinstance(item, TaskPayload)]
+        current = still_current(tasks, now=utcnow())
+        if len(current) < len(tasks):
+            self.wake()  # a cancelled or superseded attempt no longer holds a slot
+        return current
 
     def heartbeat(
         self, who: Identity, *, running: list[Running], stopping: bool

@@ -122,7 +122,7 @@ def _result_of(
             result.rejected_tokens.add(token)
             continue
         result.applied += fresh
-        if token in finished:
+        if token in finished and any(e.kind == RUN_FINISHED for e in events):
             result.finished_runs.append(finished[token])
     return result
 

@@ -340,24 +340,53 @@ def _completed_of(run_ids: list[str]) -> dict[str, list[tuple[str, str, int | No
     return out
 
 
-def still_current(tasks: Sequence[TaskPayload]) -> list[TaskPayload]:
+def still_current(tasks: Sequence[TaskPayload], *, now: datetime) -> list[TaskPayload]:
     """The tasks whose attempt is still their run's current, running one (one query).
 
-    A task waits in a worker's mailbox between claim and poll; a cancel that ended the run
-    or a failover that superseded the attempt meanwhile must keep it from being handed out.
+    A task waits in a worker's mailbox between claim and poll; a failover that superseded
+    the attempt meanwhile keeps it from being handed out, and so does a cancel: a run whose
+    cancel was requested before any worker started it is cancelled here, at once.
     """
     if not tasks:
         return []
     ids = list({t.dag_run_id for t in tasks})
     current = {
-        run_id: (attempt, status)
-        for run_id, attempt, status in sql.fetch(
-            f"SELECT id, attempt, status FROM {sql.table(DagRun)} "
+        run_id: (attempt, status, bool(cancel))
+        for run_id, attempt, status, cancel in sql.fetch(
+            f"SELECT id, attempt, status, cancel_requested FROM {sql.table(DagRun)} "
             f"WHERE id IN ({sql.marks(len(ids))})",
             ids,
         )
     }
-    return [t for t in tasks if current.get(t.dag_run_id) == (t.attempt, RunStatus.RUNNING)]
+    out = []
+    for task in tasks:
+        attempt, status, cancel = current.get(task.dag_run_id, (0, "", False))
+        if (attempt, status) != (task.attempt, RunStatus.RUNNING):
+            continue
+        if cancel:
+            cancel_unstarted(task.dag_run_id, task.attempt, now=now)
+        else:
+            out.append(task)
+    return out
+
+
+@transaction.atomic
+def cancel_unstarted(run_id: str, number: int, *, now: datetime) -> bool:
+    """Cancel a run whose attempt `number` no worker started. False if it moved on first."""
+    error = "cancelled before it started"
+    ended = DagRun.objects.filter(
+        pk=run_id, attempt=number, status=RunStatus.RUNNING, cancel_requested=True
+    ).update(status=RunStatus.CANCELLED, finished_at=now, error=error, waiting_reason="")
+    if not ended:
+        return False
+    Attempt.objects.filter(run_id=run_id, number=number).update(
+        status=AttemptStatus.CANCELLED, finished_at=now, end_reason=error
+    )
+    StepRun.objects.filter(
+        run_id=run_id, status__in=[StepStatus.PENDING, StepStatus.RUNNING]
+    ).update(status=StepStatus.CANCELLED, finished_at=now, error=error)
+    logger.info("run %s cancelled before attempt %d started", run_id, number)
+    return True
 
 
 _DECISION_COLUMNS = (
