@@ -25,8 +25,9 @@ from controlplane.core.config import Config
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from controlplane.dispatch import dispatch_once, queued_groups
 from controlplane.failover import failover_once
+from controlplane.rights import Denied
 from dags.models import Attempt, DagRun, RunStatus
-from dags.reports import ApplyResult, Event, GroupCommit, apply_batches
+from dags.reports import ApplyResult, Event, GroupCommit, Report, apply_batches
 from dags.runs import (
     RunError,
     TaskPayload,
@@ -112,8 +113,13 @@ class Coordinator:
         )
         return [t for t in tokens if t not in keep]
 
-    def report(self, events: Iterable[Event]) -> ApplyResult:
-        result = self.reports.submit(events)
+    def report(self, events: Iterable[Event], *, worker_id: str | None = None) -> ApplyResult:
+        """Apply a report (with concurrent ones: group commit). With `worker_id`, a report
+        naming another worker's attempt is refused whole (Denied)."""
+        result = self.reports.submit(Report(list(events), worker_id))
+        if result.foreign_run:
+            assert worker_id is not None
+            raise Denied(f'run "{result.foreign_run}" is not assigned to worker "{worker_id[:80]}"')
         if result.finished_runs:
             self.wake()  # a slot freed up
         return result

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,16 @@ class ApplyResult:
     applied: int = 0
     rejected_tokens: set[str] = field(default_factory=set)
     finished_runs: list[str] = field(default_factory=list)
+    # A run of the batch whose attempt is another worker's: then nothing of it was applied.
+    foreign_run: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    """One report's events and the worker that sent it (None: the local executor, trusted)."""
+
+    events: Sequence[Event]
+    worker_id: str | None = None
 
 
 def safe_name(name: str) -> str:
@@ -67,41 +77,67 @@ def step_log_path(run_id: str, attempt: int, step: str, retry: int = 0) -> str:
     return f"{folder}/{safe_name(step)}.log"
 
 
-def apply_events(events: Iterable[Event], *, log_dir: Path) -> ApplyResult:
-    """Apply a batch in order; see the module docstring for replay and rejection rules."""
-    return apply_batches([list(events)], log_dir=log_dir)[0]
+def apply_events(
+    events: Iterable[Event], *, log_dir: Path, worker_id: str | None = None
+) -> ApplyResult:
+    """Apply a batch in order; see the module docstring for replay and rejection rules.
+
+    With `worker_id`, a batch naming another worker's attempt is refused whole
+    (`foreign_run`), checked in the same SELECT that reads the attempts."""
+    return apply_batches([Report(list(events), worker_id)], log_dir=log_dir)[0]
 
 
-def apply_batches(batches: Sequence[Sequence[Event]], *, log_dir: Path) -> list[ApplyResult]:
-    """Apply several reports' batches together; each gets the result it would alone.
+def apply_batches(reports: Sequence[Report], *, log_dir: Path) -> list[ApplyResult]:
+    """Apply several reports together; each gets the result it would have got alone.
 
     However many attempts and events they hold, it costs one transaction and a fixed
     handful of statements: one SELECT of the attempts (with their runs' current attempt and
-    status), then one `executemany` per table: the steps, the runs (starts and ends), the
-    steps an ending run leaves over (only if any), the attempts. Events are folded in order
-    first, so a fast run's four events (attempt started, step started, step finished, run
-    finished) change each of its rows once. An event sent twice (a worker's retry racing
-    its first send) is applied once.
+    status, and the worker each is assigned to), then one `executemany` per table: the
+    steps, the runs (starts and ends), the steps an ending run leaves over (only if any),
+    the attempts. Events are folded in order first, so a fast run's four events (attempt
+    started, step started, step finished, run finished) change each of its rows once. An
+    event sent twice (a worker's retry racing its first send) is applied once.
     """
-    by_token: dict[str, dict[int, Event]] = {}
-    for batch in batches:
-        for event in batch:
-            by_token.setdefault(event.attempt_token, {}).setdefault(event.seq, event)
-    merged = {token: [seen[seq] for seq in sorted(seen)] for token, seen in by_token.items()}
     # Log files first and outside any transaction: a slow disk must not hold the database
     # (SQLite's single write lock above all), and offsets make the writes idempotent.
-    logged = [token for token, events in merged.items() if any(e.kind == STEP_LOG for e in events)]
-    if logged:
-        _write_logs({t: merged[t] for t in logged}, log_dir=log_dir)
+    if any(e.kind == STEP_LOG for report in reports for e in report.events):
+        _write_logs(reports, log_dir=log_dir)
+    ending = {e.attempt_token for r in reports for e in r.events if e.kind == RUN_FINISHED}
+    tokens = list({e.attempt_token: None for r in reports for e in r.events})
     # One transaction for all: every write transaction queues for SQLite's single write
     # lock, so fewer, larger ones are what raise throughput.
     with transaction.atomic():
-        found, finished = _apply_merged(merged)
-    return [_result_of(batch, found=found, finished=finished) for batch in batches]
+        found = _current_attempts(tokens, ending=list(ending))
+        foreign = [_foreign_run(report, found) for report in reports]
+        by_token: dict[str, dict[int, Event]] = {}
+        for report, refused in zip(reports, foreign, strict=True):
+            if refused:
+                continue
+            for event in report.events:
+                by_token.setdefault(event.attempt_token, {}).setdefault(event.seq, event)
+        merged = {token: [seen[seq] for seq in sorted(seen)] for token, seen in by_token.items()}
+        finished = _apply_merged(merged, found=found)
+    return [
+        ApplyResult(foreign_run=refused)
+        if refused
+        else _result_of(report.events, found=found, finished=finished)
+        for report, refused in zip(reports, foreign, strict=True)
+    ]
+
+
+def _foreign_run(report: Report, found: Mapping[str, _Current]) -> str:
+    """A run of the report whose attempt another worker holds ("" if none)."""
+    if report.worker_id is None:
+        return ""
+    for event in report.events:
+        current = found.get(event.attempt_token)
+        if current is not None and current.worker_id != report.worker_id:
+            return current.run_id
+    return ""
 
 
 def _result_of(
-    batch: Sequence[Event], *, found: dict[str, _Current], finished: dict[str, str]
+    batch: Sequence[Event], *, found: Mapping[str, _Current], finished: dict[str, str]
 ) -> ApplyResult:
     """What one report's batch got: replays acked, fresh events applied or their token
     rejected (unknown, or no longer the run's current attempt)."""
@@ -133,7 +169,7 @@ GROUP_MAX_EVENTS = 5000
 
 @dataclass
 class _Pending:
-    events: list[Event]
+    report: Report
     done: bool = False
     lead: bool = False  # handed the writing by the writer before it
     result: ApplyResult | None = None
@@ -151,7 +187,7 @@ class GroupCommit:
     """
 
     def __init__(
-        self, apply: Callable[[list[list[Event]]], list[ApplyResult]], *, timeout: float = 60.0
+        self, apply: Callable[[list[Report]], list[ApplyResult]], *, timeout: float = 60.0
     ) -> None:
         self._apply = apply
         self._timeout = timeout
@@ -159,9 +195,9 @@ class GroupCommit:
         self._queue: list[_Pending] = []
         self._writing = False
 
-    def submit(self, events: Iterable[Event]) -> ApplyResult:
-        """Apply `events` (with whatever else is waiting); raises what applying raised."""
-        me = _Pending(list(events))
+    def submit(self, report: Report) -> ApplyResult:
+        """Apply `report` (with whatever else is waiting); raises what applying raised."""
+        me = _Pending(report)
         with self._cond:
             self._queue.append(me)
             if self._writing:
@@ -189,7 +225,7 @@ class GroupCommit:
                     group, size = [], 0
                     while self._queue and (not group or size < GROUP_MAX_EVENTS):
                         group.append(self._queue.pop(0))
-                        size += len(group[-1].events)
+                        size += len(group[-1].report.events)
                 self._write(group)
         finally:
             with self._cond:
@@ -201,7 +237,7 @@ class GroupCommit:
 
     def _write(self, group: list[_Pending]) -> None:
         try:
-            results = self._apply([p.events for p in group])
+            results = self._apply([p.report for p in group])
             for pending, result in zip(group, results, strict=True):
                 pending.result = result
         except Exception as exc:  # every caller of the group gets it; each worker retries
@@ -225,6 +261,7 @@ class _Current:
     run_id: str
     run_attempt: int
     run_status: str
+    worker_id: str
     # Steps still pending or running (read only for attempts whose batch ends the run).
     unfinished: set[str] = field(default_factory=set)
 
@@ -235,7 +272,8 @@ class _Current:
 
 
 _ATTEMPT_COLUMNS = (
-    "a.id, a.token, a.number, a.status, a.last_event_seq, a.run_id, r.attempt, r.status"
+    "a.id, a.token, a.number, a.status, a.last_event_seq, a.run_id, r.attempt, r.status, "
+    "a.worker_id"
 )
 
 
@@ -256,11 +294,11 @@ def _current_attempts(tokens: list[str], *, ending: list[str]) -> dict[str, _Cur
         [*params, *tokens],
     )
     found: dict[str, _Current] = {}
-    for pk, token, number, status, seq, run_id, run_attempt, run_status, step_name in rows:
+    for pk, token, number, status, seq, run_id, run_attempt, run_status, wid, step_name in rows:
         current = found.get(token)
         if current is None:
             current = found[token] = _Current(
-                pk, number, status, seq, run_id, run_attempt, run_status
+                pk, number, status, seq, run_id, run_attempt, run_status, wid
             )
         if step_name is not None:
             current.unfinished.add(step_name)
@@ -280,12 +318,9 @@ class _Changes:
 
 
 def _apply_merged(
-    by_token: dict[str, list[Event]],
-) -> tuple[dict[str, _Current], dict[str, str]]:
-    """Apply the batches merged by token; returns the attempts as found and, per token, the
-    run it ended."""
-    ending = [t for t, batch in by_token.items() if any(e.kind == RUN_FINISHED for e in batch)]
-    found = _current_attempts(list(by_token), ending=ending)
+    by_token: dict[str, list[Event]], *, found: Mapping[str, _Current]
+) -> dict[str, str]:
+    """Apply the reports merged by token; returns, per token, the run its attempt ended."""
     changes = _Changes()
     for token, batch in by_token.items():
         current = found.get(token)
@@ -303,7 +338,7 @@ def _apply_merged(
             )
             continue
         _fold(fresh, token=token, current=current, changes=changes)
-    return found, _write_changes(changes)
+    return _write_changes(changes)
 
 
 def _fold(fresh: list[Event], *, token: str, current: _Current, changes: _Changes) -> None:
@@ -466,20 +501,32 @@ def _leftover_state(event: Event, status: str) -> str:
     return leftover
 
 
-def _write_logs(by_token: dict[str, list[Event]], *, log_dir: Path) -> None:
-    """Append the log chunks of attempts that are current (checked again on apply)."""
-    tokens = list(by_token)
+def _write_logs(reports: Sequence[Report], *, log_dir: Path) -> None:
+    """Append the log chunks of attempts that are current and the sender's (checked again
+    on apply)."""
+    tokens = list({e.attempt_token: None for r in reports for e in r.events})
     rows = sql.fetch(
-        f"SELECT a.token, a.run_id, a.number, a.status, a.last_event_seq, r.attempt "
+        f"SELECT a.token, a.run_id, a.number, a.status, a.last_event_seq, r.attempt, a.worker_id "
         f"FROM {sql.table(Attempt)} a JOIN {sql.table(DagRun)} r ON r.id = a.run_id "
         f"WHERE a.token IN ({sql.marks(len(tokens))})",
         tokens,
     )
-    for token, run_id, number, status, last_seq, run_attempt in rows:
-        if run_attempt != number or status not in ACTIVE_ATTEMPT_STATUSES:
-            continue
-        for event in by_token[token]:
-            if event.kind == STEP_LOG and event.seq > last_seq:
+    attempts = {row[0]: row[1:] for row in rows}
+    written: set[tuple[str, int]] = set()
+    for report in reports:
+        owners = {
+            attempts[e.attempt_token][-1] for e in report.events if e.attempt_token in attempts
+        }
+        if report.worker_id is not None and owners - {report.worker_id}:
+            continue  # refused whole on apply
+        for event in report.events:
+            if event.kind != STEP_LOG or event.attempt_token not in attempts:
+                continue
+            run_id, number, status, last_seq, run_attempt, _ = attempts[event.attempt_token]
+            if run_attempt != number or status not in ACTIVE_ATTEMPT_STATUSES:
+                continue
+            if event.seq > last_seq and (event.attempt_token, event.seq) not in written:
+                written.add((event.attempt_token, event.seq))
                 _append_log(log_dir, run_id, number, event)
 
 

@@ -30,7 +30,7 @@ from controlplane.dispatch import dispatch_once
 from controlplane.failover import supersede_attempt
 from controlplane.models import DispatchDecision
 from dags.models import Attempt, DagRun
-from dags.reports import GroupCommit, apply_batches, apply_events
+from dags.reports import GroupCommit, Report, apply_batches, apply_events
 from dags.runs import TaskPayload, create_run, request_cancel, retry_run, start_attempt
 from workers.presence import Identity
 
@@ -351,10 +351,10 @@ def test_reports_applied_together_each_get_their_own_result(tmp_path: Path):
     first = fast_run(a)
     results = apply_batches(
         [
-            first[:2],
-            [*first[1:], *fast_run(b)],  # overlaps the first report (a worker's resend)
-            fast_run(c),  # superseded
-            [Event(seq=1, dag_run_id="nope", attempt_token="unknown", kind=ATTEMPT_STARTED)],
+            Report(first[:2], "w1"),
+            Report([*first[1:], *fast_run(b)], "w1"),  # overlaps the first (a worker's resend)
+            Report(fast_run(c), "w1"),  # superseded
+            Report([Event(seq=1, dag_run_id="n", attempt_token="unknown", kind=ATTEMPT_STARTED)]),
         ],
         log_dir=tmp_path,
     )
@@ -368,17 +368,34 @@ def test_reports_applied_together_each_get_their_own_result(tmp_path: Path):
     assert Attempt.objects.get(token=a.attempt_token).last_event_seq == 4
 
 
+@pytest.mark.django_db
+def test_a_report_naming_another_workers_attempt_is_refused_whole(tmp_path: Path):
+    queued(2)
+    delivered: list[TaskPayload] = []
+    dispatch_once(now=T0, workers=[worker("w1", free=1)], deliver=delivered.append)
+    dispatch_once(now=T0, workers=[worker("w2", free=1)], deliver=delivered.append)
+    mine, theirs = delivered
+    results = apply_batches(
+        [Report([*fast_run(mine), *fast_run(theirs)], "w1"), Report(fast_run(mine), "w1")],
+        log_dir=tmp_path,
+    )
+    assert results[0].foreign_run == theirs.dag_run_id and results[0].applied == 0
+    assert results[1].finished_runs == [mine.dag_run_id]  # the other report still applied
+    assert DagRun.objects.get(pk=theirs.dag_run_id).status == "running"
+    assert Attempt.objects.get(token=theirs.attempt_token).last_event_seq == 0
+
+
 def test_group_commit_applies_concurrent_reports_together_and_each_gets_its_result():
     groups: list[int] = []
     gate = threading.Event()
 
-    def apply(batches: list[list[Event]]) -> list:
-        groups.append(len(batches))
+    def apply(reports: list[Report]) -> list:
+        groups.append(len(reports))
         if len(groups) == 1:
             gate.wait(timeout=10)  # hold the first writer until the others queued up
-        if any(e.seq < 0 for batch in batches for e in batch):
+        if any(e.seq < 0 for report in reports for e in report.events):
             raise RuntimeError("bad batch")
-        return [len(batch) for batch in batches]
+        return [len(report.events) for report in reports]
 
     commit = GroupCommit(apply, timeout=30)
     results: dict[int, object] = {}
@@ -388,7 +405,7 @@ def test_group_commit_applies_concurrent_reports_together_and_each_gets_its_resu
             Event(seq=s, dag_run_id="r", attempt_token=f"t{i}", kind="x") for s in range(1, i + 2)
         ]
         try:
-            results[i] = commit.submit(events)
+            results[i] = commit.submit(Report(events))
         except RuntimeError as exc:
             results[i] = str(exc)
 
@@ -409,5 +426,5 @@ def test_group_commit_applies_concurrent_reports_together_and_each_gets_its_resu
     # an error reaches every caller of its group, and the next group is unaffected
     bad = [Event(seq=-1, dag_run_id="r", attempt_token="t", kind="x")]
     with pytest.raises(RuntimeError, match="bad batch"):
-        commit.submit(bad)
-    assert commit.submit([Event(seq=1, dag_run_id="r", attempt_token="t", kind="x")]) == 1
+        commit.submit(Report(bad))
+    assert commit.submit(Report([Event(seq=1, dag_run_id="r", attempt_token="t", kind="x")])) == 1
