@@ -23,7 +23,7 @@ from controlplane.core import registry
 from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
-from controlplane.dispatch import dispatch_once, queued_groups
+from controlplane.dispatch import dispatch_once, dispatch_view
 from controlplane.failover import failover_once
 from controlplane.rights import Denied
 from dags.models import Attempt, DagRun, RunStatus
@@ -36,7 +36,6 @@ from dags.runs import (
     start_child_run,
     still_current,
 )
-from workers.load import fleet_load
 from workers.models import Worker
 from workers.presence import Fleet, Identity, Running, flush_fleet, purge_offline
 
@@ -173,19 +172,18 @@ class Coordinator:
     # -- loops -----------------------------------------------------------------------------
 
     def dispatch_step(self) -> int:
-        groups = queued_groups()
-        if not groups:
+        view = dispatch_view()
+        if not view.groups:
             return 0  # the common idle case: one indexed query, no fleet snapshot
         now = utcnow()
-        # Drain flags are read on every pass (with the held attempts, in one query): an
-        # operator's drain must win any race with a run queued right after it.
-        held, draining = fleet_load()
-        self.fleet.set_draining(draining)
+        # Drain flags are read on every pass, with the queued runs: an operator's drain must
+        # win any race with a run queued right after it.
+        self.fleet.set_draining(view.draining)
         return dispatch_once(
             now=now,
-            workers=self.fleet.views(now=now, held=held),
+            workers=self.fleet.views(now=now, held=view.held),
             deliver=lambda task: self.fleet.deliver(task.worker_id, task),
-            groups=groups,
+            groups=view.groups,
         )
 
     def housekeeping_step(self) -> None:

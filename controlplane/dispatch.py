@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 
 from controlplane.core.labels import matches
@@ -23,9 +23,10 @@ from controlplane.core.routing import (
     choose_worker,
     waiting_reason,
 )
+from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from controlplane.models import DecisionEvent, DispatchDecision
 from dags import sql
-from dags.models import DagRun, ExecutionMode, RunStatus
+from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.runs import (
     QUEUED_RUN_FIELDS,
     QueuedRun,
@@ -34,6 +35,7 @@ from dags.runs import (
     decision_row,
     insert_assigned_decisions,
 )
+from workers.models import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -154,26 +156,66 @@ def _queued() -> QuerySet[DagRun]:
     )
 
 
-def queued_groups() -> list[SelectorGroup]:
-    """The queued distributed runs by selector (one grouped query; empty when none wait)."""
+@dataclass
+class DispatchView:
+    """What a pass starts from, read in one statement: the queued runs by selector, the
+    active attempts each worker holds (as `workers.load.held_attempts`) and the workers an
+    operator drains. One snapshot, so a run queued after a drain is never seen without it."""
 
-    groups: dict[tuple[tuple[str, str], ...], SelectorGroup] = {}
+    groups: list[SelectorGroup]
+    held: dict[str, int]
+    draining: set[str]
+
+
+def dispatch_view() -> DispatchView:
+    """One statement; its `groups` are empty when no distributed run waits."""
     # Plain SQL: this runs on every wake-up of the dispatcher, and the ORM's building of a
     # grouped query cost more than the query (docs/benchmarks.md).
+    selector = "worker_selector::text" if connection.vendor == "postgresql" else "worker_selector"
     rows = sql.fetch(
-        f"SELECT worker_selector, waiting_reason, COUNT(*) FROM {sql.table(DagRun)} "
+        f"SELECT 0, {selector}, waiting_reason, COUNT(*) FROM {sql.table(DagRun)} "
         "WHERE status = %s AND execution_mode = %s AND cancel_requested = %s "
-        "GROUP BY worker_selector, waiting_reason",
-        [RunStatus.QUEUED, ExecutionMode.DISTRIBUTED, False],
+        "GROUP BY worker_selector, waiting_reason "
+        f"UNION ALL SELECT 1, worker_id, '', COUNT(*) FROM {sql.table(Attempt)} "
+        f"WHERE status IN ({sql.marks(len(ACTIVE_ATTEMPT_STATUSES))}) AND mode = %s "
+        "GROUP BY worker_id "
+        f"UNION ALL SELECT 2, id, '', 0 FROM {sql.table(Worker)} WHERE draining = %s",
+        [
+            RunStatus.QUEUED,
+            ExecutionMode.DISTRIBUTED,
+            False,
+            *ACTIVE_ATTEMPT_STATUSES,
+            ExecutionMode.DISTRIBUTED,
+            True,
+        ],
     )
-    for stored, reason, n in rows:
-        # The JSON as stored (text on SQLite; Django has psycopg hand jsonb over as text too).
-        selector = dict((json.loads(stored) if isinstance(stored, str) else stored) or {})
-        group = groups.setdefault(tuple(sorted(selector.items())), SelectorGroup(selector=selector))
-        if all(list(f.items()) != list(selector.items()) for f in group.forms):
-            group.forms.append(selector)
-        group.reasons[reason] = group.reasons.get(reason, 0) + n
-    return list(groups.values())
+    view = DispatchView(groups=[], held={}, draining=set())
+    groups: dict[tuple[tuple[str, str], ...], SelectorGroup] = {}
+    for kind, key, reason, n in rows:
+        if kind == 1:
+            view.held[key] = n
+        elif kind == 2:
+            view.draining.add(key)
+        else:
+            _add_to_group(groups, key, reason, n)
+    view.groups = list(groups.values())
+    return view
+
+
+def queued_groups() -> list[SelectorGroup]:
+    """The queued distributed runs by selector (empty when none wait)."""
+    return dispatch_view().groups
+
+
+def _add_to_group(
+    groups: dict[tuple[tuple[str, str], ...], SelectorGroup], stored: object, reason: str, n: int
+) -> None:
+    # The JSON as stored: text (on PostgreSQL cast to text, whose key order is jsonb's own).
+    selector = dict((json.loads(stored) if isinstance(stored, str) else stored) or {})
+    group = groups.setdefault(tuple(sorted(selector.items())), SelectorGroup(selector=selector))
+    if all(list(f.items()) != list(selector.items()) for f in group.forms):
+        group.forms.append(selector)
+    group.reasons[reason] = group.reasons.get(reason, 0) + n
 
 
 def _in_group(group: SelectorGroup) -> QuerySet[DagRun]:

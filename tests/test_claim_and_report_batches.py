@@ -191,6 +191,24 @@ def test_two_concurrent_dispatch_passes_never_claim_one_run_twice():
     assert DispatchDecision.objects.filter(event="assigned").count() == 40
 
 
+@pytest.mark.django_db
+def test_a_pass_starts_from_one_statement_naming_queued_groups_held_slots_and_drains():
+    from controlplane.dispatch import dispatch_view
+    from workers.models import Worker
+
+    Worker.objects.create(id="w9", registered_at=T0, draining=True)
+    Worker.objects.create(id="w1", registered_at=T0)
+    with CaptureQueriesContext(connection) as idle:
+        view = dispatch_view()
+    assert (view.groups, view.held, view.draining, len(idle)) == ([], {}, {"w9"}, 1)
+    queued(3)
+    dispatch_once(now=T0, workers=[worker(free=2)], deliver=lambda task: None)
+    view = dispatch_view()
+    assert (view.held, view.draining) == ({"w1": 2}, {"w9"})
+    [group] = view.groups
+    assert (group.selector, group.reasons) == ({"pool": "a"}, {"matching_workers_busy": 1})
+
+
 # -- poll: tasks built at claim time --------------------------------------------------------
 
 

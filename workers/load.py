@@ -15,9 +15,7 @@ from typing import Any
 from django.db.models import Count, QuerySet
 
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
-from dags import sql
 from dags.models import Attempt, ExecutionMode
-from workers.models import Worker
 
 
 def active_attempts(worker_ids: Iterable[str] | QuerySet[Any] | None = None) -> QuerySet[Attempt]:
@@ -37,23 +35,3 @@ def held_attempts(worker_ids: Iterable[str] | QuerySet[Any] | None = None) -> di
         .annotate(n=Count("id"))
         .values_list("worker_id", "n")
     )
-
-
-def fleet_load() -> tuple[dict[str, int], set[str]]:
-    """What dispatch needs of the fleet in one query: held attempts per worker (as
-    `held_attempts`) and the ids of workers an operator drains."""
-    held: dict[str, int] = {}
-    draining: set[str] = set()
-    rows = sql.fetch(
-        f"SELECT worker_id, COUNT(*) FROM {sql.table(Attempt)} "
-        f"WHERE status IN ({sql.marks(len(ACTIVE_ATTEMPT_STATUSES))}) AND mode = %s "
-        "GROUP BY worker_id "
-        f"UNION ALL SELECT id, -1 FROM {sql.table(Worker)} WHERE draining = %s",
-        [*ACTIVE_ATTEMPT_STATUSES, ExecutionMode.DISTRIBUTED, True],
-    )
-    for worker_id, n in rows:
-        if n < 0:
-            draining.add(worker_id)
-        else:
-            held[worker_id] = n
-    return held, draining
