@@ -263,6 +263,8 @@ QUEUED_RUN_FIELDS = (
 )
 
 _COMPLETED_STEP_STATES = (StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.FAILED)
+# Runs per claiming UPDATE (three parameters each).
+CLAIM_CHUNK = 2000
 
 
 def claim_runs(
@@ -277,20 +279,12 @@ def claim_runs(
     """
     if not picks:
         return []
-    params: list[object] = [RunStatus.RUNNING]
-    workers = sql.case("id", ((run.id, worker) for run, worker in picks), params)
-    params += [run.id for run, _ in picks]
-    params += [RunStatus.QUEUED, False]
-    won = dict(
-        sql.fetch(
-            f"UPDATE {sql.table(DagRun)} SET status = %s, attempt = attempt + 1, "
-            f"worker_id = {workers}, waiting_reason = '' "
-            f"WHERE id IN ({sql.marks(len(picks))}) AND status = %s AND cancel_requested = %s "
-            "RETURNING id, attempt",
-            params,
-        )
-    )
-    claimed = [(run, worker, int(won[run.id])) for run, worker in picks if run.id in won]
+    won: dict[str, int] = {}
+    # In chunks: SQLite takes at most 32,766 parameters per statement, and a large fleet's
+    # free slots can ask for more runs than that in one pass.
+    for start in range(0, len(picks), CLAIM_CHUNK):
+        won.update(_compare_and_set(picks[start : start + CLAIM_CHUNK]))
+    claimed = [(run, worker, won[run.id]) for run, worker in picks if run.id in won]
     if not claimed:
         return []
     created = sql.when_datetime(now)
@@ -324,19 +318,35 @@ def claim_runs(
     ]
 
 
+def _compare_and_set(picks: Sequence[tuple[QueuedRun, str]]) -> dict[str, int]:
+    """Claim still-queued, uncancelled runs for their workers: {run id: new attempt number}."""
+    params: list[object] = [RunStatus.RUNNING]
+    workers = sql.case("id", ((run.id, worker) for run, worker in picks), params)
+    params += [run.id for run, _ in picks]
+    params += [RunStatus.QUEUED, False]
+    rows = sql.fetch(
+        f"UPDATE {sql.table(DagRun)} SET status = %s, attempt = attempt + 1, "
+        f"worker_id = {workers}, waiting_reason = '' "
+        f"WHERE id IN ({sql.marks(len(picks))}) AND status = %s AND cancel_requested = %s "
+        "RETURNING id, attempt",
+        params,
+    )
+    return {run_id: int(attempt) for run_id, attempt in rows}
+
+
 def _completed_of(run_ids: list[str]) -> dict[str, list[tuple[str, str, int | None, str | None]]]:
     """Steps an earlier attempt finished, per run, in position order (none asked: no query)."""
     out: dict[str, list[tuple[str, str, int | None, str | None]]] = {}
-    if not run_ids:
-        return out
-    rows = sql.fetch(
-        f"SELECT run_id, name, status, exit_code, output_value FROM {sql.table(StepRun)} "
-        f"WHERE run_id IN ({sql.marks(len(run_ids))}) "
-        f"AND status IN ({sql.marks(len(_COMPLETED_STEP_STATES))}) ORDER BY run_id, position",
-        [*run_ids, *_COMPLETED_STEP_STATES],
-    )
-    for run_id, name, status, exit_code, output in rows:
-        out.setdefault(run_id, []).append((name, status, exit_code, output or None))
+    for start in range(0, len(run_ids), CLAIM_CHUNK):
+        chunk = run_ids[start : start + CLAIM_CHUNK]
+        rows = sql.fetch(
+            f"SELECT run_id, name, status, exit_code, output_value FROM {sql.table(StepRun)} "
+            f"WHERE run_id IN ({sql.marks(len(chunk))}) "
+            f"AND status IN ({sql.marks(len(_COMPLETED_STEP_STATES))}) ORDER BY run_id, position",
+            [*chunk, *_COMPLETED_STEP_STATES],
+        )
+        for run_id, name, status, exit_code, output in rows:
+            out.setdefault(run_id, []).append((name, status, exit_code, output or None))
     return out
 
 

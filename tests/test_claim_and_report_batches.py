@@ -114,6 +114,32 @@ def test_a_dispatch_pass_claims_every_run_in_a_fixed_number_of_statements():
 
 
 @pytest.mark.django_db
+def test_a_large_pass_claims_in_chunks(monkeypatch, tmp_path: Path):
+    from dags import runs as runs_module
+
+    monkeypatch.setattr(runs_module, "CLAIM_CHUNK", 2)
+    (first, *rest) = queued(5, TWO_STEPS)
+    delivered: list[TaskPayload] = []
+    dispatch_once(now=T0, workers=[worker(free=1)], deliver=delivered.append)
+    task = delivered[0]
+    e = {"dag_run_id": first.id, "attempt_token": task.attempt_token, "at": T0}
+    apply_events(
+        [
+            Event(seq=1, kind=ATTEMPT_STARTED, **e),
+            Event(seq=2, kind=STEP_STARTED, step="one", **e),
+            Event(seq=3, kind=STEP_FINISHED, step="one", status="succeeded", exit_code=0, **e),
+            Event(seq=4, kind=RUN_FINISHED, status="failed", error="boom", **e),
+        ],
+        log_dir=tmp_path,
+    )
+    retry_run(first.id, now=T0)  # attempt 2 of it: its completed steps are read, in chunks too
+    assert dispatch_once(now=T0, workers=[worker(free=5)], deliver=delivered.append) == 5
+    assert sorted(t.dag_run_id for t in delivered[1:]) == sorted(r.id for r in [first, *rest])
+    again = {t.dag_run_id: t for t in delivered[1:]}[first.id]
+    assert (again.attempt, again.completed) == (2, [("one", "succeeded", 0, None)])
+
+
+@pytest.mark.django_db
 def test_a_claim_skips_runs_claimed_or_cancelled_since_they_were_read(monkeypatch):
     runs = queued(3)
     from controlplane import dispatch
