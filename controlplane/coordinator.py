@@ -23,38 +23,27 @@ from controlplane.core import registry
 from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
-from controlplane.dispatch import dispatch_once
+from controlplane.dispatch import dispatch_once, dispatch_view
 from controlplane.failover import failover_once
 from controlplane.lease import LeaseKeeper
-from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
-from dags.reports import ApplyResult, Event, apply_events
-from dags.runs import RunError, completed_steps, get_run, request_cancel, start_child_run
+from controlplane.rights import Denied
+from dags.models import Attempt, DagRun, RunStatus
+from dags.reports import ApplyResult, Event, GroupCommit, Report, apply_batches
+from dags.runs import (
+    RunError,
+    TaskPayload,
+    get_run,
+    request_cancel,
+    start_child_run,
+    still_current,
+)
 from dags.wakeups import runs_queued
-from workers.load import held_attempts
 from workers.models import Worker
 from workers.presence import Fleet, Identity, Running, flush_fleet, purge_offline
 
 logger = logging.getLogger(__name__)
 
 MAX_POLL_WAIT = 20.0
-
-
-@dataclass(frozen=True)
-class TaskPayload:
-    """A claimed attempt as handed to a worker (converted to a proto `Task` by the servicer)."""
-
-    dag_run_id: str
-    dag_name: str
-    attempt: int
-    attempt_token: str
-    definition: str
-    params: Mapping[str, str]
-    root_dag_run_id: str
-    root_dag_name: str
-    parent_dag_run_id: str
-    parent_dag_name: str
-    completed: list[tuple[str, str, int | None, str | None]]  # name, status, exit, output
-    source: str
 
 
 @dataclass(frozen=True)
@@ -79,6 +68,8 @@ class Coordinator:
         # only coordinator (service.start_coordinator makes sure of it) takes it at once.
         self.lease = LeaseKeeper(sole=connection.vendor == "sqlite")
         self.log_dir = Path(config.paths.log_dir)
+        # Concurrent Report calls share one transaction (group commit).
+        self.reports = GroupCommit(lambda batches: apply_batches(batches, log_dir=self.log_dir))
 
     # -- RPC handlers ----------------------------------------------------------------------
 
@@ -90,31 +81,18 @@ class Coordinator:
         # heartbeats, and both wake the dispatcher; waking per poll would only make it spin.
         items = self.fleet.take(who.id, max_items=free_slots, timeout=min(wait, MAX_POLL_WAIT))
         close_old_connections()
-        return [task for item in items if (task := self._task_for(item)) is not None]
+        return self._task_for(items)
 
-    def _task_for(self, item: object) -> TaskPayload | None:
-        assert isinstance(item, Attempt)
-        run = DagRun.objects.select_related("root", "parent").get(pk=item.run_id)
-        if run.attempt != item.number or run.status != RunStatus.RUNNING:
-            return None  # cancelled or superseded while it sat in the mailbox
-        root = run.root or run
-        return TaskPayload(
-            dag_run_id=run.id,
-            dag_name=run.dag_name,
-            attempt=item.number,
-            attempt_token=item.token,
-            definition=run.spec,
-            params=run.params,
-            root_dag_run_id=root.id,
-            root_dag_name=root.dag_name,
-            parent_dag_run_id=run.parent_id or "",
-            parent_dag_name=run.parent.dag_name if run.parent else "",
-            completed=[
-                (s.name, s.status, s.exit_code, s.output_value or None)
-                for s in completed_steps(run)
-            ],
-            source=run.source,
-        )
+    def _task_for(self, items: list[object]) -> list[TaskPayload]:
+        """The tasks taken from the mailbox that may still be handed out (one query for all).
+
+        Each was built when its run was claimed; only whether its attempt is still current
+        is read again, since a cancel or a failover may have come while it waited."""
+        tasks = [item for item in items if isinstance(item, TaskPayload)]
+        current = still_current(tasks, now=utcnow())
+        if len(current) < len(tasks):
+            self.wake()  # a cancelled or superseded attempt no longer holds a slot
+        return current
 
     def heartbeat(
         self, who: Identity, *, running: list[Running], stopping: bool
@@ -139,8 +117,13 @@ class Coordinator:
         )
         return [t for t in tokens if t not in keep]
 
-    def report(self, events: Iterable[Event]) -> ApplyResult:
-        result = apply_events(events, log_dir=self.log_dir)
+    def report(self, events: Iterable[Event], *, worker_id: str | None = None) -> ApplyResult:
+        """Apply a report (with concurrent ones: group commit). With `worker_id`, a report
+        naming another worker's attempt is refused whole (Denied)."""
+        result = self.reports.submit(Report(list(events), worker_id))
+        if result.foreign_run:
+            assert worker_id is not None
+            raise Denied(f'run "{result.foreign_run}" is not assigned to worker "{worker_id[:80]}"')
         if result.finished_runs:
             self.wake()  # a slot freed up
             runs_queued()  # ... which a run waiting on another coordinator may need
@@ -195,20 +178,18 @@ class Coordinator:
     # -- loops -----------------------------------------------------------------------------
 
     def dispatch_step(self) -> int:
-        if not DagRun.objects.filter(
-            status=RunStatus.QUEUED,
-            execution_mode=ExecutionMode.DISTRIBUTED,
-            cancel_requested=False,
-        ).exists():
+        view = dispatch_view()
+        if not view.groups:
             return 0  # the common idle case: one indexed query, no fleet snapshot
         now = utcnow()
-        # Drain flags are read on every pass: an operator's drain must win any race with a
-        # run queued right after it.
-        self.sync_draining()
+        # Drain flags are read on every pass, with the queued runs: an operator's drain must
+        # win any race with a run queued right after it.
+        self.fleet.set_draining(view.draining)
         return dispatch_once(
             now=now,
-            workers=self.fleet.views(now=now, held=held_attempts()),
-            deliver=lambda attempt: self.fleet.deliver(attempt.worker_id, attempt),
+            workers=self.fleet.views(now=now, held=view.held),
+            deliver=lambda task: self.fleet.deliver(task.worker_id, task),
+            groups=view.groups,
         )
 
     def housekeeping_step(self) -> None:
@@ -236,7 +217,7 @@ class Coordinator:
         )
 
     def _mailbox_tokens(self) -> set[str]:
-        return {a.token for a in self.fleet.pending_mail() if isinstance(a, Attempt)}
+        return {t.attempt_token for t in self.fleet.pending_mail() if isinstance(t, TaskPayload)}
 
     def registry_step(self) -> None:
         """Mirror worker files into the fleet; the lease holder cleans up stale or dead ones."""

@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import transaction
-from django.db.models import Count, Q, QuerySet
+from django.db import connection, transaction
+from django.db.models import Q, QuerySet
 
 from controlplane.core.labels import matches
 from controlplane.core.routing import (
@@ -22,9 +23,19 @@ from controlplane.core.routing import (
     choose_worker,
     waiting_reason,
 )
+from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from controlplane.models import DecisionEvent, DispatchDecision
+from dags import sql
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
-from dags.runs import decision_row, record_decision, start_attempt
+from dags.runs import (
+    QUEUED_RUN_FIELDS,
+    QueuedRun,
+    TaskPayload,
+    claim_runs,
+    decision_row,
+    insert_assigned_decisions,
+)
+from workers.models import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +59,11 @@ class SelectorGroup:
 
 
 def dispatch_once(
-    *, now: datetime, workers: list[WorkerView], deliver: Callable[[Attempt], None]
+    *,
+    now: datetime,
+    workers: list[WorkerView],
+    deliver: Callable[[TaskPayload], None],
+    groups: list[SelectorGroup] | None = None,
 ) -> int:
     """Assign queued distributed runs, oldest first, to matching workers with free slots.
 
@@ -57,33 +72,40 @@ def dispatch_once(
     waiting gets its reason, written only to runs whose reason changes. So a run no worker
     matches never holds up one that a worker does, whatever the backlog.
 
-    Each claim is a compare-and-set on the run row, so two dispatchers can never hand the
-    same attempt to two workers. Returns how many runs were assigned.
+    The whole pass claims in a handful of statements: one compare-and-set UPDATE for every
+    run it assigns (so two dispatchers can never hand the same attempt to two workers),
+    one INSERT of their attempts and one of their decision rows. On PostgreSQL the offered
+    runs are read FOR UPDATE SKIP LOCKED, so two coordinators' passes never wait on each
+    other's rows; the compare-and-set keeps them correct without the lock. Each claimed
+    attempt is delivered as the task its worker gets, built from what the pass read.
+    `groups` is `queued_groups()` if the caller read it already. Returns how many runs were
+    assigned.
     """
 
     views = {w.id: w for w in workers}
-    claimed: list[Attempt] = []
+    claimed: list[TaskPayload] = []
     # One transaction for the whole pass: with SQLite's single write lock, the number of
     # write transactions per run is what bounds throughput. Mailboxes are filled only after
     # the commit, so no worker can see an attempt that might still roll back.
     with transaction.atomic():
-        groups = _queued_groups()
-        offers: list[DagRun] = []
+        if groups is None:
+            groups = queued_groups()
+        offers: list[QueuedRun] = []
         for group in groups:
             slots = sum(w.free_slots for w in _takers(group.selector, views.values()))
             if slots:
                 offers.extend(_oldest_runs(group, limit=slots))
         offers.sort(key=lambda run: (run.queued_at, run.id))
+        picks: list[tuple[QueuedRun, WorkerView, int, int]] = []
         for run in offers:
             pool = list(views.values())
             worker, matched = choose_worker(run.worker_selector, pool)
             if worker is None:
                 continue  # its group's reason is recorded below
-            attempt = _assign(run, worker, now=now, considered=len(pool), matched=matched)
-            if attempt is None:
-                continue
+            picks.append((run, worker, len(pool), matched))
             views[worker.id] = dataclasses.replace(worker, free_slots=worker.free_slots - 1)
-            claimed.append(attempt)
+        if picks:
+            claimed = _assign(picks, now=now)
         pool = list(views.values())
         for group in groups:
             worker, matched = choose_worker(group.selector, pool)
@@ -92,9 +114,32 @@ def dispatch_once(
             reason = waiting_reason(group.selector, pool)
             if any(r != reason for r in group.reasons):
                 _record_waiting(group, reason, now=now, considered=len(pool), matched=matched)
-    for attempt in claimed:
-        deliver(attempt)
+    for task in claimed:
+        deliver(task)
     return len(claimed)
+
+
+def _assign(
+    picks: list[tuple[QueuedRun, WorkerView, int, int]], *, now: datetime
+) -> list[TaskPayload]:
+    """Claim the picked runs for their workers and record an `assigned` decision for each."""
+    tasks = claim_runs(
+        [(run, worker.id) for run, worker, _, _ in picks], now=now, mode=ExecutionMode.DISTRIBUTED
+    )
+    won = {task.dag_run_id: task for task in tasks}
+    decisions = []
+    for run, worker, considered, matched in picks:
+        task = won.get(run.id)
+        if task is None:
+            continue  # another dispatcher, or a cancel, got there first
+        detail = (
+            f"attempt {task.attempt} assigned to {worker.id} "
+            f"({matched} of {considered} workers matched)"
+        )
+        decisions.append((run, task, considered, matched, detail))
+        logger.info("run %s attempt %d assigned to %s", run.id, task.attempt, worker.id)
+    insert_assigned_decisions(decisions, now=now)
+    return tasks
 
 
 def _takers(selector: Mapping[str, str], workers: Iterable[WorkerView]) -> list[WorkerView]:
@@ -111,23 +156,66 @@ def _queued() -> QuerySet[DagRun]:
     )
 
 
-def _queued_groups() -> list[SelectorGroup]:
+@dataclass
+class DispatchView:
+    """What a pass starts from, read in one statement: the queued runs by selector, the
+    active attempts each worker holds (as `workers.load.held_attempts`) and the workers an
+    operator drains. One snapshot, so a run queued after a drain is never seen without it."""
 
-    groups: dict[tuple[tuple[str, str], ...], SelectorGroup] = {}
-    rows = (
-        _queued()
-        .order_by()
-        .values("worker_selector", "waiting_reason")
-        .annotate(n=Count("id"))
-        .values_list("worker_selector", "waiting_reason", "n")
+    groups: list[SelectorGroup]
+    held: dict[str, int]
+    draining: set[str]
+
+
+def dispatch_view() -> DispatchView:
+    """One statement; its `groups` are empty when no distributed run waits."""
+    # Plain SQL: this runs on every wake-up of the dispatcher, and the ORM's building of a
+    # grouped query cost more than the query (docs/benchmarks.md).
+    selector = "worker_selector::text" if connection.vendor == "postgresql" else "worker_selector"
+    rows = sql.fetch(
+        f"SELECT 0, {selector}, waiting_reason, COUNT(*) FROM {sql.table(DagRun)} "
+        "WHERE status = %s AND execution_mode = %s AND cancel_requested = %s "
+        "GROUP BY worker_selector, waiting_reason "
+        f"UNION ALL SELECT 1, worker_id, '', COUNT(*) FROM {sql.table(Attempt)} "
+        f"WHERE status IN ({sql.marks(len(ACTIVE_ATTEMPT_STATUSES))}) AND mode = %s "
+        "GROUP BY worker_id "
+        f"UNION ALL SELECT 2, id, '', 0 FROM {sql.table(Worker)} WHERE draining = %s",
+        [
+            RunStatus.QUEUED,
+            ExecutionMode.DISTRIBUTED,
+            False,
+            *ACTIVE_ATTEMPT_STATUSES,
+            ExecutionMode.DISTRIBUTED,
+            True,
+        ],
     )
-    for selector, reason, n in rows:
-        selector = dict(selector or {})
-        group = groups.setdefault(tuple(sorted(selector.items())), SelectorGroup(selector=selector))
-        if all(list(f.items()) != list(selector.items()) for f in group.forms):
-            group.forms.append(selector)
-        group.reasons[reason] = group.reasons.get(reason, 0) + n
-    return list(groups.values())
+    view = DispatchView(groups=[], held={}, draining=set())
+    groups: dict[tuple[tuple[str, str], ...], SelectorGroup] = {}
+    for kind, key, reason, n in rows:
+        if kind == 1:
+            view.held[key] = n
+        elif kind == 2:
+            view.draining.add(key)
+        else:
+            _add_to_group(groups, key, reason, n)
+    view.groups = list(groups.values())
+    return view
+
+
+def queued_groups() -> list[SelectorGroup]:
+    """The queued distributed runs by selector (empty when none wait)."""
+    return dispatch_view().groups
+
+
+def _add_to_group(
+    groups: dict[tuple[tuple[str, str], ...], SelectorGroup], stored: object, reason: str, n: int
+) -> None:
+    # The JSON as stored: text (on PostgreSQL cast to text, whose key order is jsonb's own).
+    selector = dict((json.loads(stored) if isinstance(stored, str) else stored) or {})
+    group = groups.setdefault(tuple(sorted(selector.items())), SelectorGroup(selector=selector))
+    if all(list(f.items()) != list(selector.items()) for f in group.forms):
+        group.forms.append(selector)
+    group.reasons[reason] = group.reasons.get(reason, 0) + n
 
 
 def _in_group(group: SelectorGroup) -> QuerySet[DagRun]:
@@ -138,29 +226,16 @@ def _in_group(group: SelectorGroup) -> QuerySet[DagRun]:
     return _queued().filter(match)
 
 
-def _oldest_runs(group: SelectorGroup, *, limit: int) -> list[DagRun]:
-    return list(_in_group(group).defer("spec").order_by("queued_at", "id")[:limit])
-
-
-def _assign(
-    run: DagRun, worker: WorkerView, *, now: datetime, considered: int, matched: int
-) -> Attempt | None:
-
-    attempt = start_attempt(run, now=now, mode=ExecutionMode.DISTRIBUTED, worker_id=worker.id)
-    if attempt is None:
-        return None  # another dispatcher, or a cancel, got there first
-    record_decision(
-        run,
-        event=DecisionEvent.ASSIGNED,
-        now=now,
-        chosen_worker=worker.id,
-        workers_considered=considered,
-        workers_matched=matched,
-        detail=f"attempt {attempt.number} assigned to {worker.id} "
-        f"({matched} of {considered} workers matched)",
+def _oldest_runs(group: SelectorGroup, *, limit: int) -> list[QueuedRun]:
+    # SKIP LOCKED: rows another coordinator's pass is claiming are left to it (PostgreSQL;
+    # SQLite has one writer at a time and ignores this). `of` spares the root and parent.
+    rows = (
+        _in_group(group)
+        .select_for_update(skip_locked=True, of=("self",))
+        .order_by("queued_at", "id")
+        .values_list(*QUEUED_RUN_FIELDS)[:limit]
     )
-    logger.info("run %s attempt %d assigned to %s", run.id, attempt.number, worker.id)
-    return attempt
+    return [QueuedRun(*row) for row in rows]
 
 
 def _record_waiting(

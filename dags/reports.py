@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.db import transaction
-from django.db.models import Q
 
 from controlplane.core.events import (
     ATTEMPT_STARTED,
@@ -28,6 +28,7 @@ from controlplane.core.events import (
     Event,
 )
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
+from dags import sql
 from dags.models import Attempt, AttemptStatus, DagRun, RunStatus, StepRun, StepStatus
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,16 @@ class ApplyResult:
     applied: int = 0
     rejected_tokens: set[str] = field(default_factory=set)
     finished_runs: list[str] = field(default_factory=list)
+    # A run of the batch whose attempt is another worker's: then nothing of it was applied.
+    foreign_run: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    """One report's events and the worker that sent it (None: the local executor, trusted)."""
+
+    events: Sequence[Event]
+    worker_id: str | None = None
 
 
 def safe_name(name: str) -> str:
@@ -66,128 +77,457 @@ def step_log_path(run_id: str, attempt: int, step: str, retry: int = 0) -> str:
     return f"{folder}/{safe_name(step)}.log"
 
 
-def apply_events(events: Iterable[Event], *, log_dir: Path) -> ApplyResult:
-    """Apply a batch in order; see the module docstring for replay and rejection rules."""
-    result = ApplyResult()
-    by_token: dict[str, list[Event]] = {}
-    for event in events:
-        by_token.setdefault(event.attempt_token, []).append(event)
+def apply_events(
+    events: Iterable[Event], *, log_dir: Path, worker_id: str | None = None
+) -> ApplyResult:
+    """Apply a batch in order; see the module docstring for replay and rejection rules.
+
+    With `worker_id`, a batch naming another worker's attempt is refused whole
+    (`foreign_run`), checked in the same SELECT that reads the attempts."""
+    return apply_batches([Report(list(events), worker_id)], log_dir=log_dir)[0]
+
+
+def apply_batches(reports: Sequence[Report], *, log_dir: Path) -> list[ApplyResult]:
+    """Apply several reports together; each gets the result it would have got alone.
+
+    However many attempts and events they hold, it costs one transaction and a fixed
+    handful of statements: one SELECT of the attempts (with their runs' current attempt and
+    status, and the worker each is assigned to), then one `executemany` per table: the
+    steps, the runs (starts and ends), the steps an ending run leaves over (only if any),
+    the attempts. Events are folded in order first, so a fast run's four events (attempt
+    started, step started, step finished, run finished) change each of its rows once. An
+    event sent twice (a worker's retry racing its first send) is applied once.
+    """
     # Log files first and outside any transaction: a slow disk must not hold the database
     # (SQLite's single write lock above all), and offsets make the writes idempotent.
-    for token, batch in by_token.items():
-        _write_logs(token, batch, log_dir=log_dir)
-    # One transaction for the whole report: every write transaction queues for SQLite's
-    # single write lock, so fewer, larger ones are what raise throughput.
+    if any(e.kind == STEP_LOG for report in reports for e in report.events):
+        _write_logs(reports, log_dir=log_dir)
+    ending = {e.attempt_token for r in reports for e in r.events if e.kind == RUN_FINISHED}
+    tokens = list({e.attempt_token: None for r in reports for e in r.events})
+    # One transaction for all: every write transaction queues for SQLite's single write
+    # lock, so fewer, larger ones are what raise throughput.
     with transaction.atomic():
-        for token, batch in by_token.items():
-            _apply_attempt_batch(token, batch, result=result)
+        found = _current_attempts(tokens, ending=list(ending))
+        foreign = [_foreign_run(report, found) for report in reports]
+        by_token: dict[str, dict[int, Event]] = {}
+        for report, refused in zip(reports, foreign, strict=True):
+            if refused:
+                continue
+            for event in report.events:
+                by_token.setdefault(event.attempt_token, {}).setdefault(event.seq, event)
+        merged = {token: [seen[seq] for seq in sorted(seen)] for token, seen in by_token.items()}
+        finished = _apply_merged(merged, found=found)
+    return [
+        ApplyResult(foreign_run=refused)
+        if refused
+        else _result_of(report.events, found=found, finished=finished)
+        for report, refused in zip(reports, foreign, strict=True)
+    ]
+
+
+def _foreign_run(report: Report, found: Mapping[str, _Current]) -> str:
+    """A run of the report whose attempt another worker holds ("" if none)."""
+    if report.worker_id is None:
+        return ""
+    for event in report.events:
+        current = found.get(event.attempt_token)
+        if current is not None and current.worker_id != report.worker_id:
+            return current.run_id
+    return ""
+
+
+def _result_of(
+    batch: Sequence[Event], *, found: Mapping[str, _Current], finished: dict[str, str]
+) -> ApplyResult:
+    """What one report's batch got: replays acked, fresh events applied or their token
+    rejected (unknown, or no longer the run's current attempt)."""
+    result = ApplyResult()
+    by_token: dict[str, list[Event]] = {}
+    for event in batch:
+        by_token.setdefault(event.attempt_token, []).append(event)
+    for token, events in by_token.items():
+        current = found.get(token)
+        if current is None:
+            result.rejected_tokens.add(token)
+            continue
+        fresh = sum(1 for e in events if e.seq > current.last_event_seq)
+        result.applied += len(events) - fresh
+        if not fresh:
+            continue
+        if not current.is_current:
+            result.rejected_tokens.add(token)
+            continue
+        result.applied += fresh
+        if token in finished and any(e.kind == RUN_FINISHED for e in events):
+            result.finished_runs.append(finished[token])
     return result
 
 
-def _apply_attempt_batch(token: str, batch: list[Event], *, result: ApplyResult) -> None:
-    attempt = Attempt.objects.select_related("run").filter(token=token).first()
-    if attempt is None:
-        result.rejected_tokens.add(token)
-        return
-    fresh = [e for e in batch if e.seq > attempt.last_event_seq]
-    result.applied += len(batch) - len(fresh)
-    if not fresh:
-        return
-    run = attempt.run
-    if run.attempt != attempt.number or attempt.status not in ACTIVE_ATTEMPT_STATUSES:
-        logger.info(
-            "rejected %d report(s) from superseded attempt %s #%d of run %s",
-            len(fresh),
-            attempt.worker_id or "local",
-            attempt.number,
-            run.id,
-        )
-        result.rejected_tokens.add(token)
-        return
-    with transaction.atomic():
-        for event in fresh:
-            if event.kind != STEP_LOG:
-                _apply_one(event, attempt=attempt, run=run, result=result)
-        Attempt.objects.filter(pk=attempt.pk).update(last_event_seq=fresh[-1].seq)
-    result.applied += len(fresh)
+# Events one group commit takes at most; a group over it leaves the rest to the next.
+GROUP_MAX_EVENTS = 5000
 
 
-def _write_logs(token: str, batch: list[Event], *, log_dir: Path) -> None:
-    """Append the batch's log chunks if its attempt is current (checked again on apply)."""
-    logs = [e for e in batch if e.kind == STEP_LOG]
-    attempt = Attempt.objects.select_related("run").filter(token=token).first() if logs else None
-    if attempt is None or attempt.run.attempt != attempt.number:
-        return
-    if attempt.status not in ACTIVE_ATTEMPT_STATUSES:
-        return
-    for event in logs:
-        if event.seq > attempt.last_event_seq:
-            _append_log(log_dir, attempt.run_id, attempt.number, event)
+@dataclass
+class _Pending:
+    report: Report
+    done: bool = False
+    lead: bool = False  # handed the writing by the writer before it
+    result: ApplyResult | None = None
+    error: BaseException | None = None
 
 
-def _apply_one(event: Event, *, attempt: Attempt, run: DagRun, result: ApplyResult) -> None:
-    if event.kind == ATTEMPT_STARTED:
-        Attempt.objects.filter(pk=attempt.pk, status=AttemptStatus.ASSIGNED).update(
-            status=AttemptStatus.RUNNING, started_at=event.at
+class GroupCommit:
+    """Group commit for concurrent reports: what arrives while one group is being written
+    is written next, together, as one `apply_batches` (one transaction, one statement per
+    table), instead of one transaction per report queueing for the write lock.
+
+    No thread of its own: a caller that finds nobody writing writes, and the others wait
+    for their result. A writer writes until its own report is stored, then hands the
+    writing to the first waiting caller, so nobody writes for others for ever.
+    """
+
+    def __init__(
+        self, apply: Callable[[list[Report]], list[ApplyResult]], *, timeout: float = 60.0
+    ) -> None:
+        self._apply = apply
+        self._timeout = timeout
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._writing = False
+
+    def submit(self, report: Report) -> ApplyResult:
+        """Apply `report` (with whatever else is waiting); raises what applying raised."""
+        me = _Pending(report)
+        with self._cond:
+            self._queue.append(me)
+            if self._writing:
+                woken = self._cond.wait_for(lambda: me.done or me.lead, timeout=self._timeout)
+                if not woken and me in self._queue:
+                    self._queue.remove(me)  # never taken: nothing of it was applied
+                    raise TimeoutError("report not applied: the writers before it took too long")
+                if not woken and not self._cond.wait_for(lambda: me.done, self._timeout):
+                    # Being written by a writer that takes too long; the worker sends it again
+                    # and replays are idempotent.
+                    raise TimeoutError("report not confirmed: its writer took too long")
+            else:
+                self._writing = True
+        if not me.done:
+            self._write_until(me)
+        if me.error is not None:
+            raise me.error
+        assert me.result is not None
+        return me.result
+
+    def _write_until(self, me: _Pending) -> None:
+        try:
+            while not me.done:
+                with self._cond:
+                    group, size = [], 0
+                    while self._queue and (not group or size < GROUP_MAX_EVENTS):
+                        group.append(self._queue.pop(0))
+                        size += len(group[-1].report.events)
+                self._write(group)
+        finally:
+            with self._cond:
+                if self._queue:
+                    self._queue[0].lead = True
+                else:
+                    self._writing = False
+                self._cond.notify_all()
+
+    def _write(self, group: list[_Pending]) -> None:
+        try:
+            results = self._apply([p.report for p in group])
+            for pending, result in zip(group, results, strict=True):
+                pending.result = result
+        except Exception as exc:  # every caller of the group gets it; each worker retries
+            for pending in group:
+                pending.error = exc
+        finally:
+            with self._cond:
+                for pending in group:
+                    pending.done = True
+                self._cond.notify_all()
+
+
+@dataclass
+class _Current:
+    """An attempt as the batch's SELECT found it, with its run's current attempt."""
+
+    id: int
+    number: int
+    status: str
+    last_event_seq: int
+    run_id: str
+    run_attempt: int
+    run_status: str
+    worker_id: str
+    # Steps still pending or running (read only for attempts whose batch ends the run).
+    unfinished: set[str] = field(default_factory=set)
+
+    @property
+    def is_current(self) -> bool:
+        """Still the run's current attempt, and not ended: its reports may change the run."""
+        return self.run_attempt == self.number and self.status in ACTIVE_ATTEMPT_STATUSES
+
+
+_ATTEMPT_COLUMNS = (
+    "a.id, a.token, a.number, a.status, a.last_event_seq, a.run_id, r.attempt, r.status, "
+    "a.worker_id"
+)
+
+
+def _current_attempts(tokens: list[str], *, ending: list[str]) -> dict[str, _Current]:
+    """One SELECT: the batch's attempts, and for those that end their run the steps left."""
+    params: list[object] = []
+    if ending:
+        step = (
+            f"s.name FROM {sql.table(Attempt)} a JOIN {sql.table(DagRun)} r ON r.id = a.run_id "
+            f"LEFT JOIN {sql.table(StepRun)} s ON s.run_id = a.run_id AND s.status IN (%s, %s) "
+            f"AND a.token IN ({sql.marks(len(ending))})"
         )
-        DagRun.objects.filter(pk=run.pk, started_at__isnull=True).update(started_at=event.at)
-    elif event.kind == STEP_STARTED:
-        StepRun.objects.filter(run=run, name=event.step).update(
-            status=StepStatus.RUNNING,
-            started_at=event.at,
-            finished_at=None,
-            exit_code=None,
-            error="",
-            attempt=attempt.number,
-            retries=event.retry,
-            log_path=step_log_path(run.id, attempt.number, event.step, event.retry),
-        )
-    elif event.kind == STEP_FINISHED:
-        StepRun.objects.filter(run=run, name=event.step).update(
-            status=event.status,
-            exit_code=event.exit_code,
-            finished_at=event.at,
-            attempt=attempt.number,
-            output_value=event.output_value or "",
-            error=event.error[:10000],
-        )
-    elif event.kind == RUN_FINISHED:
-        _finish_run(event, attempt=attempt, run=run, result=result)
+        params += [StepStatus.PENDING, StepStatus.RUNNING, *ending]
     else:
-        logger.warning("ignoring unknown report kind %r for run %s", event.kind, run.id)
+        step = f"NULL FROM {sql.table(Attempt)} a JOIN {sql.table(DagRun)} r ON r.id = a.run_id"
+    rows = sql.fetch(
+        f"SELECT {_ATTEMPT_COLUMNS}, {step} WHERE a.token IN ({sql.marks(len(tokens))})",
+        [*params, *tokens],
+    )
+    found: dict[str, _Current] = {}
+    for pk, token, number, status, seq, run_id, run_attempt, run_status, wid, step_name in rows:
+        current = found.get(token)
+        if current is None:
+            current = found[token] = _Current(
+                pk, number, status, seq, run_id, run_attempt, run_status, wid
+            )
+        if step_name is not None:
+            current.unfinished.add(step_name)
+    return found
 
 
-def _finish_run(event: Event, *, attempt: Attempt, run: DagRun, result: ApplyResult) -> None:
-    status = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
-    # Compare-and-set on the attempt number: only the current attempt can end the run,
-    # which is what keeps a run from being completed twice.
-    ended = DagRun.objects.filter(
-        pk=run.pk, attempt=attempt.number, status=RunStatus.RUNNING
-    ).update(
-        status=status,
-        finished_at=event.at,
-        error=event.error[:10000],
-        outputs=dict(event.outputs),
-        waiting_reason="",
+@dataclass
+class _Changes:
+    """What a batch does to each row, folded event by event; written per table at the end."""
+
+    attempts: dict[tuple[object, ...], dict[str, object]] = field(default_factory=dict)
+    steps: dict[tuple[object, ...], dict[str, object]] = field(default_factory=dict)
+    # run id -> when its (first applied) attempt_started says it started
+    run_started: dict[str, object] = field(default_factory=dict)
+    # run id -> (ending event, its attempt's token, its attempt as found)
+    run_ends: dict[str, tuple[Event, str, _Current]] = field(default_factory=dict)
+
+
+def _apply_merged(
+    by_token: dict[str, list[Event]], *, found: Mapping[str, _Current]
+) -> dict[str, str]:
+    """Apply the reports merged by token; returns, per token, the run its attempt ended."""
+    changes = _Changes()
+    for token, batch in by_token.items():
+        current = found.get(token)
+        if current is None:
+            continue
+        fresh = [e for e in batch if e.seq > current.last_event_seq]
+        if not fresh:
+            continue
+        if not current.is_current:
+            logger.info(
+                "rejected %d report(s) from superseded attempt #%d of run %s",
+                len(fresh),
+                current.number,
+                current.run_id,
+            )
+            continue
+        _fold(fresh, token=token, current=current, changes=changes)
+    return _write_changes(changes)
+
+
+def _fold(fresh: list[Event], *, token: str, current: _Current, changes: _Changes) -> None:
+    """Fold one attempt's new events, in order, into the rows they change."""
+    run_id, number = current.run_id, current.number
+    attempt = changes.attempts.setdefault((current.id,), {})
+    status = current.status
+    for event in fresh:
+        at = sql.when_datetime(event.at)
+        if event.kind == ATTEMPT_STARTED:
+            if status == AttemptStatus.ASSIGNED:
+                status = AttemptStatus.RUNNING
+                attempt.update(status=status, started_at=at)
+            changes.run_started.setdefault(run_id, at)
+        elif event.kind == STEP_STARTED:
+            changes.steps.setdefault((run_id, event.step), {}).update(
+                status=StepStatus.RUNNING,
+                started_at=at,
+                finished_at=None,
+                exit_code=None,
+                error="",
+                attempt=number,
+                retries=event.retry,
+                log_path=step_log_path(run_id, number, event.step, event.retry),
+            )
+        elif event.kind == STEP_FINISHED:
+            changes.steps.setdefault((run_id, event.step), {}).update(
+                status=event.status,
+                exit_code=event.exit_code,
+                finished_at=at,
+                attempt=number,
+                output_value=event.output_value or "",
+                error=event.error[:10000],
+            )
+        elif event.kind == RUN_FINISHED:
+            end = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
+            status = _ATTEMPT_END[end]
+            attempt.update(status=status, finished_at=at, end_reason=event.error[:10000])
+            changes.run_ends.setdefault(run_id, (event, token, current))
+        elif event.kind != STEP_LOG:
+            logger.warning("ignoring unknown report kind %r for run %s", event.kind, run_id)
+    attempt["last_event_seq"] = fresh[-1].seq
+
+
+# One statement shape per table whatever the batch holds (a run starting, one ending, or
+# both), so a batch is one `executemany` per table: NULL in a COALESCE keeps the column.
+# Every step event sets status, attempt, exit_code, finished_at and error.
+_STEP_UPDATE = (
+    "UPDATE {table} SET status = %s, attempt = %s, exit_code = %s, finished_at = %s, "
+    "error = %s, output_value = COALESCE(%s, output_value), "
+    "started_at = COALESCE(%s, started_at), retries = COALESCE(%s, retries), "
+    "log_path = COALESCE(%s, log_path) WHERE run_id = %s AND name = %s"
+)
+_STEP_OPTIONAL = ("output_value", "started_at", "retries", "log_path")
+# A run's end is a compare-and-set on the attempt number (the second condition): only the
+# current attempt can end the run, which is what keeps a run from being completed twice.
+# A row that only records the start passes TRUE for the first condition.
+_RUN_UPDATE = (
+    "UPDATE {table} SET started_at = COALESCE(started_at, %s), status = COALESCE(%s, status), "
+    "finished_at = COALESCE(%s, finished_at), error = COALESCE(%s, error), "
+    "outputs = COALESCE(%s, outputs), waiting_reason = COALESCE(%s, waiting_reason) "
+    "WHERE id = %s AND (%s OR (attempt = %s AND status = %s))"
+)
+# The status guard keeps an attempt superseded meanwhile (by another coordinator's
+# failover, on PostgreSQL) superseded.
+_ATTEMPT_UPDATE = (
+    "UPDATE {table} SET status = COALESCE(%s, status), started_at = COALESCE(%s, started_at), "
+    "finished_at = COALESCE(%s, finished_at), end_reason = COALESCE(%s, end_reason), "
+    "last_event_seq = %s WHERE id = %s AND status IN ({active})"
+)
+_ATTEMPT_OPTIONAL = ("status", "started_at", "finished_at", "end_reason")
+# Steps never reported finished, in one UPDATE whatever their number, and only where this
+# attempt's compare-and-set ended the run.
+_LEFTOVER_UPDATE = (
+    "UPDATE {table} SET status = %s, finished_at = %s, error = %s "
+    "WHERE run_id = %s AND status IN ({open}) "
+    "AND EXISTS (SELECT 1 FROM {runs} r WHERE r.id = %s AND r.attempt = %s AND r.status = %s)"
+)
+
+
+def _write_changes(changes: _Changes) -> dict[str, str]:
+    """Write the folded changes; returns, per token, the run its attempt ended."""
+    # Steps before the runs' ends: what an ending run leaves over is what is still unfinished
+    # after the batch's own step events.
+    sql.execute_many(
+        _STEP_UPDATE.format(table=sql.table(StepRun)),
+        [
+            (
+                v["status"],
+                v["attempt"],
+                v["exit_code"],
+                v["finished_at"],
+                v["error"],
+                *(v.get(c) for c in _STEP_OPTIONAL),
+                run_id,
+                name,
+            )
+            for (run_id, name), v in changes.steps.items()
+        ],
     )
-    Attempt.objects.filter(pk=attempt.pk).update(
-        status=_ATTEMPT_END[status], finished_at=event.at, end_reason=event.error[:10000]
+    runs, leftovers = [], []
+    finished: dict[str, str] = {}
+    for run_id, (event, token, current) in changes.run_ends.items():
+        if current.run_status != RunStatus.RUNNING:
+            continue  # the compare-and-set would fail: someone ended it already
+        number = current.number
+        status = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
+        at, error = sql.when_datetime(event.at), event.error[:10000]
+        outputs = sql.as_json(DagRun, "outputs", dict(event.outputs))
+        started = changes.run_started.pop(run_id, None)
+        runs.append(
+            (started, status, at, error, outputs, "", run_id, False, number, RunStatus.RUNNING)
+        )
+        finished[token] = run_id
+        logger.info("run %s %s (attempt %d)", run_id, status, number)
+        if _leaves_steps(current, changes.steps):
+            leftovers.append(
+                (_leftover_state(event, status), at, error, run_id, run_id, number, status)
+            )
+    for run_id, started in changes.run_started.items():
+        runs.append((started, None, None, None, None, None, run_id, True, 0, ""))
+    sql.execute_many(_RUN_UPDATE.format(table=sql.table(DagRun)), runs)
+    open_states = ", ".join(f"'{s}'" for s in (StepStatus.PENDING, StepStatus.RUNNING))
+    sql.execute_many(
+        _LEFTOVER_UPDATE.format(table=sql.table(StepRun), open=open_states, runs=sql.table(DagRun)),
+        leftovers,
     )
-    if not ended:
-        return
-    # Steps never reported finished, in one UPDATE whatever their number. The engine names
-    # their state (cancelled after a cancel or a DAG timeout, where the run itself failed);
-    # a report without it (a crash, a worker before the field) keeps the old rule.
+    active = ", ".join(f"'{s}'" for s in ACTIVE_ATTEMPT_STATUSES)
+    sql.execute_many(
+        _ATTEMPT_UPDATE.format(table=sql.table(Attempt), active=active),
+        [
+            (*(v.get(c) for c in _ATTEMPT_OPTIONAL), v["last_event_seq"], pk)
+            for (pk,), v in changes.attempts.items()
+        ],
+    )
+    return finished
+
+
+def _leaves_steps(current: _Current, steps: dict[tuple[object, ...], dict[str, object]]) -> bool:
+    """Whether the run's end leaves steps pending or running, after the batch's step events."""
+    open_states = (StepStatus.PENDING, StepStatus.RUNNING)
+    for (run_id, _name), values in steps.items():
+        if run_id == current.run_id and values.get("status") in open_states:
+            return True
+    return any(
+        steps.get((current.run_id, name), {}).get("status", StepStatus.RUNNING) in open_states
+        for name in current.unfinished
+    )
+
+
+def _leftover_state(event: Event, status: str) -> str:
+    """What steps never reported finished become. The engine names their state (cancelled
+    after a cancel or a DAG timeout, where the run itself failed); a report without it (a
+    crash, a worker before the field) keeps the old rule."""
     leftover = event.unstarted_status or (
         StepStatus.CANCELLED if status == RunStatus.CANCELLED else StepStatus.SKIPPED
     )
     if leftover not in _LEFTOVER_STATES:  # a worker cannot leave steps running forever
         leftover = StepStatus.CANCELLED
-    StepRun.objects.filter(run=run).filter(
-        Q(status=StepStatus.PENDING) | Q(status=StepStatus.RUNNING)
-    ).update(status=leftover, finished_at=event.at, error=event.error[:10000])
-    result.finished_runs.append(run.id)
-    logger.info("run %s %s (attempt %d)", run.id, status, attempt.number)
+    return leftover
+
+
+def _write_logs(reports: Sequence[Report], *, log_dir: Path) -> None:
+    """Append the log chunks of attempts that are current and the sender's (checked again
+    on apply)."""
+    tokens = list({e.attempt_token: None for r in reports for e in r.events})
+    rows = sql.fetch(
+        f"SELECT a.token, a.run_id, a.number, a.status, a.last_event_seq, r.attempt, a.worker_id "
+        f"FROM {sql.table(Attempt)} a JOIN {sql.table(DagRun)} r ON r.id = a.run_id "
+        f"WHERE a.token IN ({sql.marks(len(tokens))})",
+        tokens,
+    )
+    attempts = {row[0]: row[1:] for row in rows}
+    written: set[tuple[str, int]] = set()
+    for report in reports:
+        owners = {
+            attempts[e.attempt_token][-1] for e in report.events if e.attempt_token in attempts
+        }
+        if report.worker_id is not None and owners - {report.worker_id}:
+            continue  # refused whole on apply
+        for event in report.events:
+            if event.kind != STEP_LOG or event.attempt_token not in attempts:
+                continue
+            run_id, number, status, last_seq, run_attempt, _ = attempts[event.attempt_token]
+            if run_attempt != number or status not in ACTIVE_ATTEMPT_STATUSES:
+                continue
+            if event.seq > last_seq and (event.attempt_token, event.seq) not in written:
+                written.add((event.attempt_token, event.seq))
+                _append_log(log_dir, run_id, number, event)
 
 
 def _append_log(log_dir: Path, run_id: str, attempt: int, event: Event) -> None:

@@ -10,6 +10,7 @@ import logging
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from controlplane.core.spec import (
     resolve_params,
 )
 from controlplane.models import DecisionEvent, DispatchDecision
-from dags import wakeups
+from dags import sql, wakeups
 from dags.models import (
     TERMINAL_RUN_STATUSES,
     Attempt,
@@ -267,6 +268,246 @@ def start_attempt(run: DagRun, *, now: datetime, mode: str, worker_id: str = "")
             status=AttemptStatus.ASSIGNED,
             created_at=now,
         )
+
+
+@dataclass(frozen=True)
+class TaskPayload:
+    """A claimed attempt as handed to a worker (converted to a proto `Task` by the RPC edge).
+
+    Built at claim time from what the claim reads anyway, so a poll hands it out without
+    reading the run again; `worker_id` is the worker it was claimed for.
+    """
+
+    dag_run_id: str
+    dag_name: str
+    attempt: int
+    attempt_token: str
+    definition: str
+    params: Mapping[str, str]
+    root_dag_run_id: str
+    root_dag_name: str
+    parent_dag_run_id: str
+    parent_dag_name: str
+    completed: list[tuple[str, str, int | None, str | None]]  # name, status, exit, output
+    source: str
+    worker_id: str = ""
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    """A queued run as dispatch reads it: enough to pick a worker, claim it, build its task."""
+
+    id: str
+    queued_at: datetime
+    worker_selector: dict[str, str]
+    execution_mode: str
+    mode_reason: str
+    dag_name: str
+    spec: str
+    params: dict[str, str]
+    source: str
+    root_id: str | None
+    root_dag_name: str | None
+    parent_id: str | None
+    parent_dag_name: str | None
+
+
+# `DagRun.objects.values_list(*QUEUED_RUN_FIELDS)` rows, in `QueuedRun`'s field order.
+QUEUED_RUN_FIELDS = (
+    "id",
+    "queued_at",
+    "worker_selector",
+    "execution_mode",
+    "mode_reason",
+    "dag_name",
+    "spec",
+    "params",
+    "source",
+    "root_id",
+    "root__dag_name",
+    "parent_id",
+    "parent__dag_name",
+)
+
+_COMPLETED_STEP_STATES = (StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.FAILED)
+# Runs per claiming UPDATE (three parameters each).
+CLAIM_CHUNK = 2000
+
+
+def claim_runs(
+    picks: Sequence[tuple[QueuedRun, str]], *, now: datetime, mode: str
+) -> list[TaskPayload]:
+    """Claim queued runs, each for its worker, as new attempts; the tasks of those won.
+
+    One compare-and-set for all of them (still queued, no cancel requested; RETURNING the
+    new attempt numbers), one INSERT of their attempts, and for retried or redispatched
+    runs only (attempt > 1) one query for the steps an earlier attempt completed. Runs
+    someone else claimed or cancelled first are left out. Call it inside a transaction.
+    """
+    if not picks:
+        return []
+    won: dict[str, int] = {}
+    # In chunks: SQLite takes at most 32,766 parameters per statement, and a large fleet's
+    # free slots can ask for more runs than that in one pass.
+    for start in range(0, len(picks), CLAIM_CHUNK):
+        won.update(_compare_and_set(picks[start : start + CLAIM_CHUNK]))
+    claimed = [(run, worker, won[run.id]) for run, worker in picks if run.id in won]
+    if not claimed:
+        return []
+    created = sql.when_datetime(now)
+    tokens = [new_attempt_token() for _ in claimed]
+    sql.execute_many(
+        f"INSERT INTO {sql.table(Attempt)} (run_id, number, token, mode, worker_id, status, "
+        "created_at, last_event_seq, end_reason) VALUES (%s, %s, %s, %s, %s, %s, %s, 0, '')",
+        [
+            (run.id, number, token, mode, worker, AttemptStatus.ASSIGNED, created)
+            for (run, worker, number), token in zip(claimed, tokens, strict=True)
+        ],
+    )
+    completed = _completed_of([run.id for run, _, number in claimed if number > 1])
+    return [
+        TaskPayload(
+            dag_run_id=run.id,
+            dag_name=run.dag_name,
+            attempt=number,
+            attempt_token=token,
+            definition=run.spec,
+            params=run.params,
+            root_dag_run_id=run.root_id or run.id,
+            root_dag_name=run.root_dag_name if run.root_id else run.dag_name,
+            parent_dag_run_id=run.parent_id or "",
+            parent_dag_name=run.parent_dag_name or "",
+            completed=completed.get(run.id, []),
+            source=run.source,
+            worker_id=worker,
+        )
+        for (run, worker, number), token in zip(claimed, tokens, strict=True)
+    ]
+
+
+def _compare_and_set(picks: Sequence[tuple[QueuedRun, str]]) -> dict[str, int]:
+    """Claim still-queued, uncancelled runs for their workers: {run id: new attempt number}."""
+    params: list[object] = [RunStatus.RUNNING]
+    workers = sql.case("id", ((run.id, worker) for run, worker in picks), params)
+    params += [run.id for run, _ in picks]
+    params += [RunStatus.QUEUED, False]
+    rows = sql.fetch(
+        f"UPDATE {sql.table(DagRun)} SET status = %s, attempt = attempt + 1, "
+        f"worker_id = {workers}, waiting_reason = '' "
+        f"WHERE id IN ({sql.marks(len(picks))}) AND status = %s AND cancel_requested = %s "
+        "RETURNING id, attempt",
+        params,
+    )
+    return {run_id: int(attempt) for run_id, attempt in rows}
+
+
+def _completed_of(run_ids: list[str]) -> dict[str, list[tuple[str, str, int | None, str | None]]]:
+    """Steps an earlier attempt finished, per run, in position order (none asked: no query)."""
+    out: dict[str, list[tuple[str, str, int | None, str | None]]] = {}
+    for start in range(0, len(run_ids), CLAIM_CHUNK):
+        chunk = run_ids[start : start + CLAIM_CHUNK]
+        rows = sql.fetch(
+            f"SELECT run_id, name, status, exit_code, output_value FROM {sql.table(StepRun)} "
+            f"WHERE run_id IN ({sql.marks(len(chunk))}) "
+            f"AND status IN ({sql.marks(len(_COMPLETED_STEP_STATES))}) ORDER BY run_id, position",
+            [*chunk, *_COMPLETED_STEP_STATES],
+        )
+        for run_id, name, status, exit_code, output in rows:
+            out.setdefault(run_id, []).append((name, status, exit_code, output or None))
+    return out
+
+
+def still_current(tasks: Sequence[TaskPayload], *, now: datetime) -> list[TaskPayload]:
+    """The tasks whose attempt is still their run's current, running one (one query).
+
+    A task waits in a worker's mailbox between claim and poll; a failover that superseded
+    the attempt meanwhile keeps it from being handed out, and so does a cancel: a run whose
+    cancel was requested before any worker started it is cancelled here, at once.
+    """
+    if not tasks:
+        return []
+    ids = list({t.dag_run_id for t in tasks})
+    current = {
+        run_id: (attempt, status, bool(cancel))
+        for run_id, attempt, status, cancel in sql.fetch(
+            f"SELECT id, attempt, status, cancel_requested FROM {sql.table(DagRun)} "
+            f"WHERE id IN ({sql.marks(len(ids))})",
+            ids,
+        )
+    }
+    out = []
+    for task in tasks:
+        attempt, status, cancel = current.get(task.dag_run_id, (0, "", False))
+        if (attempt, status) != (task.attempt, RunStatus.RUNNING):
+            continue
+        if cancel:
+            cancel_unstarted(task.dag_run_id, task.attempt, now=now)
+        else:
+            out.append(task)
+    return out
+
+
+@transaction.atomic
+def cancel_unstarted(run_id: str, number: int, *, now: datetime) -> bool:
+    """Cancel a run whose attempt `number` no worker started. False if it moved on first."""
+    error = "cancelled before it started"
+    ended = DagRun.objects.filter(
+        pk=run_id, attempt=number, status=RunStatus.RUNNING, cancel_requested=True
+    ).update(status=RunStatus.CANCELLED, finished_at=now, error=error, waiting_reason="")
+    if not ended:
+        return False
+    Attempt.objects.filter(run_id=run_id, number=number).update(
+        status=AttemptStatus.CANCELLED, finished_at=now, end_reason=error
+    )
+    StepRun.objects.filter(
+        run_id=run_id, status__in=[StepStatus.PENDING, StepStatus.RUNNING]
+    ).update(status=StepStatus.CANCELLED, finished_at=now, error=error)
+    logger.info("run %s cancelled before attempt %d started", run_id, number)
+    return True
+
+
+_DECISION_COLUMNS = (
+    "run_id",
+    "attempt",
+    "event",
+    "mode",
+    "why",
+    "selector",
+    "workers_considered",
+    "workers_matched",
+    "chosen_worker",
+    "waiting_reason",
+    "detail",
+    "decided_at",
+)
+
+
+def insert_assigned_decisions(
+    claims: Sequence[tuple[QueuedRun, TaskPayload, int, int, str]], *, now: datetime
+) -> None:
+    """One INSERT of the `assigned` decision rows: (run, task, considered, matched, detail)."""
+    decided = sql.when_datetime(now)
+    sql.execute_many(
+        f"INSERT INTO {sql.table(DispatchDecision)} ({', '.join(_DECISION_COLUMNS)}) "
+        f"VALUES ({sql.marks(len(_DECISION_COLUMNS))})",
+        [
+            (
+                run.id,
+                task.attempt,
+                DecisionEvent.ASSIGNED,
+                run.execution_mode,
+                run.mode_reason,
+                sql.as_json(DispatchDecision, "selector", run.worker_selector),
+                considered,
+                matched,
+                task.worker_id,
+                "",
+                detail,
+                decided,
+            )
+            for run, task, considered, matched, detail in claims
+        ],
+    )
 
 
 def completed_steps(run: DagRun) -> list[StepRun]:

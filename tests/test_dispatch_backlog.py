@@ -13,8 +13,8 @@ from controlplane.core.routing import WorkerView
 from controlplane.core.spec import parse_dag_file
 from controlplane.dispatch import dispatch_once
 from controlplane.models import DispatchDecision
-from dags.models import Attempt, DagRun
-from dags.runs import create_run
+from dags.models import DagRun
+from dags.runs import TaskPayload, create_run
 from workers.models import Worker
 from workers.presence import Fleet, Identity
 
@@ -55,7 +55,7 @@ def test_after_a_restart_only_workers_heard_from_since_get_runs():
     fleet = Fleet(timing=TimingConfig(), started_at=start)
     fleet.load(Worker.objects.all())
     run = new_run(at=start)
-    delivered: list[Attempt] = []
+    delivered: list[TaskPayload] = []
     now = start + timedelta(seconds=2)
     assert (
         dispatch_once(now=now, workers=fleet.views(now=now, held={}), deliver=delivered.append) == 0
@@ -71,7 +71,7 @@ def test_after_a_restart_only_workers_heard_from_since_get_runs():
         dispatch_once(now=later, workers=fleet.views(now=later, held={}), deliver=delivered.append)
         == 1
     )
-    assert [a.worker_id for a in delivered] == ["ghost"]
+    assert [t.worker_id for t in delivered] == ["ghost"]
 
 
 def test_a_worker_seen_just_before_the_restart_waits_for_its_next_heartbeat():
@@ -99,10 +99,10 @@ def test_a_backlog_nothing_matches_never_holds_up_a_run_that_a_worker_can_take()
     ]
     wanted = new_run(at=T0 + timedelta(seconds=2))
     worker = WorkerView("g1", {"gpu": "true"}, "HEALTHY", False, 2)
-    delivered: list[Attempt] = []
+    delivered: list[TaskPayload] = []
     now = T0 + timedelta(seconds=3)
     assert dispatch_once(now=now, workers=[worker], deliver=delivered.append) == 1
-    assert [a.run_id for a in delivered] == [wanted.id]
+    assert [t.dag_run_id for t in delivered] == [wanted.id]
     waiting = DagRun.objects.filter(pk__in=[r.id for r in backlog])
     assert set(waiting.values_list("status", "waiting_reason")) == {
         ("queued", "no_matching_worker")
@@ -117,7 +117,7 @@ def test_a_backlog_nothing_matches_never_holds_up_a_run_that_a_worker_can_take()
     # A worker for the mars runs appears with one slot: the oldest goes, the rest are busy.
     mars = WorkerView("m1", {"region": "mars"}, "HEALTHY", False, 1)
     assert dispatch_once(now=now, workers=[worker, mars], deliver=delivered.append) == 1
-    assert delivered[-1].run_id == backlog[0].id
+    assert delivered[-1].dag_run_id == backlog[0].id
     assert (
         waiting.filter(worker_selector={"region": "mars"}, status="queued")
         .exclude(waiting_reason="matching_workers_busy")

@@ -22,7 +22,7 @@ from controlplane.dispatch import dispatch_once
 from controlplane.failover import failover_once
 from dags.models import Attempt, DagRun
 from dags.reports import apply_events
-from dags.runs import create_run, request_cancel, retry_run, start_attempt
+from dags.runs import TaskPayload, create_run, request_cancel, retry_run, start_attempt
 from workers.presence import Fleet, Identity, Running
 
 pytestmark = pytest.mark.django_db
@@ -66,12 +66,12 @@ def test_create_run_records_the_mode_decision():
 
 def test_dispatch_assigns_oldest_first_and_respects_free_slots():
     runs = [new_run(at=T0 + timedelta(seconds=i)) for i in range(3)]
-    delivered: list[Attempt] = []
+    delivered: list[TaskPayload] = []
     assigned = dispatch_once(
         now=T0 + timedelta(seconds=10), workers=[gpu(free=2)], deliver=delivered.append
     )
     assert assigned == 2
-    assert [a.run_id for a in delivered] == [runs[0].id, runs[1].id]
+    assert [t.dag_run_id for t in delivered] == [runs[0].id, runs[1].id]
     last = DagRun.objects.get(pk=runs[2].id)
     assert (last.status, last.waiting_reason) == ("queued", "matching_workers_busy")
     assert last.dispatch_decisions.last().event == "waiting"

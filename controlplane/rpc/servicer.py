@@ -23,7 +23,13 @@ from controlplane.core.labels import LabelError
 from controlplane.core.rpc.events import event_from_pb, ms
 from controlplane.core.rpc.v1 import coordinator_pb2 as pb
 from controlplane.core.spec import DagSpecError
-from controlplane.rights import Denied, check_child_call, check_in_tree, check_report, own_running
+from controlplane.rights import (
+    Denied,
+    check_child_call,
+    check_in_tree,
+    check_report_sequence,
+    own_running,
+)
 from controlplane.rpc import convert
 from controlplane.rpc.auth import current_principal
 from dags.runs import RunError
@@ -63,8 +69,9 @@ class CoordinatorService(Service):
     def Report(self, request: pb.ReportRequest, context: grpc.ServicerContext) -> pb.ReportResponse:
         _worker(request.worker_id, context)
         events = [event_from_pb(e) for e in request.events]
-        _allowed(context, lambda: check_report(request.worker_id, events))
-        result = self.core.report(events)
+        _allowed(context, lambda: check_report_sequence(events))
+        # Whose attempts they are is checked in the query that applies them.
+        result = _allowed(context, lambda: self.core.report(events, worker_id=request.worker_id))
         return pb.ReportResponse(
             applied=result.applied, rejected_attempt_tokens=sorted(result.rejected_tokens)
         )
