@@ -6,7 +6,10 @@ to 500 workers each) that behave like the agent on the wire, with the generated 
 grpc.aio: every simulated worker holds a long `Poll` open (wait 10 s, 10 free slots, a
 label no run selects, so each poll waits its full time as an idle worker's does) and sends
 a `Heartbeat` one interval after the previous reply, with its running attempts (none: an
-idle fleet). Their starts are spread over a ramp; then for the window (60 s):
+idle fleet). Each simulator authenticates as an agent does, with a worker token of its own
+(`authorization: Bearer`), one credential per simulator since a credential holds at most
+`limits.workers_per_credential` (1,000) live worker ids. Their starts are spread over a
+ramp; then for the window (60 s):
 
 - heartbeat latency (send -> reply, timeouts at 10 s counted as 10 s) of every simulated
   heartbeat in the window: p50, p99, max, errors;
@@ -50,6 +53,7 @@ from _common import (
 )
 
 PER_SIMULATOR = 500
+TOKEN_ENV = "FLEET_WORKER_TOKEN"  # the simulator's worker token (not on its command line)
 POLL_WAIT_MS = 10_000  # controlplane.core.agent.POLL_WAIT_SECONDS
 RPC_TIMEOUT_S = 10.0  # controlplane.core.agent.RPC_TIMEOUT_SECONDS
 HEARTBEAT_TARGET_P99_MS = 100.0
@@ -74,6 +78,7 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
     from controlplane.core.rpc.v1 import coordinator_pb2_grpc as rpc
 
     address = f"127.0.0.1:{args.port}"
+    auth = (("authorization", f"Bearer {os.environ[TOKEN_ENV]}"),)
     channels = [grpc.aio.insecure_channel(address) for _ in range(math.ceil(args.count / 50))]
     stubs = [rpc.CoordinatorStub(c) for c in channels]
     latencies: list[float] = []
@@ -91,7 +96,9 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
         while time.time() < t_end:
             t0 = time.time()
             try:
-                await stub.Heartbeat(pb.HeartbeatRequest(worker=me), timeout=RPC_TIMEOUT_S)
+                await stub.Heartbeat(
+                    pb.HeartbeatRequest(worker=me), timeout=RPC_TIMEOUT_S, metadata=auth
+                )
                 ok = True
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
@@ -106,6 +113,7 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
                 await stub.Poll(
                     pb.PollRequest(worker=me, free_slots=10, wait_ms=POLL_WAIT_MS),
                     timeout=POLL_WAIT_MS / 1000 + RPC_TIMEOUT_S,
+                    metadata=auth,
                 )
             except grpc.aio.AioRpcError as exc:
                 errors[f"poll {exc.code().name}"] = errors.get(f"poll {exc.code().name}", 0) + 1
@@ -136,15 +144,23 @@ def simulator_main(args: argparse.Namespace) -> int:
 def start_simulators(
     cluster: Any, *, workers: int, window_start: float, window: float
 ) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    from django.utils import timezone
+
+    from workers.credentials import issue_credential
+
     sims = []
     for n, first in enumerate(range(0, workers, PER_SIMULATOR)):
+        token = issue_credential(
+            f"fleet-sim-{n}", labels={}, worker_id_pattern="fleet-sim-*", now=timezone.now()
+        )
         out = cluster.home / f"sim-{n}.json"
         log = open(cluster.home / f"sim-{n}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
             [sys.executable, __file__, "--simulate", "--port", str(cluster.port),
              "--first", str(first), "--count", str(min(PER_SIMULATOR, workers - first)),
              "--window-start", str(window_start), "--window", str(window), "--out", str(out)],
-            env={**cluster.env, "DJANGO_SETTINGS_MODULE": "controlplane.settings"},
+            env={**cluster.env, "DJANGO_SETTINGS_MODULE": "controlplane.settings",
+                 TOKEN_ENV: token},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         cluster.procs[f"sim-{n}"] = proc  # stopped with the cluster whatever happens
