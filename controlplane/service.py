@@ -9,16 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health
-
 from controlplane.address import advertised_host
 from controlplane.coordinator import Coordinator, coordinator_record
 from controlplane.core import registry
 from controlplane.core.clock import utcnow
 from controlplane.core.config import Config, ConfigError
 from controlplane.loops import run_loop
-from controlplane.rpc.server import build_server
+from controlplane.rpc.server import CoordinatorServer, HealthStatus, build_server
 from dags.local import LocalExecutor
 from dags.retention import apply_retention
 from workers.credentials import ensure_bootstrap_credential
@@ -33,9 +30,9 @@ RETENTION_SECONDS = 86400.0  # retention.days is applied at start and then daily
 @dataclass
 class RunningCoordinator:
     core: Coordinator
-    server: grpc.Server
+    server: CoordinatorServer  # grpc.aio on its own event loop thread
     port: int
-    health: health.HealthServicer
+    health: HealthStatus
     stop: threading.Event
     registrant: registry.Registrant
     local: LocalExecutor

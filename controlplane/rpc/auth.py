@@ -1,4 +1,4 @@
-"""Authentication of every coordinator RPC, in one place: a gRPC server interceptor.
+"""Authentication of every coordinator RPC, in one place: a grpc.aio server interceptor.
 
 The interceptor wraps each Coordinator method (the standard health and reflection services
 stay open) so the caller is authenticated before the servicer runs: by its
@@ -10,14 +10,18 @@ one) is UNAUTHENTICATED; the servicer then asks `current_principal()` what the c
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
 import grpc
+import grpc.aio
 from django.db import close_old_connections
 
 from controlplane.core.clock import utcnow
 from controlplane.core.rpc.v1 import coordinator_pb2
+from controlplane.rpc.threads import BlockingContext, call_blocking
 from workers.credentials import CredentialError, Principal, authenticate
 
 SERVICE_PREFIX = "/" + coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name + "/"
@@ -41,7 +45,7 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
     return ""
 
 
-def certificate_names(context: grpc.ServicerContext) -> tuple[str, ...]:
+def certificate_names(context: grpc.ServicerContext | grpc.aio.ServicerContext) -> tuple[str, ...]:
     """CN and DNS SANs of the verified client certificate (empty without mutual TLS).
 
     gRPC exposes only names of a certificate it verified against the configured CA, so
@@ -69,33 +73,68 @@ def identify(token: str, cert_names: tuple[str, ...]) -> Principal:
     raise CredentialError("no credential (authorization: Bearer <worker token>)")
 
 
-class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def intercept_service(
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every Coordinator call on the grpc.aio server, then runs it.
+
+    Authentication reads the database, so it runs in the pool `executor_for(method)` names.
+    A blocking method (the servicer's synchronous ones) runs in that same pool thread right
+    after it: one hop off the event loop per call. An async method (Poll, which waits on the
+    loop) is awaited with the principal set in the call's context.
+    """
+
+    def __init__(self, executor_for: Callable[[str], Executor]) -> None:
+        self.executor_for = executor_for
+
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(details)
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
         if handler is None or not details.method.startswith(SERVICE_PREFIX):
             return handler
         behaviour = handler.unary_unary
         assert behaviour is not None, "the Coordinator service has unary methods only"
         token = bearer_token(details.invocation_metadata)
+        executor = self.executor_for(details.method)
 
-        def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
-            close_old_connections()  # as the request signals do for the servicer itself
-            try:
-                principal = identify(token, certificate_names(context))
-            except CredentialError as exc:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            reset = _principal.set(principal)
-            try:
-                return behaviour(request, context)
-            finally:
-                _principal.reset(reset)
+        if inspect.iscoroutinefunction(behaviour):
+
+            async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                names = certificate_names(context)
+                principal = await call_blocking(
+                    executor, context, lambda blocking: _identify(token, names, blocking)
+                )
+                reset = _principal.set(principal)
+                try:
+                    return await behaviour(request, context)
+                finally:
+                    _principal.reset(reset)
+
+        else:
+
+            async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                names = certificate_names(context)
+
+                def run(blocking: BlockingContext) -> Any:
+                    # This thread runs a copy of the call's context: the principal set here
+                    # is the call's alone.
+                    _principal.set(_identify(token, names, blocking))
+                    return behaviour(request, blocking)
+
+                return await call_blocking(executor, context, run)
 
         return grpc.unary_unary_rpc_method_handler(
             authenticated,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _identify(token: str, names: tuple[str, ...], context: BlockingContext) -> Principal:
+    """The principal in a pool thread; no valid credential ends the call UNAUTHENTICATED."""
+    close_old_connections()  # as the request signals do for the servicer itself
+    try:
+        return identify(token, names)
+    except CredentialError as exc:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
