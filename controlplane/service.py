@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -62,6 +63,10 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
         server.stop(0)
         key = "paths.service_registry_dir"
         raise ConfigError(key, config.sources.get(key, "default"), str(exc)) from None
+    # Everything loaded so far (Django, the app registry, the fleet) lives as long as the
+    # process: keep it out of the garbage collector's full passes, which otherwise scan it
+    # all while the event loop that answers every heartbeat waits.
+    gc.freeze()
     server.start()
     local = LocalExecutor(config, stop=stop, wake=core.wake)
     running = RunningCoordinator(core, server, port, health_servicer, stop, registrant, local)

@@ -167,7 +167,9 @@ def build_server(
         server = grpc.aio.server(
             migration_thread_pool=running.rpc_pool,  # any synchronous handler (none today)
             options=SERVER_OPTIONS,
-            interceptors=[AuthInterceptor(running.executor_for)],
+            interceptors=[
+                AuthInterceptor(running.executor_for, client_certificates=bool(peer.client_ca_file))
+            ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
