@@ -43,8 +43,10 @@ HEARTBEAT_METHOD = SERVICE_PREFIX + "Heartbeat"
 # a time anyway; more threads only help while some wait on the database (SQLite's write
 # lock, a PostgreSQL round trip). Not sized by the fleet: waiting polls need none.
 RPC_THREADS = 16
-# Heartbeats get a pool of their own (authentication, the memory update, at most a read of
-# the attempts they carry), so they never queue behind Reports waiting on the write lock.
+# Heartbeats that need the database (to authenticate a token not read in the last seconds,
+# or to read the attempts they carry) get a pool of their own, so they never queue behind
+# Reports waiting on the write lock; an idle worker's heartbeat needs no thread at all
+# (servicer.coordinator_servicer).
 HEARTBEAT_THREADS = 4
 
 # Every connected worker holds one parked Poll and now and then a Heartbeat or Report, so
@@ -173,7 +175,10 @@ def build_server(
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            coordinator_servicer(core, executor=running.rpc_pool), server
+            coordinator_servicer(
+                core, executor=running.rpc_pool, heartbeat_executor=running.heartbeat_pool
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
