@@ -83,6 +83,8 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
     stubs = [rpc.CoordinatorStub(c) for c in channels]
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    details: dict[str, str] = {}  # the first message of each kind of error
+    in_window: dict[str, int] = {}  # heartbeat errors of calls sent in the window
     t_start, t_end = args.window_start, args.window_start + args.window
     started_ms = int(time.time() * 1000)
 
@@ -102,6 +104,9 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
                 ok = True
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                details.setdefault(exc.code().name, str(exc.details())[:200])
+                if t_start <= t0 < t_end:
+                    in_window[exc.code().name] = in_window.get(exc.code().name, 0) + 1
                 ok = False
             if t_start <= t0 < t_end:
                 latencies.append(1000 * (time.time() - t0))
@@ -117,6 +122,7 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
                 )
             except grpc.aio.AioRpcError as exc:
                 errors[f"poll {exc.code().name}"] = errors.get(f"poll {exc.code().name}", 0) + 1
+                details.setdefault(f"poll {exc.code().name}", str(exc.details())[:200])
                 await asyncio.sleep(0.5)
 
     async def worker(index: int) -> None:
@@ -129,7 +135,12 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*(worker(i) for i in range(args.count)))
     for channel in channels:
         await channel.close(grace=None)
-    return {"latencies_ms": latencies, "errors": errors}
+    return {
+        "latencies_ms": latencies,
+        "errors": errors,
+        "error_details": details,
+        "errors_in_window": in_window,
+    }
 
 
 def simulator_main(args: argparse.Namespace) -> int:
@@ -190,7 +201,7 @@ def thread_count(pid: int) -> int:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    with bench_cluster(database_url=args.database_url) as cluster:
+    with bench_cluster(database_url=args.database_url, keep=args.keep) as cluster:
         coordinator = cluster.start_coordinator().pid
         cluster.start_worker(REAL_WORKER, "fleet=real", max_runs=10)
         setup_django(cluster)
@@ -243,6 +254,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             status, run_seconds = "not finished", float("nan")
         latencies: list[float] = []
         errors: dict[str, int] = {}
+        error_details: dict[str, str] = {}
+        errors_in_window: dict[str, int] = {}
         for proc, out in sims:
             proc.wait(timeout=60)
             if out.exists():
@@ -250,6 +263,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 latencies += part["latencies_ms"]
                 for k, v in part["errors"].items():
                     errors[k] = errors.get(k, 0) + v
+                for k, v in part.get("error_details", {}).items():
+                    error_details.setdefault(k, v)
+                for k, v in part.get("errors_in_window", {}).items():
+                    errors_in_window[k] = errors_in_window.get(k, 0) + v
         p99 = percentile(latencies, 99)
         real_healthy = real_states == {"HEALTHY"}
         return {
@@ -262,6 +279,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "heartbeat_p99_ms": p99,
             "heartbeat_max_ms": max(latencies, default=float("nan")),
             "errors": errors,
+            "error_details": error_details,
+            "heartbeat_errors_in_window": errors_in_window,
             "left_healthy": len(ever_left),
             "real_worker_states": sorted(real_states),
             "real_run": status,
@@ -313,6 +332,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after the ramp")
     parser.add_argument("--database-url", default="", help="PostgreSQL server URL")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
+    parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")
     # The simulator child's own arguments.
     parser.add_argument("--simulate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -51,8 +51,9 @@ HEARTBEAT_THREADS = 4
 
 # Every connected worker holds one parked Poll and now and then a Heartbeat or Report, so
 # 2,000 workers (issue 11's target) need a bit over 2,000 at once; this leaves room for a
-# fleet several times that, and past it a call gets RESOURCE_EXHAUSTED at once instead of
-# a queue that grows without bound.
+# fleet several times that. Past it grpc.aio takes no new call until one ends: the excess
+# waits in gRPC core's queue (which cancels what waited 30 s) instead of adding tasks and
+# memory here without bound.
 MAX_CONCURRENT_RPCS = 10_000
 
 # Keepalive. Agents ping every 20 s, with or without calls in flight
