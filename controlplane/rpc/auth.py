@@ -67,28 +67,49 @@ def certificate_names(context: grpc.ServicerContext | grpc.aio.ServicerContext) 
 PRINCIPAL_REUSE_SECONDS = 5.0
 PRINCIPAL_CACHE_SIZE = 10_000  # distinct live tokens kept; past that the cache starts over
 _principals: dict[str, tuple[float, Principal]] = {}
+# Tokens whose row one call is reading again. Meanwhile the others keep the principal they
+# had (for at most another PRINCIPAL_REUSE_SECONDS) instead of all queueing for the same
+# row, which, behind SQLite's write lock (last_used_at), held up hundreds of heartbeats.
+_refreshing: set[str] = set()
+
+
+def _known(token: str) -> Principal | None:
+    hit = _principals.get(token)
+    if hit is None:
+        return None
+    age = time.monotonic() - hit[0]
+    if age < PRINCIPAL_REUSE_SECONDS:
+        return hit[1]
+    if token in _refreshing and age < 2 * PRINCIPAL_REUSE_SECONDS:
+        return hit[1]
+    return None
 
 
 def authenticated(token: str) -> Principal:
     """`authenticate`, with a principal read less than PRINCIPAL_REUSE_SECONDS ago reused."""
-    now = time.monotonic()
-    hit = _principals.get(token)
-    if hit is not None and now - hit[0] < PRINCIPAL_REUSE_SECONDS:
-        return hit[1]
-    principal = authenticate(token, now=utcnow())
+    known = _known(token)
+    if known is not None:
+        return known
+    _refreshing.add(token)
+    try:
+        read_at = time.monotonic()
+        principal = authenticate(token, now=utcnow())
+    except CredentialError:
+        _principals.pop(token, None)  # revoked: refused from now on
+        raise
+    finally:
+        _refreshing.discard(token)
     if len(_principals) >= PRINCIPAL_CACHE_SIZE:
         _principals.clear()
-    _principals[token] = (now, principal)
+    _principals[token] = (read_at, principal)
     return principal
 
 
 def reused(token: str, cert_names: tuple[str, ...]) -> Principal | None:
     """The caller's principal if it is known without the database, else None."""
     if token:
-        hit = _principals.get(token)
-        if hit is None or time.monotonic() - hit[0] >= PRINCIPAL_REUSE_SECONDS:
-            return None
-        return _with_names(hit[1], cert_names)
+        known = _known(token)
+        return None if known is None else _with_names(known, cert_names)
     if cert_names:
         return identify("", cert_names)
     return None
