@@ -6,7 +6,10 @@ to 500 workers each) that behave like the agent on the wire, with the generated 
 grpc.aio: every simulated worker holds a long `Poll` open (wait 10 s, 10 free slots, a
 label no run selects, so each poll waits its full time as an idle worker's does) and sends
 a `Heartbeat` one interval after the previous reply, with its running attempts (none: an
-idle fleet). Their starts are spread over a ramp; then for the window (60 s):
+idle fleet). Each simulator authenticates as an agent does, with a worker token of its own
+(`authorization: Bearer`), one credential per simulator since a credential holds at most
+`limits.workers_per_credential` (1,000) live worker ids. Their starts are spread over a
+ramp; then for the window (60 s):
 
 - heartbeat latency (send -> reply, timeouts at 10 s counted as 10 s) of every simulated
   heartbeat in the window: p50, p99, max, errors;
@@ -50,6 +53,7 @@ from _common import (
 )
 
 PER_SIMULATOR = 500
+TOKEN_ENV = "FLEET_WORKER_TOKEN"  # the simulator's worker token (not on its command line)
 POLL_WAIT_MS = 10_000  # controlplane.core.agent.POLL_WAIT_SECONDS
 RPC_TIMEOUT_S = 10.0  # controlplane.core.agent.RPC_TIMEOUT_SECONDS
 HEARTBEAT_TARGET_P99_MS = 100.0
@@ -74,10 +78,13 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
     from controlplane.core.rpc.v1 import coordinator_pb2_grpc as rpc
 
     address = f"127.0.0.1:{args.port}"
+    auth = (("authorization", f"Bearer {os.environ[TOKEN_ENV]}"),)
     channels = [grpc.aio.insecure_channel(address) for _ in range(math.ceil(args.count / 50))]
     stubs = [rpc.CoordinatorStub(c) for c in channels]
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    details: dict[str, str] = {}  # the first message of each kind of error
+    in_window: dict[str, int] = {}  # heartbeat errors of calls sent in the window
     t_start, t_end = args.window_start, args.window_start + args.window
     started_ms = int(time.time() * 1000)
 
@@ -91,10 +98,15 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
         while time.time() < t_end:
             t0 = time.time()
             try:
-                await stub.Heartbeat(pb.HeartbeatRequest(worker=me), timeout=RPC_TIMEOUT_S)
+                await stub.Heartbeat(
+                    pb.HeartbeatRequest(worker=me), timeout=RPC_TIMEOUT_S, metadata=auth
+                )
                 ok = True
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                details.setdefault(exc.code().name, str(exc.details())[:200])
+                if t_start <= t0 < t_end:
+                    in_window[exc.code().name] = in_window.get(exc.code().name, 0) + 1
                 ok = False
             if t_start <= t0 < t_end:
                 latencies.append(1000 * (time.time() - t0))
@@ -106,9 +118,11 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
                 await stub.Poll(
                     pb.PollRequest(worker=me, free_slots=10, wait_ms=POLL_WAIT_MS),
                     timeout=POLL_WAIT_MS / 1000 + RPC_TIMEOUT_S,
+                    metadata=auth,
                 )
             except grpc.aio.AioRpcError as exc:
                 errors[f"poll {exc.code().name}"] = errors.get(f"poll {exc.code().name}", 0) + 1
+                details.setdefault(f"poll {exc.code().name}", str(exc.details())[:200])
                 await asyncio.sleep(0.5)
 
     async def worker(index: int) -> None:
@@ -121,7 +135,12 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*(worker(i) for i in range(args.count)))
     for channel in channels:
         await channel.close(grace=None)
-    return {"latencies_ms": latencies, "errors": errors}
+    return {
+        "latencies_ms": latencies,
+        "errors": errors,
+        "error_details": details,
+        "errors_in_window": in_window,
+    }
 
 
 def simulator_main(args: argparse.Namespace) -> int:
@@ -136,15 +155,23 @@ def simulator_main(args: argparse.Namespace) -> int:
 def start_simulators(
     cluster: Any, *, workers: int, window_start: float, window: float
 ) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    from django.utils import timezone
+
+    from workers.credentials import issue_credential
+
     sims = []
     for n, first in enumerate(range(0, workers, PER_SIMULATOR)):
+        token = issue_credential(
+            f"fleet-sim-{n}", labels={}, worker_id_pattern="fleet-sim-*", now=timezone.now()
+        )
         out = cluster.home / f"sim-{n}.json"
         log = open(cluster.home / f"sim-{n}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
             [sys.executable, __file__, "--simulate", "--port", str(cluster.port),
              "--first", str(first), "--count", str(min(PER_SIMULATOR, workers - first)),
              "--window-start", str(window_start), "--window", str(window), "--out", str(out)],
-            env={**cluster.env, "DJANGO_SETTINGS_MODULE": "controlplane.settings"},
+            env={**cluster.env, "DJANGO_SETTINGS_MODULE": "controlplane.settings",
+                 TOKEN_ENV: token},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         cluster.procs[f"sim-{n}"] = proc  # stopped with the cluster whatever happens
@@ -174,7 +201,7 @@ def thread_count(pid: int) -> int:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    with bench_cluster(database_url=args.database_url) as cluster:
+    with bench_cluster(database_url=args.database_url, keep=args.keep) as cluster:
         coordinator = cluster.start_coordinator().pid
         cluster.start_worker(REAL_WORKER, "fleet=real", max_runs=10)
         setup_django(cluster)
@@ -212,7 +239,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 run_created = time.time()
                 wake_coordinator(resolve())
             time.sleep(1.0)
-        cpu = 100 * (process_cpu_seconds(coordinator) - cpu0) / (time.monotonic() - t0)
+        cpu_seconds = process_cpu_seconds(coordinator) - cpu0
+        cpu = 100 * cpu_seconds / (time.monotonic() - t0)
         load_end = os.getloadavg()[0]
 
         def finished() -> str | None:
@@ -226,6 +254,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             status, run_seconds = "not finished", float("nan")
         latencies: list[float] = []
         errors: dict[str, int] = {}
+        error_details: dict[str, str] = {}
+        errors_in_window: dict[str, int] = {}
         for proc, out in sims:
             proc.wait(timeout=60)
             if out.exists():
@@ -233,6 +263,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 latencies += part["latencies_ms"]
                 for k, v in part["errors"].items():
                     errors[k] = errors.get(k, 0) + v
+                for k, v in part.get("error_details", {}).items():
+                    error_details.setdefault(k, v)
+                for k, v in part.get("errors_in_window", {}).items():
+                    errors_in_window[k] = errors_in_window.get(k, 0) + v
         p99 = percentile(latencies, 99)
         real_healthy = real_states == {"HEALTHY"}
         return {
@@ -245,11 +279,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "heartbeat_p99_ms": p99,
             "heartbeat_max_ms": max(latencies, default=float("nan")),
             "errors": errors,
+            "error_details": error_details,
+            "heartbeat_errors_in_window": errors_in_window,
             "left_healthy": len(ever_left),
             "real_worker_states": sorted(real_states),
             "real_run": status,
             "real_run_seconds": run_seconds,
             "coordinator_cpu_percent": cpu,
+            # Each simulated worker also polls every 10 s: ~1.1 calls per heartbeat.
+            "coordinator_cpu_ms_per_heartbeat": 1000 * cpu_seconds / max(1, len(latencies)),
             "coordinator_threads_max": threads,
             "loadavg_1m_start": round(load_start, 2),
             "loadavg_1m_end": round(load_end, 2),
@@ -276,7 +314,8 @@ def print_result(r: dict[str, Any]) -> None:
         f"{r['real_run']} ({r['real_run_seconds']:.1f} s)"
     )
     print(
-        f"  coordinator: {r['coordinator_cpu_percent']:.0f}% of a core, "
+        f"  coordinator: {r['coordinator_cpu_percent']:.0f}% of a core "
+        f"({r['coordinator_cpu_ms_per_heartbeat']:.2f} ms per heartbeat), "
         f"up to {r['coordinator_threads_max']} threads"
     )
     print(
@@ -293,6 +332,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after the ramp")
     parser.add_argument("--database-url", default="", help="PostgreSQL server URL")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
+    parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")
     # The simulator child's own arguments.
     parser.add_argument("--simulate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

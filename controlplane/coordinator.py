@@ -11,12 +11,12 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.db.models import F
 
 from controlplane.core import registry
@@ -73,15 +73,29 @@ class Coordinator:
 
     # -- RPC handlers ----------------------------------------------------------------------
 
-    def poll(self, who: Identity, *, free_slots: int, wait: float) -> list[TaskPayload]:
+    async def poll(
+        self,
+        who: Identity,
+        *,
+        free_slots: int,
+        wait: float,
+        in_thread: Callable[[Callable[[], list[TaskPayload]]], Awaitable[list[TaskPayload]]],
+    ) -> list[TaskPayload]:
+        """Wait (on the event loop, holding no thread) for this worker's mail, up to `wait`.
+
+        Only mail needs the database: `in_thread` runs building its tasks in the RPC pool.
+        """
         state = self.fleet.record_poll(who, now=utcnow())
         if free_slots <= 0 or state.draining or state.stopping:
             return []
         # No wake-up here: slots free up through reports and workers appear through
         # heartbeats, and both wake the dispatcher; waking per poll would only make it spin.
-        items = self.fleet.take(who.id, max_items=free_slots, timeout=min(wait, MAX_POLL_WAIT))
-        close_old_connections()
-        return self._task_for(items)
+        items = await self.fleet.wait_for_mail(
+            who.id, max_items=free_slots, timeout=min(wait, MAX_POLL_WAIT)
+        )
+        if not items:
+            return []
+        return await in_thread(lambda: self._task_for(items))
 
     def _task_for(self, items: list[object]) -> list[TaskPayload]:
         """The tasks taken from the mailbox that may still be handed out (one query for all).

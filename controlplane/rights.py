@@ -32,6 +32,8 @@ class ChildCall:
 
 def own_running(worker_id: str, running: list[Running]) -> list[Running]:
     """The heartbeat's running attempts that were assigned to this worker; others dropped."""
+    if not running:
+        return []  # an idle worker's heartbeat: no query to build (most of a fleet's calls)
     tokens = [r.attempt_token for r in running]
     mine = set(
         Attempt.objects.filter(token__in=tokens, worker_id=worker_id).values_list(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import grpc
-from grpc_health.v1 import health
 
 from controlplane.address import advertised_host
 from controlplane.coordinator import Coordinator, coordinator_record
@@ -19,7 +17,7 @@ from controlplane.core.clock import utcnow
 from controlplane.core.config import Config, ConfigError
 from controlplane.lease import RENEW_SECONDS, SoleCoordinator, claim_sole_coordinator
 from controlplane.loops import run_loop
-from controlplane.rpc.server import build_server
+from controlplane.rpc.server import CoordinatorServer, HealthStatus, build_server
 from dags import wakeups
 from dags.local import LocalExecutor
 from dags.retention import RetentionDuty
@@ -39,9 +37,9 @@ RETENTION_CHECK_SECONDS = 5.0
 @dataclass
 class RunningCoordinator:
     core: Coordinator
-    server: grpc.Server
+    server: CoordinatorServer  # grpc.aio on its own event loop thread
     port: int
-    health: health.HealthServicer
+    health: HealthStatus
     stop: threading.Event
     registrant: registry.Registrant
     local: LocalExecutor
@@ -73,6 +71,10 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
         server.stop(0)
         key = "paths.service_registry_dir"
         raise ConfigError(key, config.sources.get(key, "default"), str(exc)) from None
+    # Everything loaded so far (Django, the app registry, the fleet) lives as long as the
+    # process: keep it out of the garbage collector's full passes, which otherwise scan it
+    # all while the event loop that answers every heartbeat waits.
+    gc.freeze()
     server.start()
     local = LocalExecutor(config, stop=stop, wake=core.wake)
     running = RunningCoordinator(core, server, port, health_servicer, stop, registrant, local)

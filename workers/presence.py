@@ -8,6 +8,7 @@ admin, the API and the Workers page read; dispatch reads memory.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import threading
@@ -73,6 +74,26 @@ class FleetFull(CredentialError):
     """A credential already holds its `limits.workers_per_credential` live worker ids."""
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """One long poll waiting on an event loop for its worker's mail."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+    def settle(self) -> None:
+        """On the loop: end the wait (mail, shutdown or timeout, whichever comes first)."""
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def wake(self) -> None:
+        """From any thread."""
+        try:
+            self.loop.call_soon_threadsafe(self.settle)
+        except RuntimeError:
+            pass  # the loop is closed: the server is gone, and the poll with it
+
+
 class Fleet:
     """Thread-safe worker table plus per-worker mailboxes that long polls wait on."""
 
@@ -88,7 +109,9 @@ class Fleet:
         self._workers: dict[str, WorkerState] = {}
         self._by_credential: dict[str, set[str]] = {}
         self._mail: dict[str, list[object]] = {}
-        self._mail_ready = threading.Condition(self._lock)
+        # Long polls wait on the coordinator's event loop, not in threads: each waiting poll
+        # is a future here, resolved from whichever thread delivers (see wait_for_mail).
+        self._waiting: dict[str, list[_Waiter]] = {}
         self._closed = False
 
     # -- updates -------------------------------------------------------------------------
@@ -253,14 +276,37 @@ class Fleet:
     def deliver(self, worker_id: str, item: object) -> None:
         with self._lock:
             self._mail.setdefault(worker_id, []).append(item)
-            self._mail_ready.notify_all()
+            waiting = self._waiting.pop(worker_id, [])
+        for waiter in waiting:
+            waiter.wake()
 
-    def take(self, worker_id: str, *, max_items: int, timeout: float) -> list[object]:
-        """Wait up to `timeout` seconds for mail for this worker; return at most max_items."""
+    async def wait_for_mail(
+        self, worker_id: str, *, max_items: int, timeout: float
+    ) -> list[object]:
+        """Wait up to `timeout` seconds for mail for this worker; return at most max_items.
+
+        Called on an asyncio loop: the wait is a future and a timer, no thread. `deliver`
+        and `close` may be called from any thread. A cancelled wait (the caller went away)
+        leaves the mail in the box for the worker's next poll.
+        """
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop, loop.create_future())
         with self._lock:
-            self._mail_ready.wait_for(
-                lambda: self._closed or bool(self._mail.get(worker_id)), timeout=timeout
-            )
+            ready = self._closed or bool(self._mail.get(worker_id))
+            if not ready:
+                self._waiting.setdefault(worker_id, []).append(waiter)
+        if not ready:
+            timer = loop.call_later(timeout, waiter.settle)
+            try:
+                await waiter.future
+            finally:
+                timer.cancel()
+                with self._lock:
+                    if waiter in (others := self._waiting.get(worker_id, [])):
+                        others.remove(waiter)
+                        if not others:
+                            del self._waiting[worker_id]
+        with self._lock:
             if self._closed:
                 return []
             box = self._mail.get(worker_id, [])
@@ -275,7 +321,10 @@ class Fleet:
         """Release every waiting poll at once (shutdown); mail stays for the next start."""
         with self._lock:
             self._closed = True
-            self._mail_ready.notify_all()
+            waiting = [w for box in self._waiting.values() for w in box]
+            self._waiting.clear()
+        for waiter in waiting:
+            waiter.wake()
 
     # -- mirror --------------------------------------------------------------------------
 

@@ -4,17 +4,22 @@
 runs; `controlplane.rights` decides what that caller may do with its request.
 
 Built on djangogrpcframework's `Service.as_servicer`, whose request signals give every call
-clean database connections, as Django's request cycle does for HTTP.
+clean database connections, as Django's request cycle does for HTTP. The server is grpc.aio:
+the synchronous methods run in a pool thread (`controlplane.rpc.auth`), and Poll is async so
+that a waiting poll holds no thread (`coordinator_servicer`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import TypeVar
 
 import grpc
+import grpc.aio
 from django_grpc_framework.services import Service
+from django_grpc_framework.signals import grpc_request_finished, grpc_request_started
 
 from controlplane.coordinator import Coordinator
 from controlplane.core.clock import utcnow
@@ -32,6 +37,7 @@ from controlplane.rights import (
 )
 from controlplane.rpc import convert
 from controlplane.rpc.auth import current_principal
+from controlplane.rpc.threads import Aborted, BlockingContext, call_blocking, in_thread
 from dags.runs import RunError
 from workers.credentials import CredentialError
 from workers.presence import Identity
@@ -41,18 +47,38 @@ T = TypeVar("T")
 
 class CoordinatorService(Service):
     coordinator: Coordinator | None = None
+    executor: Executor | None = None  # the pool for Poll's database part
 
     @property
     def core(self) -> Coordinator:
         assert self.coordinator is not None
         return self.coordinator
 
-    def Poll(self, request: pb.PollRequest, context: grpc.ServicerContext) -> pb.PollResponse:
-        who = _identity(request.worker, context)
-        tasks = _allowed(
-            context,
-            lambda: self.core.poll(who, free_slots=request.free_slots, wait=request.wait_ms / 1000),
-        )
+    @property
+    def db(self) -> Executor:
+        assert self.executor is not None
+        return self.executor
+
+    async def Poll(
+        self, request: pb.PollRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PollResponse:
+        """The long poll: it waits on the event loop, and costs a thread only to build tasks.
+
+        Served by `coordinator_servicer`, not `as_servicer` (whose wrapper is synchronous);
+        the database part is wrapped in the same request signals here.
+        """
+        try:
+            who = _identity(request.worker, BlockingContext(context))
+            tasks = await self.core.poll(
+                who,
+                free_slots=request.free_slots,
+                wait=request.wait_ms / 1000,
+                in_thread=lambda build: in_thread(self.db, _in_request(build, request, context)),
+            )
+        except Aborted as exc:
+            await context.abort(exc.code, exc.details)
+        except (Denied, CredentialError) as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         return pb.PollResponse(tasks=[convert.task_to_pb(t) for t in tasks])
 
     def Heartbeat(
@@ -157,6 +183,66 @@ class CoordinatorService(Service):
     def Wake(self, request: pb.WakeRequest, context: grpc.ServicerContext) -> pb.WakeResponse:
         self.core.wake()
         return pb.WakeResponse()
+
+
+def coordinator_servicer(
+    core: Coordinator, *, executor: Executor, heartbeat_executor: Executor
+) -> object:
+    """What the server registers for the Coordinator service.
+
+    Every method is django-grpc-framework's `as_servicer` handler (a synchronous function,
+    run in a pool thread by the auth interceptor, inside the request signals) but two async
+    ones: Poll, on a service instance made per call as `as_servicer` does, and Heartbeat.
+    """
+    blocking = CoordinatorService.as_servicer(coordinator=core, executor=executor)
+
+    class Servicer:
+        def __getattr__(self, action: str) -> object:
+            return getattr(blocking, action)
+
+        async def Heartbeat(
+            self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+        ) -> pb.HeartbeatResponse:
+            """`as_servicer`'s Heartbeat, on the event loop when it cannot block.
+
+            An idle worker's heartbeat (no running attempts: most of a fleet's) reads no
+            database, only the fleet in memory, so it is answered on the loop, saving the
+            trip to a thread and back for ~2,000 calls a second. One that carries attempts
+            reads them, in the heartbeat pool.
+            """
+            if request.running:
+                return await call_blocking(
+                    heartbeat_executor, context, lambda c: blocking.Heartbeat(request, c)
+                )
+            try:
+                return blocking.Heartbeat(request, BlockingContext(context))
+            except Aborted as exc:
+                await context.abort(exc.code, exc.details)
+                raise
+
+        async def Poll(
+            self, request: pb.PollRequest, context: grpc.aio.ServicerContext
+        ) -> pb.PollResponse:
+            service = CoordinatorService(coordinator=core, executor=executor)
+            service.request, service.context, service.action = request, context, "Poll"
+            return await service.Poll(request, context)
+
+    return Servicer()
+
+
+def _in_request(
+    fn: Callable[[], T], request: object, context: grpc.aio.ServicerContext
+) -> Callable[[], T]:
+    """fn inside django-grpc-framework's request signals, as `as_servicer` runs a method."""
+
+    def run() -> T:
+        grpc_request_started.send(sender=CoordinatorService, request=request, context=context)
+        try:
+            return fn()
+        finally:
+            grpc_request_finished.send(sender=CoordinatorService)
+
+    return run
 
 
 def _identity(info: pb.WorkerInfo, context: grpc.ServicerContext) -> Identity:

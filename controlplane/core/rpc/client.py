@@ -32,7 +32,11 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # A ping every 20 s, calls in flight or not, finds a dead coordinator within 30 s. The
+    # coordinator accepts pings down to every 10 s (controlplane/rpc/server.py
+    # MIN_CLIENT_PING_INTERVAL_MS); pinging more often than it allows gets GOAWAY.
     ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.enable_retries", 0),
 ]
