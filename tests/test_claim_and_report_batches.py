@@ -7,6 +7,7 @@ Statement counts are deterministic (unlike timings), so they are what these test
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -241,7 +242,8 @@ def test_a_pass_starts_from_one_statement_naming_queued_groups_held_slots_and_dr
 def handed_out(core: Coordinator, who: Identity) -> list[TaskPayload]:
     """What a poll returns, minus its wait and its `close_old_connections` (which would end
     the test's transaction on PostgreSQL)."""
-    return core._task_for(core.fleet.take(who.id, max_items=10, timeout=0))
+    items = asyncio.run(core.fleet.wait_for_mail(who.id, max_items=10, timeout=0))
+    return core._task_for(items)
 
 
 @pytest.mark.django_db
