@@ -30,8 +30,14 @@ which Python loads from PYTHONPATH: no product code), divided by the runs; also 
 idle rate (heartbeats, housekeeping) measured for 3 s just before. On PostgreSQL the
 database's own transaction count (pg_stat_database.xact_commit) is given too.
 
+Several coordinators (issue 12, PostgreSQL only): with `--coordinators N` the workers are
+split between N coordinators on one database (worker i dials coordinator i mod N), and the
+whole benchmark runs twice back to back, each in a child process on a fresh cluster: first
+with one coordinator, then with N; both are printed, and --json gives both and their ratio.
+
 Usage: .venv/bin/python bench/dispatch.py [--latency-runs 200] [--runs 1000] [--backlog 10000]
        [--profile SECONDS] [--database-url postgres://postgres@127.0.0.1:5432/NAME] [--json]
+       [--coordinators N]
 Prints the machine and the figures, with --json one JSON line last; exits 0 (1 only if the
 cluster cannot be started).
 """
@@ -42,6 +48,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,16 +120,19 @@ class Bench:
     latency_dag: Any
     throughput_dag: Any
     worker_ids: list[str]
+    coordinators: list[str]  # the coordinators' process names in the cluster
     sql_dir: Path | None = None
 
 
 # -- set-up ------------------------------------------------------------------------------
 
 
-def start_workers(cluster: Cluster, *, count: int, max_runs: int) -> list[str]:
-    """Spawn all workers at once (each pays ~1 s of Django start-up), then wait for all."""
+def start_workers(cluster: Cluster, *, count: int, max_runs: int, ports: list[int]) -> list[str]:
+    """Spawn all workers at once (each pays ~1 s of Django start-up), then wait for all.
+
+    Worker i dials the coordinator on ports[i mod len(ports)]: split evenly between them."""
     ids = [f"bench-w{i + 1}" for i in range(count)]
-    for worker_id in ids:
+    for i, worker_id in enumerate(ids):
         cluster.spawn(
             worker_id,
             "worker",
@@ -133,7 +143,7 @@ def start_workers(cluster: Cluster, *, count: int, max_runs: int) -> list[str]:
             "--worker.max-active-runs",
             str(max_runs),
             "--worker.coordinators",
-            f"127.0.0.1:{cluster.port}",
+            f"127.0.0.1:{ports[i % len(ports)]}",
             "--shutdown-grace",
             "5",
         )
@@ -149,9 +159,12 @@ def start_workers(cluster: Cluster, *, count: int, max_runs: int) -> list[str]:
     return ids
 
 
-def prepare(cluster: Cluster, *, workers: int, max_runs: int) -> Bench:
+def prepare(cluster: Cluster, *, workers: int, max_runs: int, coordinators: int = 1) -> Bench:
     cluster.start_coordinator()
-    worker_ids = start_workers(cluster, count=workers, max_runs=max_runs)
+    names = ["coordinator"] + [f"coordinator-{n}" for n in range(2, coordinators + 1)]
+    ports = [cluster.ports["coordinator"]]
+    ports += [cluster.start_peer_coordinator(name) for name in names[1:]]
+    worker_ids = start_workers(cluster, count=workers, max_runs=max_runs, ports=ports)
     setup_django(cluster)
     from controlplane.core.config import resolve
     from controlplane.core.spec import parse_dag_file
@@ -172,6 +185,7 @@ def prepare(cluster: Cluster, *, workers: int, max_runs: int) -> Bench:
             THROUGHPUT_DAG, source="bench-true.yaml", default_name="bench-true"
         ),
         worker_ids=worker_ids,
+        coordinators=names,
     )
 
 
@@ -358,7 +372,7 @@ def completion_figures(ids: list[str], *, start: datetime) -> dict[str, Any]:
 
 
 def cpu_pids(bench: Bench) -> dict[str, int]:
-    pids = {"coordinator": bench.cluster.procs["coordinator"].pid}
+    pids = {name: bench.cluster.procs[name].pid for name in bench.coordinators}
     for worker_id in bench.worker_ids:
         pids[worker_id] = bench.cluster.procs[worker_id].pid
     pids["bench (this process)"] = os.getpid()
@@ -398,11 +412,12 @@ def measure_backlog(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any
 
 
 class CoordinatorCost:
-    """The coordinator's CPU seconds, SQL statements and (PostgreSQL) commits so far."""
+    """The coordinators' CPU seconds, SQL statements and (PostgreSQL) commits so far (summed
+    over the coordinators when there are several)."""
 
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
-        self.pid = bench.cluster.procs["coordinator"].pid
+        self.pids = [bench.cluster.procs[name].pid for name in bench.coordinators]
         self.shapes: Counter[str] = Counter()  # by shape at the last read(), with --sql-shapes
 
     def read(self) -> tuple[float, float, int, int]:
@@ -415,8 +430,12 @@ class CoordinatorCost:
             commits = int(rows[0]["xact_commit"])
         sql = -1
         if self.bench.sql_dir:
-            sql, self.shapes = sql_counts(self.bench.sql_dir, self.pid)
-        return time.monotonic(), process_cpu_seconds(self.pid), sql, commits
+            sql, self.shapes = 0, Counter()
+            for pid in self.pids:
+                count, shapes = sql_counts(self.bench.sql_dir, pid)
+                sql, self.shapes = sql + count, self.shapes + shapes
+        cpu = sum(process_cpu_seconds(pid) for pid in self.pids)
+        return time.monotonic(), cpu, sql, commits
 
 
 def per_run_cost(
@@ -469,6 +488,10 @@ def measure_live(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any]:
     return figures
 
 
+def coordinators_cpu(cpu: dict[str, float]) -> float:
+    return sum(v for k, v in cpu.items() if k.startswith("coordinator"))
+
+
 def print_cost(cost: dict[str, float]) -> None:
     line = (
         f"  per run (coordinator, over {cost['window_s']:.1f} s): "
@@ -517,7 +540,7 @@ def print_throughput(name: str, result: dict[str, Any], *, clock_from: str) -> N
     workers_total = sum(v for k, v in cpu.items() if k.startswith("bench-w"))
     print(
         "  CPU (% of one core; the machine has "
-        f"{os.cpu_count() * 100}%): coordinator {cpu['coordinator']:.0f}%, "
+        f"{os.cpu_count() * 100}%): coordinator(s) {coordinators_cpu(cpu):.0f}%, "
         f"workers {workers_total:.0f}% in total, this process "
         f"{cpu['bench (this process)']:.0f}%"
     )
@@ -698,8 +721,64 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also count the coordinator's statements by shape (costs it a little CPU)",
     )
+    parser.add_argument(
+        "--coordinators",
+        type=int,
+        default=1,
+        help="split the workers over N coordinators (PostgreSQL) and compare with one",
+    )
+    # Set on the children of a --coordinators comparison: run this count only.
+    parser.add_argument("--no-comparison", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.coordinators < 1:
+        parser.error("--coordinators must be 1 or more")
+    if args.coordinators > 1 and not args.database_url:
+        parser.error(
+            "--coordinators above 1 needs --database-url: several coordinators need PostgreSQL"
+        )
+    return args
+
+
+def compare_coordinators(args: argparse.Namespace, argv: list[str]) -> int:
+    """One child bench with a single coordinator, then one with N, back to back; both print
+    their figures, and this prints the throughput side by side (and both with --json)."""
+    results: dict[str, dict[str, Any]] = {}
+    base = [a for a in argv if a != "--json"]
+    for count in (1, args.coordinators):
+        cmd = [sys.executable, __file__, *base, "--coordinators", str(count), "--no-comparison"]
+        print(f"\n=== {count} coordinator(s) ===")
+        sys.stdout.flush()
+        proc = subprocess.Popen([*cmd, "--json"], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        last = ""
+        for line in proc.stdout:
+            if line.startswith("{"):
+                last = line
+            else:
+                sys.stdout.write(line)
+        if proc.wait() != 0 or not last:
+            print(f"error: the {count}-coordinator pass failed")
+            return 1
+        results[str(count)] = json.loads(last)
+    one, many = results["1"], results[str(args.coordinators)]
+    print(f"\nthroughput, 1 coordinator against {args.coordinators} (same workers and slots):")
+    rows = []
+    keys = ("throughput_runs_per_s", "throughput_overall_runs_per_s", "backlog_runs_per_s")
+    for key in keys:
+        if key in one and key in many:
+            ratio = many[key] / one[key] if one[key] else float("nan")
+            rows.append([key, f"{one[key]:.1f}", f"{many[key]:.1f}", f"{ratio:.2f}"])
+    print_table(["runs/s", "1", str(args.coordinators), "ratio"], rows)
+    load = [r.get(k) for r in (one, many) for k in ("loadavg_1m_start", "loadavg_1m_end")]
+    print(f"  load average (1 min) at start/end of each pass: {load}")
+    if args.json:
+        summary: dict[str, Any] = {"coordinators": args.coordinators, "by_coordinators": results}
+        for key in keys:
+            if key in one and key in many and one[key]:
+                summary[f"{key}_ratio"] = many[key] / one[key]
+        print(json.dumps(summary))
+    return 0
 
 
 def run_all(args: argparse.Namespace, summary: dict[str, Any], sql_dir: Path) -> int:
@@ -709,7 +788,12 @@ def run_all(args: argparse.Namespace, summary: dict[str, Any], sql_dir: Path) ->
         extra_env=sql_count_env(sql_dir, shapes=args.sql_shapes),
         database_url=args.database_url,
     ) as cluster:
-        bench = prepare(cluster, workers=args.workers, max_runs=args.max_active_runs)
+        bench = prepare(
+            cluster,
+            workers=args.workers,
+            max_runs=args.max_active_runs,
+            coordinators=args.coordinators,
+        )
         bench.sql_dir = sql_dir
         if not args.skip_latency:
             latency = measure_latency(
@@ -736,7 +820,7 @@ def run_all(args: argparse.Namespace, summary: dict[str, Any], sql_dir: Path) ->
                 create_runs_per_s_drained=args.runs / backlog["create_seconds"],
                 create_runs_per_s_live=args.runs / live["create_seconds"],
                 runs=args.runs,
-                coordinator_cpu_percent=live["cpu_percent"]["coordinator"],
+                coordinator_cpu_percent=coordinators_cpu(live["cpu_percent"]),
                 coordinator_cpu_ms_per_run=cost["cpu_ms_per_run"],
                 coordinator_cpu_ms_per_run_net=cost["cpu_ms_per_run_net"],
                 sql_statements_per_run=cost.get("sql_per_run"),
@@ -755,18 +839,23 @@ def run_all(args: argparse.Namespace, summary: dict[str, Any], sql_dir: Path) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     install_exit_signals()
+    if args.coordinators > 1 and not args.no_comparison:
+        return compare_coordinators(args, argv)
     print_machine()
     database = "PostgreSQL" if args.database_url else "SQLite WAL"
     print(
-        f"setup: 1 coordinator, {args.workers} workers x {args.max_active_runs} slots, "
+        f"setup: {args.coordinators} coordinator(s), {args.workers} workers x "
+        f"{args.max_active_runs} slots, "
         f"selector {SELECTOR} (matches every worker), {database}"
     )
     sys.stdout.flush()
     sql_dir = Path(tempfile.mkdtemp(prefix="dagu-bench-sql-"))
     summary: dict[str, Any] = {
         "database": database.split()[0].lower(),
+        "coordinators": args.coordinators,
         "workers": args.workers,
         "slots": args.max_active_runs,
         "loadavg_1m_start": round(os.getloadavg()[0], 2),
