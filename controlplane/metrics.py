@@ -35,7 +35,7 @@ from controlplane.core.clock import utcnow
 from controlplane.core.config import TimingConfig
 from controlplane.core.health import DISPATCHABLE, HEALTH_STATES, OFFLINE
 from controlplane.core.labels import format_labels, matches
-from controlplane.models import DecisionEvent, DispatchDecision
+from controlplane.models import CoordinatorLease, DecisionEvent, DispatchDecision
 from controlplane.placement import FleetWorker, fleet_from_db
 from controlplane.roles import ViewerRequired
 from dags.models import TERMINAL_RUN_STATUSES, Attempt, DagRun, ExecutionMode, RunStatus
@@ -201,6 +201,30 @@ class DatabaseCollector(Collector):
         yield CounterMetricFamily(
             "dagu_heartbeats", "gRPC heartbeats received from known workers", value=total
         )
+        yield from lease_gauges(now=now)
+
+
+def lease_gauges(*, now: datetime) -> Iterator[GaugeMetricFamily]:
+    """Who holds each coordinator lease (housekeeping: failover, cron, retention) and for how
+    much longer: with several coordinators, the one place an operator sees which does it."""
+    fencing = GaugeMetricFamily(
+        "dagu_coordinator_lease_fencing",
+        "Fencing number of a coordinator lease (one more at each change of holder), "
+        "labelled with its holder (host:pid:token, empty once released)",
+        labels=["lease", "holder"],
+    )
+    expires = GaugeMetricFamily(
+        "dagu_coordinator_lease_expires_in_seconds",
+        "Seconds left in the lease holder's term; negative when its holder stopped renewing "
+        "and no other coordinator took it over",
+        labels=["lease"],
+    )
+    for lease in CoordinatorLease.objects.order_by("name"):
+        fencing.add_metric([lease.name, lease.holder], lease.fencing)
+        if lease.expires_at is not None:
+            expires.add_metric([lease.name], (lease.expires_at - now).total_seconds())
+    yield fencing
+    yield expires
 
 
 def render_metrics(*, timing: TimingConfig) -> bytes:

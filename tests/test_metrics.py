@@ -16,6 +16,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from controlplane.core.config import MetricsConfig, TimingConfig
+from controlplane.lease import LEASE_SECONDS, hold_lease
 from controlplane.models import DispatchDecision
 from dags.models import Attempt, DagRun
 from tests.roles import user_with_role
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.django_db
 
 PROMETHEUS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 # PromQL words that look like metric names but are functions, keywords or label names.
-PROMQL_WORDS = {"and", "or", "unless", "on", "by", "without", "sum", "rate", "increase",
+PROMQL_WORDS = {"and", "or", "unless", "on", "by", "without", "sum", "rate", "increase", "lease",
                 "histogram_quantile", "le", "selector", "status", "health", "state"}  # fmt: skip
 
 
@@ -137,6 +138,7 @@ def _metric_names(expr: str) -> set[str]:
 
 def test_alert_rules_and_dashboard_use_only_served_metrics():
     Worker.objects.create(id="w", registered_at=datetime.now(UTC))
+    hold_lease("coordinator-a", now=datetime.now(UTC))  # the lease series exist once one runs
     _run("q", queued_at=datetime.now(UTC), worker_selector={"gpu": "true"})  # per-selector series
     served = {name for name, _ in scrape(viewer())}
     rules = yaml.safe_load((PROMETHEUS / "dagu-alerts.yml").read_text())
@@ -167,3 +169,30 @@ def test_heartbeat_count_is_stored_and_survives_a_coordinator_restart():
     restarted.record_heartbeat(who, running=[], stopping=False, now=t0)
     flush_fleet(restarted, now=t0)
     assert Worker.objects.get(pk="w1").heartbeats == 4
+
+
+def test_the_housekeeping_lease_holder_and_fencing_number_are_served():
+    client = viewer()
+    assert not [k for k in scrape(client) if k[0].startswith("dagu_coordinator_lease")]
+    t0 = datetime.now(UTC)
+    hold_lease("host-a:11:aaaa", now=t0)
+    m = scrape(client)
+    fencing = {k: v for k, v in m.items() if k[0] == "dagu_coordinator_lease_fencing"}
+    assert fencing == {
+        (
+            "dagu_coordinator_lease_fencing",
+            (("holder", "host-a:11:aaaa"), ("lease", "housekeeping")),
+        ): 1
+    }
+    left = m[("dagu_coordinator_lease_expires_in_seconds", (("lease", "housekeeping"),))]
+    assert 0 < left <= LEASE_SECONDS
+    # Its holder falls silent; another coordinator takes over: a new holder and number.
+    later = t0 + timedelta(seconds=LEASE_SECONDS + 1)
+    hold_lease("host-b:22:bbbb", now=later)
+    m = scrape(client)
+    holders = {
+        dict(labels)["holder"]: v
+        for (name, labels), v in m.items()
+        if name == "dagu_coordinator_lease_fencing"
+    }
+    assert holders == {"host-b:22:bbbb": 2}
