@@ -26,6 +26,8 @@ from controlplane.core.clock import utcnow
 from controlplane.core.health import HEALTH_STATES
 from controlplane.core.states import values
 from controlplane.dag_pages import run_step_graph
+from controlplane.lease import HOUSEKEEPING
+from controlplane.models import CoordinatorLease
 from controlplane.placement import run_placement
 from controlplane.roles import MANAGER, can_drain_workers, denial, viewer_required
 from dags.models import TERMINAL_RUN_STATUSES, DagRun, RunStatus
@@ -90,6 +92,16 @@ def _page_path(request: HttpRequest) -> str:
     return f"{request.path}?{params.urlencode()}" if params else request.path
 
 
+def _housekeeping(*, now: datetime) -> dict[str, Any] | None:
+    """Which coordinator does the fleet-wide chores (failover, cron, retention), for the
+    page's header: with several coordinators an operator otherwise cannot tell."""
+    lease = CoordinatorLease.objects.filter(name=HOUSEKEEPING).first()
+    if lease is None or not lease.holder:
+        return None
+    expired = lease.expires_at is None or lease.expires_at < now
+    return {"holder": lease.holder, "fencing": lease.fencing, "expired": expired}
+
+
 @viewer_required
 def workers_page(request: HttpRequest) -> HttpResponse:
     now = utcnow()
@@ -107,6 +119,7 @@ def workers_page(request: HttpRequest) -> HttpResponse:
         "q": query,
         "can_drain": can_drain_workers(request.user),
         "back": _page_path(request),
+        "housekeeping": _housekeeping(now=now),
     }
     # The page's script swaps in the rows and cards of this fragment every second.
     template = "pages/_workers_live.html" if request.GET.get("fragment") else "pages/workers.html"

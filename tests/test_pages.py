@@ -10,6 +10,7 @@ from django.test import Client
 
 from controlplane.core.config import TimingConfig
 from controlplane.core.health import HEALTH_STATES, health_status
+from controlplane.lease import LEASE_SECONDS, hold_lease
 from controlplane.models import DispatchDecision
 from controlplane.pages import relative_age
 from dags.models import Attempt, DagRun, StepRun
@@ -200,6 +201,18 @@ def test_workers_page_renders_rows_cards_and_tasks(staff_client: Client, run: Da
     assert '<a href="/runs/parent1/">pipeline</a> \u203a ' in html
     assert '<a class="task-run" href="/runs/child1/">train</a>' in html
     assert "controlplane/workers.js" in html
+
+
+@pytest.mark.django_db
+def test_workers_page_names_the_housekeeping_coordinator(staff_client: Client):
+    assert 'id="housekeeping"' not in staff_client.get("/workers/").content.decode()
+    now = datetime.now(UTC)
+    hold_lease("host-a:11:aaaa", now=now - timedelta(seconds=LEASE_SECONDS + 5))
+    html = staff_client.get("/workers/").content.decode()
+    assert "housekeeping: host-a:11:aaaa, fencing 1 (term ended" in html
+    hold_lease("host-b:22:bbbb", now=now)  # another coordinator took it over
+    html = staff_client.get("/workers/").content.decode()
+    assert "housekeeping: host-b:22:bbbb, fencing 2<" in html
 
 
 @pytest.mark.django_db
