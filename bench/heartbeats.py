@@ -56,8 +56,8 @@ from _common import (
 P99_TARGET_MS = 100.0
 WORKERS_TARGET = 1000
 API_P50_TARGET_MS = 100.0
-SERVER_POOL_THREADS = 256  # controlplane.rpc.server.build_server(max_workers=256)
 RPC_DEADLINE_S = 5.0
+HEARTBEAT_THREADS = 4  # controlplane.rpc.server.HEARTBEAT_THREADS (not imported: no Django here)
 
 
 # -- the load generator (runs in its own process) ------------------------------------------
@@ -295,7 +295,7 @@ def measure_capacity(
 def print_capacity(results: list[dict[str, Any]], *, seconds: float, warmup: float) -> None:
     print(
         f"\n1. heartbeats per coordinator ({seconds:.0f} s per step, first {warmup:.0f} s "
-        f"not measured; gRPC pool {SERVER_POOL_THREADS} threads), latency in ms:"
+        f"not measured; grpc.aio, heartbeat pool {HEARTBEAT_THREADS} threads), latency in ms:"
     )
     rows = []
     best = 0
