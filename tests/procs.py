@@ -155,13 +155,15 @@ class Cluster:
         self.ports[name] = self.port
         return proc
 
-    def start_peer_coordinator(self, name: str) -> int:
+    def start_peer_coordinator(self, name: str, *, port: int | None = None) -> int:
         """Another coordinator on the same database (and data dir); returns its gRPC port.
 
         `self.port` keeps naming the first one, so `start_worker` dials it unless told
-        otherwise. On SQLite this one exits 2: several coordinators need PostgreSQL.
+        otherwise. `port` restarts a dead peer on its old port, where workers listing it
+        will find it. On SQLite this one exits 2: several coordinators need PostgreSQL.
         """
-        proc = self.spawn(name, "coordinator")
+        again = ("--coordinator.port", str(port)) if port else ()
+        proc = self.spawn(name, "coordinator", *again)
         port = self._wait_port(name, proc, "coordinator listening on", f"coordinator {name}")
         self.ports[name] = port
         return port

@@ -31,7 +31,6 @@ from dags.scheduler import CATCH_UP_SECONDS, CronScheduler
 from tests.procs import FAST_TIMING, PG_LANE, Cluster, wait_for, write_dag
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-STEP = "steps:\n  - name: a\n    command: echo $WORKER_ID\n"
 needs_pg = pytest.mark.skipif(not PG_LANE, reason="several coordinators need PostgreSQL")
 
 
@@ -319,26 +318,110 @@ def test_a_run_queued_anywhere_wakes_every_listening_coordinator(tmp_path: Path)
             thread.join(timeout=5)
 
 
+def next_minute(after: datetime) -> datetime:
+    return after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+
+
+def sleep_until(when: datetime) -> None:
+    time.sleep(max(0.0, (when - datetime.now(UTC)).total_seconds()))
+
+
 @needs_pg
 @pytest.mark.processes
-def test_a_cron_tick_fires_once_across_two_coordinators(cluster: Cluster):
+def test_a_cron_dag_every_minute_fires_exactly_three_times_in_three_minutes_across_takeovers(
+    cluster: Cluster,
+):
+    """The issue's three minutes, spent on both ways a takeover could double or lose a tick.
+
+    Coordinators h and o; the worker is on o and also lists h's port. Tick 1 is fired by h.
+    h is killed 15 s later: o takes over inside the scheduler's catch-up window, so it
+    retries tick 1 (the claim row must refuse it) and fires tick 2. h comes back on its port
+    as a stand-by, and o is killed 5 s before tick 3: that tick falls due while nobody holds
+    the lease, so the restarted h must fire it late, once. Each tick's fencing number says
+    which term fired it.
+    """
     c = cluster
     (c.home / "dags").mkdir(exist_ok=True)
-    write_dag(c.home / "dags", "minutely", "schedule: '* * * * *'\n" + STEP)
-    c.start_coordinator("c1")
-    c.start_peer_coordinator("c2")
-    # The next minute's tick (at most about a minute away), then a few more seconds in which
-    # a second scheduler could have fired it again.
-    [tick] = wait_for(
-        lambda: c.query("SELECT * FROM controlplane_crontick"),
-        timeout=90,
-        what="the first cron tick",
-        every=0.5,
+    write_dag(
+        c.home / "dags",
+        "minutely",
+        "schedule: '* * * * *'\nworkerSelector:\n  pool: x\n"
+        "steps:\n  - name: a\n    command: 'true'\n",
     )
-    time.sleep(3)
-    runs = c.query("SELECT id, queued_at FROM dags_dagrun WHERE dag_name = 'minutely'")
-    ticks = c.query("SELECT * FROM controlplane_crontick WHERE due_at = ?", tick["due_at"])
-    assert [r["id"] for r in runs] == [tick["run_id"]] and len(ticks) == 1
+    # Exactly three minute boundaries: the first after the schedulers start (not one hit
+    # while they start up) and the two after it; no wait for a round minute.
+    if next_minute(datetime.now(UTC)) - datetime.now(UTC) < timedelta(seconds=15):
+        sleep_until(next_minute(datetime.now(UTC)) + timedelta(seconds=0.5))
+    first_tick = next_minute(datetime.now(UTC))
+    ticks = [first_tick + timedelta(minutes=m) for m in range(3)]
+    c.start_coordinator("c1")
+    assert c.port is not None
+    ports = {"c1": c.port, "c2": c.start_peer_coordinator("c2")}
+    # Their schedulers start before they listen: none of them saw a boundary before `ticks`.
+    assert datetime.now(UTC) < first_tick, "the coordinators took over 15 s to start"
+    lease = wait_for(
+        lambda: holder_pid(row := lease_row(c)) and row, timeout=30, what="a lease holder"
+    )
+    h = next(n for n in ports if c.procs[n].pid == holder_pid(lease))
+    o = next(n for n in ports if n != h)
+    c.start_worker(
+        "w", "pool=x", max_runs=1, coordinators=f"127.0.0.1:{ports[o]},127.0.0.1:{ports[h]}"
+    )
+
+    def fired(due: datetime) -> dict:
+        tick = wait_for(
+            lambda: c.query(
+                "SELECT * FROM controlplane_crontick WHERE dag_name = 'minutely' AND due_at = ?",
+                due,
+            ),
+            timeout=max(0.0, (due - datetime.now(UTC)).total_seconds()) + 30,
+            what=f"the {due:%H:%M} tick",
+            every=0.5,
+        )[0]
+        c.wait_run(tick["run_id"], timeout=60)
+        return dict(tick)
+
+    def taken_by(name: str, fencing: int) -> None:
+        wait_for(
+            lambda: (
+                (row := lease_row(c))
+                and holder_pid(row) == c.procs[name].pid
+                and row["fencing"] == fencing
+            ),
+            timeout=10 + 2,  # the issue's 10 s, with scheduling slack
+            what=f"{name} to take the lease",
+            every=0.2,
+        )
+
+    fencing = lease["fencing"]
+    assert fired(ticks[0])["fencing"] == fencing
+    sleep_until(ticks[0] + timedelta(seconds=15))
+    c.kill(h)
+    taken_by(o, fencing + 1)
+    back = f"{h}-again"
+    c.start_peer_coordinator(back, port=ports[h])
+    assert fired(ticks[1])["fencing"] == fencing + 1
+    sleep_until(ticks[2] - timedelta(seconds=5))
+    assert holder_pid(lease_row(c)) == c.procs[o].pid  # the stand-by did not take it
+    c.kill(o)
+    taken_by(back, fencing + 2)
+    assert fired(ticks[2])["fencing"] == fencing + 2
+
+    claims = c.query(
+        "SELECT due_at, run_id FROM controlplane_crontick WHERE dag_name = 'minutely'"
+        " ORDER BY due_at"
+    )
+    assert [t["due_at"] for t in claims] == ticks
+    runs = c.query("SELECT id, status FROM dags_dagrun WHERE dag_name = 'minutely'")
+    assert sorted(r["id"] for r in runs) == sorted(t["run_id"] for t in claims)
+    assert all(r["status"] == "succeeded" for r in runs), runs
+    attempts = c.query(
+        "SELECT a.run_id, a.status FROM dags_attempt a JOIN dags_dagrun r ON r.id = a.run_id"
+        " WHERE r.dag_name = 'minutely'"
+    )
+    assert sorted((a["run_id"], a["status"]) for a in attempts) == sorted(
+        (r["id"], "succeeded") for r in runs
+    )
 
 
 # Dispatch after a kill may pause for at most the issue's 10 s. The slack covers what the
