@@ -23,10 +23,21 @@ import pytest
 from django.db import connection, transaction
 
 from controlplane.core.config import resolve
-from controlplane.lease import LEASE_SECONDS, hold_lease, new_holder_id, release_lease
+from controlplane.core.spec import parse_dag_file
+from controlplane.lease import (
+    EXECUTOR_STALE_SECONDS,
+    LEASE_SECONDS,
+    hold_lease,
+    new_holder_id,
+    release_lease,
+    renew_executor,
+    stale_executors,
+)
 from controlplane.models import CoordinatorLease, CronTick
 from dags import wakeups
-from dags.models import DagRun
+from dags.local import recover_dead_coordinators_local_attempts, retire_executor
+from dags.models import Attempt, DagRun
+from dags.runs import create_run, start_attempt
 from dags.scheduler import CATCH_UP_SECONDS, CronScheduler
 from tests.procs import FAST_TIMING, PG_LANE, Cluster, wait_for, write_dag
 
@@ -289,6 +300,56 @@ def test_the_holder_id_names_the_process():
     # holder_pid above relies on the holder id's shape.
     host, pid, token = new_holder_id().split(":")
     assert int(pid) == os.getpid() and host and token
+
+
+@pytest.mark.django_db
+def test_the_lease_holder_requeues_the_local_runs_of_a_coordinator_that_stopped_renewing():
+    """A coordinator on another host died (kill -9, lost host): its liveness row goes stale and
+    the lease holder requeues its local runs; a live coordinator's are never touched."""
+    spec = parse_dag_file(STEP, source="l.yaml", default_name="l")
+    dead, alive = "local:host-a:41", "local:host-b:42"
+    runs = {}
+    for executor in (dead, alive):
+        run = create_run(spec, now=T0, default_mode="local")
+        assert start_attempt(run, now=T0, mode="local", worker_id=executor) is not None
+        runs[executor] = run.id
+    renew_executor(dead, now=T0)
+    later = T0 + timedelta(seconds=EXECUTOR_STALE_SECONDS + 1)
+    renew_executor(alive, now=later)  # still renewing
+    # Not yet stale: nothing moves.
+    assert recover_dead_coordinators_local_attempts(now=T0 + timedelta(seconds=1)) == 0
+    assert recover_dead_coordinators_local_attempts(now=later) == 1
+    requeued = DagRun.objects.get(pk=runs[dead])
+    assert (requeued.status, requeued.worker_id) == ("queued", "")
+    assert Attempt.objects.get(run_id=runs[dead]).status == "superseded"
+    untouched = DagRun.objects.get(pk=runs[alive])
+    assert (untouched.status, untouched.worker_id) == ("running", alive)
+    assert Attempt.objects.get(run_id=runs[alive]).status == "assigned"
+    # Idempotent: the dead one's row is gone, and a second pass changes nothing.
+    assert stale_executors(now=later) == set()
+    assert recover_dead_coordinators_local_attempts(now=later) == 0
+    assert DagRun.objects.get(pk=runs[dead]).status == "queued"
+    # A `manage.py start` process keeps no liveness row: left to the same-host recovery.
+    start_process = create_run(spec, now=T0, default_mode="local")
+    start_attempt(start_process, now=T0, mode="local", worker_id="local:host-a:43")
+    much_later = later + timedelta(days=1)
+    renew_executor(alive, now=much_later)
+    assert recover_dead_coordinators_local_attempts(now=much_later) == 0
+    assert DagRun.objects.get(pk=start_process.id).status == "running"
+
+
+@pytest.mark.django_db
+def test_a_clean_stop_retires_the_liveness_row_or_leaves_its_leftovers_to_the_holder():
+    spec = parse_dag_file(STEP, source="l.yaml", default_name="l")
+    renew_executor("local:h:1", now=T0)
+    retire_executor("local:h:1", now=T0)  # no local run left: nothing to recover
+    assert not CoordinatorLease.objects.exists()
+    run = create_run(spec, now=T0, default_mode="local")
+    start_attempt(run, now=T0, mode="local", worker_id="local:h:2")
+    renew_executor("local:h:2", now=T0)
+    retire_executor("local:h:2", now=T0 + timedelta(seconds=1))  # a run outlived the grace
+    assert recover_dead_coordinators_local_attempts(now=T0 + timedelta(seconds=2)) == 1
+    assert DagRun.objects.get(pk=run.id).status == "queued"
 
 
 # --- wake-ups ---------------------------------------------------------------------------------
