@@ -105,7 +105,7 @@ def release_lease(holder: str, *, now: datetime, name: str = HOUSEKEEPING) -> bo
     )
 
 
-def _executor_row(executor_id: str) -> str:
+def executor_row_name(executor_id: str) -> str:
     # Row names hold 64 characters and `local:HOST:PID` may not fit: hash it, the id itself
     # goes in `holder`, where operators read it.
     return EXECUTOR_ROW_PREFIX + hashlib.sha256(executor_id.encode()).hexdigest()[:40]
@@ -114,7 +114,7 @@ def _executor_row(executor_id: str) -> str:
 def renew_executor(executor_id: str, *, now: datetime) -> None:
     """Show that this coordinator (and so its local executor) is alive until
     now + EXECUTOR_STALE_SECONDS."""
-    name, until = _executor_row(executor_id), now + timedelta(seconds=EXECUTOR_STALE_SECONDS)
+    name, until = executor_row_name(executor_id), now + timedelta(seconds=EXECUTOR_STALE_SECONDS)
     if CoordinatorLease.objects.filter(name=name).update(holder=executor_id, expires_at=until):
         return
     try:
@@ -129,7 +129,7 @@ def renew_executor(executor_id: str, *, now: datetime) -> None:
 def expire_executor(executor_id: str, *, now: datetime) -> None:
     """At a clean stop, once its local runs ended: the lease holder recovers any left over
     at once and then drops the row."""
-    CoordinatorLease.objects.filter(name=_executor_row(executor_id)).update(expires_at=now)
+    CoordinatorLease.objects.filter(name=executor_row_name(executor_id)).update(expires_at=now)
 
 
 def stale_executors(*, now: datetime) -> set[str]:
@@ -142,14 +142,14 @@ def forget_executors(executor_ids: set[str], *, now: datetime) -> int:
     """Drop liveness rows still stale (a coordinator that was only stalled renews its row
     back and keeps it)."""
     deleted, _ = CoordinatorLease.objects.filter(
-        name__in=[_executor_row(e) for e in executor_ids], expires_at__lt=now
+        name__in=[executor_row_name(e) for e in executor_ids], expires_at__lt=now
     ).delete()
     return deleted
 
 
 def delete_executor(executor_id: str) -> None:
     """At a clean stop with no local run left: nothing for anyone to recover."""
-    CoordinatorLease.objects.filter(name=_executor_row(executor_id)).delete()
+    CoordinatorLease.objects.filter(name=executor_row_name(executor_id)).delete()
 
 
 def _ensure_row(name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -27,6 +28,7 @@ from controlplane.core.spec import parse_dag_file
 from controlplane.lease import (
     EXECUTOR_STALE_SECONDS,
     LEASE_SECONDS,
+    executor_row_name,
     hold_lease,
     new_holder_id,
     release_lease,
@@ -292,6 +294,72 @@ def test_killing_the_lease_holder_hands_housekeeping_over_and_failover_still_hap
         row = c.wait_run(run_id, timeout=60)
         assert (row["status"], row["worker_id"]) == ("succeeded", "rescuer")
         assert c.procs["c2"].poll() is None
+    finally:
+        c.close()
+
+
+def executor_rows(cluster: Cluster) -> set[str]:
+    """Holders of the local executors' liveness rows (controlplane/lease.py)."""
+    rows = cluster.query("SELECT name, holder FROM controlplane_coordinatorlease")
+    return {row["holder"] for row in rows if row["name"].startswith("executor:")}
+
+
+@needs_pg
+@pytest.mark.processes
+def test_killing_the_coordinator_running_a_local_run_resumes_it_on_the_other(
+    tmp_path: Path, db_template: Path
+):
+    c = Cluster(tmp_path / "home", db_template, extra_env=FAST_TIMING)
+    try:
+        flag = tmp_path / "started"
+        # Forced local: one of the coordinators' own executors takes it. Long the first time,
+        # instant once resumed.
+        (c.home / "dags").mkdir(exist_ok=True)
+        write_dag(
+            c.home / "dags",
+            "local-long",
+            "worker_selector: local\nsteps:\n  - name: a\n"
+            f"    command: sh -c 'test -e {flag} && exit 0; touch {flag}; sleep 60'\n",
+        )
+        c.start_coordinator("c1")
+        c.start_peer_coordinator("c2")
+        web = c.start_web()
+        ids = {name: f"local:{socket.gethostname()}:{c.procs[name].pid}" for name in ("c1", "c2")}
+        wait_for(
+            lambda: executor_rows(c) == set(ids.values()), timeout=30, what="both liveness rows"
+        )
+        (run_id,) = create_runs(web, api_token(c), "local-long", 1)
+        wait_for(flag.exists, timeout=30, what="the local run to start")
+        holder = c.run_row(run_id)["worker_id"]
+        doomed, survivor = ("c1", "c2") if holder == ids["c1"] else ("c2", "c1")
+        assert holder == ids[doomed]
+        # Make the doomed one look as if it ran on another host, where the survivor cannot
+        # check its pid: only its liveness row running out can tell that it died.
+        elsewhere = f"local:elsewhere.example:{c.procs[doomed].pid}"
+        for table, key in (("dags_attempt", "run_id"), ("dags_dagrun", "id")):
+            c.query(
+                f"UPDATE {table} SET worker_id = ? WHERE {key} = ? RETURNING 1", elsewhere, run_id
+            )
+        c.query(
+            "INSERT INTO controlplane_coordinatorlease (name, holder, fencing, acquired_at, "
+            "expires_at) VALUES (?, ?, 0, now(), now() + make_interval(secs => ?)) RETURNING 1",
+            executor_row_name(elsewhere),
+            elsewhere,
+            EXECUTOR_STALE_SECONDS,
+        )
+        c.kill(doomed)
+        row = wait_for(
+            lambda: (r := c.run_row(run_id)) and r["status"] == "succeeded" and r,
+            timeout=EXECUTOR_STALE_SECONDS + 10 + 10,  # stale + a lease handover + slack
+            what="the run to resume on the surviving coordinator",
+            every=0.2,
+        )
+        assert (row["attempt"], row["worker_id"]) == (2, ids[survivor])
+        first = c.query("SELECT end_reason FROM dags_attempt WHERE number = 1")[0]
+        assert "stopped renewing its liveness" in first["end_reason"]
+        # A clean stop takes the survivor's row away (the dead one's went with its recovery).
+        assert c.stop(survivor) == 0
+        assert ids[survivor] not in executor_rows(c)
     finally:
         c.close()
 
