@@ -19,6 +19,7 @@ the lease at once instead of waiting out a previous holder's term after a restar
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -43,6 +44,12 @@ RENEW_SECONDS = 2.0
 # A holder that missed three renewals is presumed dead: another takes over 6-8 s after its
 # last renewal, within the 10 s the fleet may go without housekeeping.
 LEASE_SECONDS = 6.0
+# Each coordinator's local executor (dags/local.py) keeps a liveness row in the same table,
+# renewed with the lease. The lease holder recovers the local runs of an executor whose row
+# went this long without renewal: like a worker's UNHEALTHY threshold, long enough that a
+# slow database round or a GC pause does not supersede a live coordinator's runs.
+EXECUTOR_STALE_SECONDS = 15.0
+EXECUTOR_ROW_PREFIX = "executor:"
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,53 @@ def release_lease(holder: str, *, now: datetime, name: str = HOUSEKEEPING) -> bo
     return bool(
         CoordinatorLease.objects.filter(name=name, holder=holder).update(holder="", expires_at=now)
     )
+
+
+def executor_row_name(executor_id: str) -> str:
+    # Row names hold 64 characters and `local:HOST:PID` may not fit: hash it, the id itself
+    # goes in `holder`, where operators read it.
+    return EXECUTOR_ROW_PREFIX + hashlib.sha256(executor_id.encode()).hexdigest()[:40]
+
+
+def renew_executor(executor_id: str, *, now: datetime) -> None:
+    """Show that this coordinator (and so its local executor) is alive until
+    now + EXECUTOR_STALE_SECONDS."""
+    name, until = executor_row_name(executor_id), now + timedelta(seconds=EXECUTOR_STALE_SECONDS)
+    if CoordinatorLease.objects.filter(name=name).update(holder=executor_id, expires_at=until):
+        return
+    try:
+        with transaction.atomic():
+            CoordinatorLease.objects.create(
+                name=name, holder=executor_id, acquired_at=now, expires_at=until
+            )
+    except IntegrityError:
+        pass  # created since the UPDATE: only this process renews it, so it is fresh
+
+
+def expire_executor(executor_id: str, *, now: datetime) -> None:
+    """At a clean stop, once its local runs ended: the lease holder recovers any left over
+    at once and then drops the row."""
+    CoordinatorLease.objects.filter(name=executor_row_name(executor_id)).update(expires_at=now)
+
+
+def stale_executors(*, now: datetime) -> set[str]:
+    """Executor ids whose liveness row ran out: their coordinator died or stopped."""
+    rows = CoordinatorLease.objects.filter(name__startswith=EXECUTOR_ROW_PREFIX, expires_at__lt=now)
+    return set(rows.values_list("holder", flat=True))
+
+
+def forget_executors(executor_ids: set[str], *, now: datetime) -> int:
+    """Drop liveness rows still stale (a coordinator that was only stalled renews its row
+    back and keeps it)."""
+    deleted, _ = CoordinatorLease.objects.filter(
+        name__in=[executor_row_name(e) for e in executor_ids], expires_at__lt=now
+    ).delete()
+    return deleted
+
+
+def delete_executor(executor_id: str) -> None:
+    """At a clean stop with no local run left: nothing for anyone to recover."""
+    CoordinatorLease.objects.filter(name=executor_row_name(executor_id)).delete()
 
 
 def _ensure_row(name: str) -> None:

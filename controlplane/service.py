@@ -15,11 +15,21 @@ from controlplane.coordinator import Coordinator, coordinator_record
 from controlplane.core import registry
 from controlplane.core.clock import utcnow
 from controlplane.core.config import Config, ConfigError
-from controlplane.lease import RENEW_SECONDS, SoleCoordinator, claim_sole_coordinator
+from controlplane.lease import (
+    RENEW_SECONDS,
+    SoleCoordinator,
+    claim_sole_coordinator,
+    renew_executor,
+)
 from controlplane.loops import run_loop
 from controlplane.rpc.server import CoordinatorServer, HealthStatus, build_server
 from dags import wakeups
-from dags.local import LocalExecutor
+from dags.local import (
+    LOCAL_WORKER_ID,
+    LocalExecutor,
+    recover_dead_coordinators_local_attempts,
+    retire_executor,
+)
 from dags.retention import RetentionDuty
 from dags.scheduler import CronScheduler
 from workers.credentials import ensure_bootstrap_credential
@@ -82,7 +92,7 @@ def start_coordinator(config: Config, *, stop: threading.Event) -> RunningCoordi
     running.sole = sole
     running.threads = [
         *_own_loops(core, local, stop=stop, config=config),
-        *_lease_loops(core, stop=stop, config=config),
+        *_lease_loops(core, local, stop=stop, config=config),
     ]
     logger.info(
         "coordinator %s listening on %s:%d, advertised as %s:%d",
@@ -123,7 +133,7 @@ def _own_loops(
 
 
 def _lease_loops(
-    core: Coordinator, *, stop: threading.Event, config: Config
+    core: Coordinator, local: LocalExecutor, *, stop: threading.Event, config: Config
 ) -> list[threading.Thread]:
     """The lease, and the fleet-wide duties only its holder does (failover of silent workers
     and the registry cleanup are parts of the housekeeping and registry steps)."""
@@ -142,9 +152,16 @@ def _lease_loops(
         else:
             retention.forget()  # a new term starts with a pass
 
-    lease_thread = run_loop(
-        "lease", lambda: core.lease.step(now=utcnow()), stop=stop, interval=RENEW_SECONDS
-    )
+    def keep_lease() -> None:
+        core.lease.step(now=utcnow())
+        # PostgreSQL: this coordinator's liveness, so the lease holder can tell its local
+        # runs from those of a coordinator that died on any host (docs/design.md).
+        if local.executor_id != LOCAL_WORKER_ID:
+            renew_executor(local.executor_id, now=utcnow())
+        if core.lease.held():
+            recover_dead_coordinators_local_attempts(now=utcnow())
+
+    lease_thread = run_loop("lease", keep_lease, stop=stop, interval=RENEW_SECONDS)
     return [
         lease_thread,
         run_loop("scheduler", schedule, stop=stop, interval=SCHEDULER_SECONDS),
@@ -163,6 +180,11 @@ def stop_coordinator(running: RunningCoordinator, *, grace: float = 5.0) -> None
     for thread in running.threads:
         thread.join(timeout=grace + 5)
     running.core.housekeeping_step()  # last flush of heartbeats
+    if running.local.executor_id != LOCAL_WORKER_ID:
+        try:  # after stop_all: its local runs ended (or the lease holder recovers them)
+            retire_executor(running.local.executor_id, now=utcnow())
+        except Exception as exc:  # the database is gone: the row goes stale on its own
+            logger.warning("could not retire the local executor's liveness: %s", exc)
     try:
         running.core.lease.release(now=utcnow())  # another coordinator takes over at once
     except Exception as exc:  # the database is gone: the lease expires on its own

@@ -35,6 +35,12 @@ from controlplane.core.registry import pid_alive
 from controlplane.core.spec import DagSpecError, parse_stored_dag_file
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from controlplane.failover import supersede_attempt
+from controlplane.lease import (
+    delete_executor,
+    expire_executor,
+    forget_executors,
+    stale_executors,
+)
 from controlplane.loops import run_loop
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus, StepStatus
 from dags.reports import apply_events
@@ -313,6 +319,41 @@ def recover_lost_local_attempts(*, now: datetime, started_at: datetime, mine: se
         if supersede_attempt(attempt, reason=reason, now=now, count_as_redispatch=False):
             lost += 1
     return lost
+
+
+def recover_dead_coordinators_local_attempts(*, now: datetime) -> int:
+    """Lease holder only: requeue the local attempts of coordinators, on any host, whose
+    liveness row went stale (`controlplane.lease.renew_executor`), then drop those rows.
+
+    A live coordinator renews its row every lease round, so its attempts are never taken;
+    an executor without a row (a `manage.py start` process) is left to the same-host
+    recovery above. Idempotent: a second call finds neither the rows nor active attempts.
+    """
+    dead = stale_executors(now=now)
+    if not dead:
+        return 0
+    lost = 0
+    attempts = Attempt.objects.filter(
+        mode=ExecutionMode.LOCAL, status__in=ACTIVE_ATTEMPT_STATUSES, worker_id__in=dead
+    )
+    for attempt in attempts.select_related("run"):
+        reason = f"the coordinator executing it ({attempt.worker_id}) stopped renewing its liveness"
+        if supersede_attempt(attempt, reason=reason, now=now, count_as_redispatch=False):
+            lost += 1
+    forget_executors(dead, now=now)
+    return lost
+
+
+def retire_executor(executor_id: str, *, now: datetime) -> None:
+    """At a clean stop, after the local runs ended: drop the liveness row, or, if some are
+    still active (a run outlived the grace), let it run out so the lease holder recovers them."""
+    active = Attempt.objects.filter(
+        mode=ExecutionMode.LOCAL, status__in=ACTIVE_ATTEMPT_STATUSES, worker_id=executor_id
+    )
+    if active.exists():
+        expire_executor(executor_id, now=now)
+    else:
+        delete_executor(executor_id)
 
 
 class LocalExecutor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -23,10 +24,22 @@ import pytest
 from django.db import connection, transaction
 
 from controlplane.core.config import resolve
-from controlplane.lease import LEASE_SECONDS, hold_lease, new_holder_id, release_lease
+from controlplane.core.spec import parse_dag_file
+from controlplane.lease import (
+    EXECUTOR_STALE_SECONDS,
+    LEASE_SECONDS,
+    executor_row_name,
+    hold_lease,
+    new_holder_id,
+    release_lease,
+    renew_executor,
+    stale_executors,
+)
 from controlplane.models import CoordinatorLease, CronTick
 from dags import wakeups
-from dags.models import DagRun
+from dags.local import recover_dead_coordinators_local_attempts, retire_executor
+from dags.models import Attempt, DagRun
+from dags.runs import create_run, start_attempt
 from dags.scheduler import CATCH_UP_SECONDS, CronScheduler
 from tests.procs import FAST_TIMING, PG_LANE, Cluster, wait_for, write_dag
 
@@ -284,10 +297,126 @@ def test_killing_the_lease_holder_hands_housekeeping_over_and_failover_still_hap
         c.close()
 
 
+def executor_rows(cluster: Cluster) -> set[str]:
+    """Holders of the local executors' liveness rows (controlplane/lease.py)."""
+    rows = cluster.query("SELECT name, holder FROM controlplane_coordinatorlease")
+    return {row["holder"] for row in rows if row["name"].startswith("executor:")}
+
+
+@needs_pg
+@pytest.mark.processes
+def test_killing_the_coordinator_running_a_local_run_resumes_it_on_the_other(
+    tmp_path: Path, db_template: Path
+):
+    c = Cluster(tmp_path / "home", db_template, extra_env=FAST_TIMING)
+    try:
+        flag = tmp_path / "started"
+        # Forced local: one of the coordinators' own executors takes it. Long the first time,
+        # instant once resumed.
+        (c.home / "dags").mkdir(exist_ok=True)
+        write_dag(
+            c.home / "dags",
+            "local-long",
+            "worker_selector: local\nsteps:\n  - name: a\n"
+            f"    command: sh -c 'test -e {flag} && exit 0; touch {flag}; sleep 60'\n",
+        )
+        c.start_coordinator("c1")
+        c.start_peer_coordinator("c2")
+        web = c.start_web()
+        ids = {name: f"local:{socket.gethostname()}:{c.procs[name].pid}" for name in ("c1", "c2")}
+        wait_for(
+            lambda: executor_rows(c) == set(ids.values()), timeout=30, what="both liveness rows"
+        )
+        (run_id,) = create_runs(web, api_token(c), "local-long", 1)
+        wait_for(flag.exists, timeout=30, what="the local run to start")
+        holder = c.run_row(run_id)["worker_id"]
+        doomed, survivor = ("c1", "c2") if holder == ids["c1"] else ("c2", "c1")
+        assert holder == ids[doomed]
+        # Make the doomed one look as if it ran on another host, where the survivor cannot
+        # check its pid: only its liveness row running out can tell that it died.
+        elsewhere = f"local:elsewhere.example:{c.procs[doomed].pid}"
+        for table, key in (("dags_attempt", "run_id"), ("dags_dagrun", "id")):
+            c.query(
+                f"UPDATE {table} SET worker_id = ? WHERE {key} = ? RETURNING 1", elsewhere, run_id
+            )
+        c.query(
+            "INSERT INTO controlplane_coordinatorlease (name, holder, fencing, acquired_at, "
+            "expires_at) VALUES (?, ?, 0, now(), now() + make_interval(secs => ?)) RETURNING 1",
+            executor_row_name(elsewhere),
+            elsewhere,
+            EXECUTOR_STALE_SECONDS,
+        )
+        c.kill(doomed)
+        row = wait_for(
+            lambda: (r := c.run_row(run_id)) and r["status"] == "succeeded" and r,
+            timeout=EXECUTOR_STALE_SECONDS + 10 + 10,  # stale + a lease handover + slack
+            what="the run to resume on the surviving coordinator",
+            every=0.2,
+        )
+        assert (row["attempt"], row["worker_id"]) == (2, ids[survivor])
+        first = c.query("SELECT end_reason FROM dags_attempt WHERE number = 1")[0]
+        assert "stopped renewing its liveness" in first["end_reason"]
+        # A clean stop takes the survivor's row away (the dead one's went with its recovery).
+        assert c.stop(survivor) == 0
+        assert ids[survivor] not in executor_rows(c)
+    finally:
+        c.close()
+
+
 def test_the_holder_id_names_the_process():
     # holder_pid above relies on the holder id's shape.
     host, pid, token = new_holder_id().split(":")
     assert int(pid) == os.getpid() and host and token
+
+
+@pytest.mark.django_db
+def test_the_lease_holder_requeues_the_local_runs_of_a_coordinator_that_stopped_renewing():
+    """A coordinator on another host died (kill -9, lost host): its liveness row goes stale and
+    the lease holder requeues its local runs; a live coordinator's are never touched."""
+    spec = parse_dag_file(STEP, source="l.yaml", default_name="l")
+    dead, alive = "local:host-a:41", "local:host-b:42"
+    runs = {}
+    for executor in (dead, alive):
+        run = create_run(spec, now=T0, default_mode="local")
+        assert start_attempt(run, now=T0, mode="local", worker_id=executor) is not None
+        runs[executor] = run.id
+    renew_executor(dead, now=T0)
+    later = T0 + timedelta(seconds=EXECUTOR_STALE_SECONDS + 1)
+    renew_executor(alive, now=later)  # still renewing
+    # Not yet stale: nothing moves.
+    assert recover_dead_coordinators_local_attempts(now=T0 + timedelta(seconds=1)) == 0
+    assert recover_dead_coordinators_local_attempts(now=later) == 1
+    requeued = DagRun.objects.get(pk=runs[dead])
+    assert (requeued.status, requeued.worker_id) == ("queued", "")
+    assert Attempt.objects.get(run_id=runs[dead]).status == "superseded"
+    untouched = DagRun.objects.get(pk=runs[alive])
+    assert (untouched.status, untouched.worker_id) == ("running", alive)
+    assert Attempt.objects.get(run_id=runs[alive]).status == "assigned"
+    # Idempotent: the dead one's row is gone, and a second pass changes nothing.
+    assert stale_executors(now=later) == set()
+    assert recover_dead_coordinators_local_attempts(now=later) == 0
+    assert DagRun.objects.get(pk=runs[dead]).status == "queued"
+    # A `manage.py start` process keeps no liveness row: left to the same-host recovery.
+    start_process = create_run(spec, now=T0, default_mode="local")
+    start_attempt(start_process, now=T0, mode="local", worker_id="local:host-a:43")
+    much_later = later + timedelta(days=1)
+    renew_executor(alive, now=much_later)
+    assert recover_dead_coordinators_local_attempts(now=much_later) == 0
+    assert DagRun.objects.get(pk=start_process.id).status == "running"
+
+
+@pytest.mark.django_db
+def test_a_clean_stop_retires_the_liveness_row_or_leaves_its_leftovers_to_the_holder():
+    spec = parse_dag_file(STEP, source="l.yaml", default_name="l")
+    renew_executor("local:h:1", now=T0)
+    retire_executor("local:h:1", now=T0)  # no local run left: nothing to recover
+    assert not CoordinatorLease.objects.exists()
+    run = create_run(spec, now=T0, default_mode="local")
+    start_attempt(run, now=T0, mode="local", worker_id="local:h:2")
+    renew_executor("local:h:2", now=T0)
+    retire_executor("local:h:2", now=T0 + timedelta(seconds=1))  # a run outlived the grace
+    assert recover_dead_coordinators_local_attempts(now=T0 + timedelta(seconds=2)) == 1
+    assert DagRun.objects.get(pk=run.id).status == "queued"
 
 
 # --- wake-ups ---------------------------------------------------------------------------------
