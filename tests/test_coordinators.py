@@ -44,6 +44,7 @@ from dags.scheduler import CATCH_UP_SECONDS, CronScheduler
 from tests.procs import FAST_TIMING, PG_LANE, Cluster, wait_for, write_dag
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+STEP = "steps:\n  - name: a\n    command: echo $WORKER_ID\n"
 needs_pg = pytest.mark.skipif(not PG_LANE, reason="several coordinators need PostgreSQL")
 
 
