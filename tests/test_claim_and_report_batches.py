@@ -16,6 +16,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from controlplane import dispatch
 from controlplane.coordinator import Coordinator
 from controlplane.core.config import resolve
 from controlplane.core.events import (
@@ -80,6 +81,20 @@ def fast_run(task: TaskPayload, *, status: str = "succeeded", first_seq: int = 1
 # -- dispatch: the bulk claim ------------------------------------------------------------
 
 
+def fail_after_step_one(run_id: str, token: str, *, log_dir: Path) -> None:
+    """The attempt reports: started, step "one" succeeded, then the run failed."""
+    e = {"dag_run_id": run_id, "attempt_token": token, "at": T0}
+    apply_events(
+        [
+            Event(seq=1, kind=ATTEMPT_STARTED, **e),
+            Event(seq=2, kind=STEP_STARTED, step="one", **e),
+            Event(seq=3, kind=STEP_FINISHED, step="one", status="succeeded", exit_code=0, **e),
+            Event(seq=4, kind=RUN_FINISHED, status="failed", error="boom", **e),
+        ],
+        log_dir=log_dir,
+    )
+
+
 @pytest.mark.django_db
 def test_a_dispatch_pass_claims_every_run_in_a_fixed_number_of_statements():
     runs = queued(12)
@@ -123,16 +138,7 @@ def test_a_large_pass_claims_in_chunks(monkeypatch, tmp_path: Path):
     delivered: list[TaskPayload] = []
     dispatch_once(now=T0, workers=[worker(free=1)], deliver=delivered.append)
     task = delivered[0]
-    e = {"dag_run_id": first.id, "attempt_token": task.attempt_token, "at": T0}
-    apply_events(
-        [
-            Event(seq=1, kind=ATTEMPT_STARTED, **e),
-            Event(seq=2, kind=STEP_STARTED, step="one", **e),
-            Event(seq=3, kind=STEP_FINISHED, step="one", status="succeeded", exit_code=0, **e),
-            Event(seq=4, kind=RUN_FINISHED, status="failed", error="boom", **e),
-        ],
-        log_dir=tmp_path,
-    )
+    fail_after_step_one(first.id, task.attempt_token, log_dir=tmp_path)
     retry_run(first.id, now=T0)  # attempt 2 of it: its completed steps are read, in chunks too
     assert dispatch_once(now=T0, workers=[worker(free=5)], deliver=delivered.append) == 5
     assert sorted(t.dag_run_id for t in delivered[1:]) == sorted(r.id for r in [first, *rest])
@@ -143,8 +149,6 @@ def test_a_large_pass_claims_in_chunks(monkeypatch, tmp_path: Path):
 @pytest.mark.django_db
 def test_a_claim_skips_runs_claimed_or_cancelled_since_they_were_read(monkeypatch):
     runs = queued(3)
-    from controlplane import dispatch
-
     real = dispatch._oldest_runs
 
     def racing(group, *, limit):
@@ -169,16 +173,7 @@ def test_a_retried_run_gets_its_completed_steps_in_the_task(tmp_path: Path):
     delivered: list[TaskPayload] = []
     dispatch_once(now=T0, workers=[worker()], deliver=delivered.append)
     first = delivered[0]
-    e = {"dag_run_id": run.id, "attempt_token": first.attempt_token, "at": T0}
-    apply_events(
-        [
-            Event(seq=1, kind=ATTEMPT_STARTED, **e),
-            Event(seq=2, kind=STEP_STARTED, step="one", **e),
-            Event(seq=3, kind=STEP_FINISHED, step="one", status="succeeded", exit_code=0, **e),
-            Event(seq=4, kind=RUN_FINISHED, status="failed", error="boom", **e),
-        ],
-        log_dir=tmp_path,
-    )
+    fail_after_step_one(run.id, first.attempt_token, log_dir=tmp_path)
     retry_run(run.id, now=T0)
     dispatch_once(now=T0, workers=[worker()], deliver=delivered.append)
     again = delivered[1]
