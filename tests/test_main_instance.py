@@ -92,8 +92,11 @@ def test_make_run_brings_up_the_demo_and_routes_its_run_by_labels(cluster: Clust
     assert proc.poll() is None, cluster.log("demo")
     assert "admin / admin" in cluster.log("demo")
 
+    # By dag name: the copied examples include a cron DAG that may fire meanwhile.
     def demo_run():
-        rows = cluster.query("SELECT * FROM dags_dagrun WHERE parent_id IS NULL")
+        rows = cluster.query(
+            "SELECT * FROM dags_dagrun WHERE parent_id IS NULL AND dag_name = ?", "gpu-cpu-routing"
+        )
         return rows and rows[0]["status"] == "succeeded" and rows[0]
 
     run = wait_for(demo_run, timeout=60, what="the demo run to succeed")
