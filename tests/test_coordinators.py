@@ -42,6 +42,8 @@ from dags.models import Attempt, DagRun
 from dags.runs import create_run, start_attempt
 from dags.scheduler import CATCH_UP_SECONDS, CronScheduler
 from tests.procs import FAST_TIMING, PG_LANE, Cluster, wait_for, write_dag
+from workers.models import Worker
+from workers.presence import set_draining
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 STEP = "steps:\n  - name: a\n    command: echo $WORKER_ID\n"
@@ -446,6 +448,29 @@ def test_a_run_queued_anywhere_wakes_every_listening_coordinator(tmp_path: Path)
         for thread in threads:
             assert thread is not None
             thread.join(timeout=5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_undrain_wakes_every_listening_coordinator():
+    # Otherwise a coordinator whose worker was undrained elsewhere (API, another web replica)
+    # would only see it on its next idle pass.
+    if connection.vendor != "postgresql":
+        pytest.skip("wake-ups across coordinators need PostgreSQL")
+    Worker.objects.create(id="w1", registered_at=T0, draining=True)
+    stop, woken = threading.Event(), threading.Event()
+    thread = wakeups.listen(stop=stop, on_wake=woken.set)
+    try:
+        assert woken.wait(10)  # once on connecting
+        woken.clear()
+        assert set_draining("w1", draining=True)
+        time.sleep(0.5)
+        assert not woken.is_set()  # draining frees nothing to dispatch
+        assert set_draining("w1", draining=False)
+        assert woken.wait(10)
+    finally:
+        stop.set()
+        assert thread is not None
+        thread.join(timeout=5)
 
 
 def next_minute(after: datetime) -> datetime:

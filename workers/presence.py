@@ -21,6 +21,7 @@ from django.db import connection, transaction
 from controlplane.core.config import TimingConfig
 from controlplane.core.health import OFFLINE, UNHEALTHY, health_status
 from controlplane.core.routing import WorkerView
+from dags import wakeups
 from workers.credentials import CredentialError
 from workers.models import RegisteredVia, Worker, WorkerLabel
 
@@ -456,7 +457,11 @@ def set_draining(worker_id: str, *, draining: bool, by: str = "") -> bool:
     `drained_by` keeps who last drained or undrained it.
     """
     rows = Worker.objects.filter(pk=worker_id)
-    return bool(rows.update(draining=draining, drained_by=by))
+    changed = bool(rows.update(draining=draining, drained_by=by))
+    if changed and not draining:
+        # The undrained worker may take queued runs now, whichever coordinator serves it.
+        wakeups.runs_queued()
+    return changed
 
 
 def purge_offline(*, now: datetime, timing: TimingConfig) -> list[str]:
