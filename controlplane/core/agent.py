@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from controlplane.core import registry
+from controlplane.core import pool, registry
 from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
 from controlplane.core.events import RUN_FINISHED, STEP_LOG, Event, EventReporter
@@ -261,7 +261,6 @@ class ActiveRun:
     task: pb.Task
     cancel: threading.Event
     started_at: datetime
-    thread: threading.Thread | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -409,10 +408,9 @@ class WorkerAgent:
             if task.attempt_token in {r.task.attempt_token for r in self._runs.values()}:
                 return
             self._runs[task.attempt_token] = active
-        active.thread = threading.Thread(
-            target=self._execute, args=(active,), name=f"run-{task.dag_run_id}", daemon=True
-        )
-        active.thread.start()
+        # A reused thread (controlplane.core.pool): a thread start costs more CPU than a
+        # fast run's scheduling does.
+        pool.start(lambda: self._execute(active), name=f"run-{task.dag_run_id}")
         logger.info("run %s (%s) attempt %d started", task.dag_run_id, task.dag_name, task.attempt)
 
     def cancel_attempt(self, token: str, *, reason: str) -> None:
