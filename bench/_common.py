@@ -289,7 +289,8 @@ class CpuBudget:
             if pid in named:
                 continue
             before = self._everyone.get(pid)
-            used = seconds - (before[1] if before and before[0] == comm else 0.0)
+            # By pid only: a kernel worker renames itself after the work it does.
+            used = seconds - (before[1] if before else 0.0)
             by_name[comm] = by_name.get(comm, 0.0) + used
         for comm, seconds in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]:
             out[f"process {comm}"] = seconds
