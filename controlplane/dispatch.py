@@ -64,6 +64,7 @@ def dispatch_once(
     workers: list[WorkerView],
     deliver: Callable[[TaskPayload], None],
     groups: list[SelectorGroup] | None = None,
+    record_waiting: bool = True,
 ) -> int:
     """Assign queued distributed runs, oldest first, to matching workers with free slots.
 
@@ -78,12 +79,18 @@ def dispatch_once(
     runs are read FOR UPDATE SKIP LOCKED, so two coordinators' passes never wait on each
     other's rows; the compare-and-set keeps them correct without the lock. Each claimed
     attempt is delivered as the task its worker gets, built from what the pass read.
-    `groups` is `queued_groups()` if the caller read it already. Returns how many runs were
-    assigned.
+    `groups` is `queued_groups()` if the caller read it already. `record_waiting=False`
+    leaves waiting reasons alone: for a pass over part of the fleet (claim on report), whose
+    view of who could take a run is partial. Returns how many runs were assigned.
     """
 
     views = {w.id: w for w in workers}
     claimed: list[TaskPayload] = []
+    if groups is not None and not _anything_to_write(groups, list(views.values()), record_waiting):
+        # No free slot any group could use and every reason already recorded: no write
+        # transaction, which on SQLite would take the one write lock from run creation
+        # and reports for nothing (a busy fleet's passes are mostly like this).
+        return 0
     # One transaction for the whole pass: with SQLite's single write lock, the number of
     # write transactions per run is what bounds throughput. Mailboxes are filled only after
     # the commit, so no worker can see an attempt that might still roll back.
@@ -107,7 +114,7 @@ def dispatch_once(
         if picks:
             claimed = _assign(picks, now=now)
         pool = list(views.values())
-        for group in groups:
+        for group in groups if record_waiting else ():
             worker, matched = choose_worker(group.selector, pool)
             if worker is not None:
                 continue  # a claim was lost to a race; the next pass retries
@@ -117,6 +124,20 @@ def dispatch_once(
     for task in claimed:
         deliver(task)
     return len(claimed)
+
+
+def _anything_to_write(
+    groups: list[SelectorGroup], workers: list[WorkerView], record_waiting: bool
+) -> bool:
+    """Whether a pass over these groups could claim a run or change a waiting reason."""
+    for group in groups:
+        if any(w.free_slots for w in _takers(group.selector, workers)):
+            return True
+        if record_waiting and choose_worker(group.selector, workers)[0] is None:
+            reason = waiting_reason(group.selector, workers)
+            if any(r != reason for r in group.reasons):
+                return True
+    return False
 
 
 def _assign(

@@ -382,9 +382,16 @@ class WorkerAgent:
         batch = self.outbox.batch()
         if not batch:
             return 0
-        request = pb.ReportRequest(worker_id=self.worker_id, events=[event_to_pb(e) for e in batch])
+        request = pb.ReportRequest(
+            worker_id=self.worker_id,
+            events=[event_to_pb(e) for e in batch],
+            want_tasks=self._slots_after(batch),
+        )
         reply = self.client.call("Report", request, timeout=RPC_TIMEOUT_SECONDS)
         self.outbox.ack(len(batch))
+        # Claim on report: the runs this batch ended are replaced in the same round trip.
+        for task in reply.tasks:
+            self.start_task(task)
         runs = {e.attempt_token: e.dag_run_id for e in batch}
         for token in reply.rejected_attempt_tokens:
             logger.warning(
@@ -397,6 +404,17 @@ class WorkerAgent:
         return len(batch)
 
     # -- runs ---------------------------------------------------------------------------------
+
+    def _slots_after(self, batch: list[Event]) -> int:
+        """Slots free once the runs this batch ends are gone (0 if it ends none): the tasks
+        the coordinator may hand back with the reply. A run is dropped from `_runs` just
+        after its end is queued, so the batch may still count it."""
+        ending = {e.attempt_token for e in batch if e.kind == RUN_FINISHED}
+        if not ending or self.draining or self.stop_event.is_set():
+            return 0
+        with self._lock:
+            busy = sum(1 for token in self._runs if token not in ending)
+        return max(0, self.max_active_runs - busy)
 
     def free_slots(self) -> int:
         with self._lock:
