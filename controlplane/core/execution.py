@@ -228,7 +228,10 @@ class _Run:
         deadline = deadline_after(self.dag.timeout_sec)
         pending = [s for s in self.dag.steps if s.name not in self.statuses]
         running = 0
-        logger.info(
+        # Debug only, as the end below: the callers (the agent, the local executor) log a
+        # run's start and end, and on a worker running hundreds of short runs a second
+        # log lines were a fifth of its CPU (docs/benchmarks.md).
+        logger.debug(
             "run %s of %s: starting %d steps", self.context.dag_run_id, self.dag.name, len(pending)
         )
         while True:
@@ -370,7 +373,7 @@ class _Run:
                 error += f": {result.error}"
             if len(failures) > 1:
                 error += f" ({len(failures) - 1} more steps did not succeed)"
-        logger.info("run %s finished %s", self.context.dag_run_id, status)
+        logger.debug("run %s finished %s", self.context.dag_run_id, status)
         return RunOutcome(status, error, outputs)
 
     def step_env(self, step: Step) -> dict[str, str]:
