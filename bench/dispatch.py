@@ -474,7 +474,8 @@ def measure_live(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any]:
     shapes0 = cost.shapes
     meter.start()
     budget.start()
-    ids, create_seconds = create_runs(bench, count=runs, wake_every=25)
+    with LockWaits() as lock_waits:
+        ids, create_seconds = create_runs(bench, count=runs, wake_every=25)
     wait_all_finished(ids, timeout=timeout)
     cpu = meter.read()
     spent = budget.read()
@@ -489,10 +490,43 @@ def measure_live(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any]:
         cpu_percent=cpu,
         cost=per_run_cost((idle0, idle1), (busy0, busy1), runs),
         budget_ms_per_run=cpu_budget_per_run(spent, runs),
+        creator_lock_wait_ms_per_run=1000 * lock_waits.slept / runs,
+        creator_lock_retries_per_run=lock_waits.pauses / runs,
         elsewhere_ms_per_run={k: 1000 * v / runs for k, v in elsewhere.items()},
         sql_shapes={k: n / runs for k, n in shapes.most_common()},
     )
     return figures
+
+
+class LockWaits:
+    """How long this process's `BEGIN IMMEDIATE` slept waiting for SQLite's write lock held
+    by another process (the coordinator), counted by wrapping the backend's pauses; for the
+    benchmark's own run creation (SQLite only; nothing is counted on PostgreSQL)."""
+
+    def __init__(self) -> None:
+        self.slept, self.pauses = 0.0, 0
+
+    def __enter__(self) -> LockWaits:
+        from controlplane.sqlite import base
+
+        self._module = base
+        self._time = base.time
+        waits = self
+
+        class Counting:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(waits._time, name)
+
+            def sleep(self, seconds: float) -> None:
+                waits.slept += seconds
+                waits.pauses += 1
+                waits._time.sleep(seconds)
+
+        base.time = Counting()  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._module.time = self._time
 
 
 def cpu_budget_per_run(spent: dict[str, float], runs: int) -> dict[str, float]:
@@ -585,6 +619,12 @@ def print_throughput(name: str, result: dict[str, Any], *, clock_from: str) -> N
     )
     if "cost" in result:
         print_cost(result["cost"])
+    if "creator_lock_wait_ms_per_run" in result:
+        print(
+            f"  this process slept {result['creator_lock_wait_ms_per_run']:.2f} ms per run "
+            f"({result['creator_lock_retries_per_run']:.1f} pauses) waiting for SQLite's write "
+            "lock to create runs"
+        )
     if "budget_ms_per_run" in result:
         print_budget(result["budget_ms_per_run"])
         print(
