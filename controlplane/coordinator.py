@@ -181,10 +181,10 @@ class Coordinator:
                 return []
             now = utcnow()
             self.fleet.set_draining(view.draining)
-            mine = [w for w in self.fleet.views(now=now, held=view.held) if w.id == worker_id]
-            if not mine:
+            mine = self.fleet.view_of(worker_id, now=now, held=view.held)
+            if mine is None:
                 return []
-            worker = dataclasses.replace(mine[0], free_slots=min(mine[0].free_slots, slots))
+            worker = dataclasses.replace(mine, free_slots=min(mine.free_slots, slots))
             tasks: list[TaskPayload] = []
             dispatch_once(
                 now=now,
