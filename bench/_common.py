@@ -39,6 +39,7 @@ __all__ = [
     "PEERS_VENV",
     "ROOT",
     "Cluster",
+    "CpuBudget",
     "CpuMeter",
     "bench_cluster",
     "guarded",
@@ -207,6 +208,110 @@ def process_cpu_seconds(pid: int) -> float:
     # The command name may contain spaces; fields resume after its closing parenthesis.
     fields = text.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_children_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process's waited-for children (its step processes)."""
+    text = _read(f"/proc/{pid}/stat")
+    if not text:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / CLK_TCK
+
+
+def machine_cpu_ticks() -> dict[str, float]:
+    """The whole machine's CPU seconds so far by kind (/proc/stat's first line)."""
+    first = (_read("/proc/stat") or "cpu 0 0 0 0").splitlines()[0].split()[1:]
+    kinds = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return {k: int(v) / CLK_TCK for k, v in zip(kinds, first, strict=False)}
+
+
+def all_processes_cpu() -> dict[int, tuple[str, float]]:
+    """Every process's (command name, own CPU seconds), from /proc."""
+    out: dict[int, tuple[str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        text = _read(f"/proc/{entry}/stat")
+        if not text or ")" not in text:
+            continue
+        head, tail = text.rsplit(")", 1)
+        fields = tail.split()
+        out[int(entry)] = (
+            head.split("(", 1)[-1],
+            (int(fields[11]) + int(fields[12])) / CLK_TCK,
+        )
+    return out
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, over all cores (/proc/stat)."""
+    first = (_read("/proc/stat") or "cpu 0 0 0 0").splitlines()[0].split()[1:]
+    ticks = [int(v) for v in first]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already).
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    busy = sum(ticks[:8]) - idle
+    return busy / CLK_TCK, idle / CLK_TCK
+
+
+class CpuBudget:
+    """Where the machine's CPU went over an interval: each named process (itself, and the
+    children it waited for, e.g. a worker's step processes), and the whole machine (busy and
+    idle over every core), so per-run figures can be put next to each other."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self._start: dict[str, tuple[float, float]] = {}
+        self._machine = (0.0, 0.0)
+        self._t0 = 0.0
+
+    def _sample(self) -> dict[str, tuple[float, float]]:
+        return {
+            name: (process_cpu_seconds(pid), process_children_cpu_seconds(pid))
+            for name, pid in self.pids.items()
+        }
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._start = self._sample()
+        self._machine = machine_cpu_seconds()
+        self._kinds = machine_cpu_ticks()
+        self._everyone = all_processes_cpu()
+
+    def others(self, top: int = 6) -> dict[str, float]:
+        """Since start(): the machine's CPU by kind (steal, softirq...) and the processes
+        outside the named ones that used the most (by command name, summed), in seconds."""
+        kinds = machine_cpu_ticks()
+        out = {f"kind {k}": kinds[k] - self._kinds.get(k, 0.0) for k in kinds}
+        named = set(self.pids.values())
+        by_name: dict[str, float] = {}
+        for pid, (comm, seconds) in all_processes_cpu().items():
+            if pid in named:
+                continue
+            before = self._everyone.get(pid)
+            # By pid only: a kernel worker renames itself after the work it does.
+            used = seconds - (before[1] if before else 0.0)
+            by_name[comm] = by_name.get(comm, 0.0) + used
+        for comm, seconds in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]:
+            out[f"process {comm}"] = seconds
+        return out
+
+    def read(self) -> dict[str, float]:
+        """CPU seconds since start(): `NAME` and `NAME children` per process, `machine busy`,
+        `machine idle`, `other` (busy not in any named process or its children), `wall`."""
+        wall = time.monotonic() - self._t0
+        now, machine = self._sample(), machine_cpu_seconds()
+        out: dict[str, float] = {}
+        for name, (own, kids) in now.items():
+            own0, kids0 = self._start.get(name, (0.0, 0.0))
+            out[name] = own - own0
+            out[f"{name} children"] = kids - kids0
+        named = sum(out.values())
+        out["machine busy"] = machine[0] - self._machine[0]
+        out["machine idle"] = machine[1] - self._machine[1]
+        out["other"] = out["machine busy"] - named
+        out["wall"] = wall
+        return out
 
 
 class CpuMeter:

@@ -60,6 +60,7 @@ from typing import Any
 
 from _common import (
     Cluster,
+    CpuBudget,
     CpuMeter,
     bench_cluster,
     guarded,
@@ -468,12 +469,17 @@ def measure_live(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any]:
     time.sleep(3.0)
     idle1 = cost.read()
     meter = CpuMeter(cpu_pids(bench))
+    budget = CpuBudget(cpu_pids(bench))
     busy0 = cost.read()
     shapes0 = cost.shapes
     meter.start()
-    ids, create_seconds = create_runs(bench, count=runs, wake_every=25)
+    budget.start()
+    with LockWaits() as lock_waits:
+        ids, create_seconds = create_runs(bench, count=runs, wake_every=25)
     wait_all_finished(ids, timeout=timeout)
     cpu = meter.read()
+    spent = budget.read()
+    elsewhere = budget.others()
     busy1 = cost.read()
     shapes = cost.shapes - shapes0
     first_queued = DagRun.objects.filter(pk__in=ids).order_by("queued_at").first()
@@ -483,9 +489,76 @@ def measure_live(bench: Bench, *, runs: int, timeout: float) -> dict[str, Any]:
         create_seconds=create_seconds,
         cpu_percent=cpu,
         cost=per_run_cost((idle0, idle1), (busy0, busy1), runs),
+        budget_ms_per_run=cpu_budget_per_run(spent, runs),
+        creator_lock_wait_ms_per_run=1000 * lock_waits.slept / runs,
+        creator_lock_retries_per_run=lock_waits.pauses / runs,
+        elsewhere_ms_per_run={k: 1000 * v / runs for k, v in elsewhere.items()},
         sql_shapes={k: n / runs for k, n in shapes.most_common()},
     )
     return figures
+
+
+class LockWaits:
+    """How long this process's `BEGIN IMMEDIATE` slept waiting for SQLite's write lock held
+    by another process (the coordinator), counted by wrapping the backend's pauses; for the
+    benchmark's own run creation (SQLite only; nothing is counted on PostgreSQL)."""
+
+    def __init__(self) -> None:
+        self.slept, self.pauses = 0.0, 0
+
+    def __enter__(self) -> LockWaits:
+        from controlplane.sqlite import base
+
+        self._module = base
+        self._time = base.time
+        waits = self
+
+        class Counting:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(waits._time, name)
+
+            def sleep(self, seconds: float) -> None:
+                waits.slept += seconds
+                waits.pauses += 1
+                waits._time.sleep(seconds)
+
+        base.time = Counting()  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._module.time = self._time
+
+
+def cpu_budget_per_run(spent: dict[str, float], runs: int) -> dict[str, float]:
+    """CPU ms per run by where it went (the window also holds the wait for the last runs
+    and the 0.25 s completion polls, so idle is a little overstated)."""
+    groups: dict[str, float] = {}
+    for name, seconds in spent.items():
+        if name == "wall":
+            continue
+        if name.startswith("bench-w"):
+            key = "workers (steps)" if name.endswith("children") else "workers"
+        elif name.startswith("coordinator"):
+            key = "coordinator(s)" + (" children" if name.endswith("children") else "")
+        elif name.startswith("bench (this process)"):
+            key = "creator (this process)" + (" children" if name.endswith("children") else "")
+        else:
+            key = name
+        groups[key] = groups.get(key, 0.0) + 1000 * seconds / runs
+    groups["wall"] = 1000 * spent["wall"] / runs
+    return groups
+
+
+def print_budget(budget: dict[str, float]) -> None:
+    order = sorted(
+        (k for k in budget if k not in ("machine busy", "machine idle", "wall")),
+        key=lambda k: -budget[k],
+    )
+    parts = ", ".join(f"{k} {budget[k]:.2f}" for k in order if abs(budget[k]) >= 0.005)
+    print(
+        f"  CPU budget per run (ms, all cores): {parts}; machine busy {budget['machine busy']:.2f}"
+        f" + idle {budget['machine idle']:.2f} over {budget['wall']:.2f} ms wall per run"
+    )
 
 
 def coordinators_cpu(cpu: dict[str, float]) -> float:
@@ -546,6 +619,18 @@ def print_throughput(name: str, result: dict[str, Any], *, clock_from: str) -> N
     )
     if "cost" in result:
         print_cost(result["cost"])
+    if "creator_lock_wait_ms_per_run" in result:
+        print(
+            f"  this process slept {result['creator_lock_wait_ms_per_run']:.2f} ms per run "
+            f"({result['creator_lock_retries_per_run']:.1f} pauses) waiting for SQLite's write "
+            "lock to create runs"
+        )
+    if "budget_ms_per_run" in result:
+        print_budget(result["budget_ms_per_run"])
+        print(
+            "  of which machine-wide by kind / other processes (ms per run): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in result["elsewhere_ms_per_run"].items() if v)
+        )
     if result.get("sql_shapes"):
         print("  SQL statements per run by shape (coordinator, incl. idle heartbeats):")
         for key, n in list(result["sql_shapes"].items())[:15]:
@@ -826,6 +911,7 @@ def run_all(args: argparse.Namespace, summary: dict[str, Any], sql_dir: Path) ->
                 sql_statements_per_run=cost.get("sql_per_run"),
                 sql_statements_per_run_net=cost.get("sql_per_run_net"),
                 pg_commits_per_run=cost.get("commits_per_run"),
+                cpu_budget_ms_per_run=live["budget_ms_per_run"],
             )
         if not args.skip_backlog:
             print_unmatched_backlog(

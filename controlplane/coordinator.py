@@ -7,6 +7,7 @@ function, then sleep on the stop event so a shutdown is never kept waiting.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -70,6 +71,10 @@ class Coordinator:
         self.log_dir = Path(config.paths.log_dir)
         # Concurrent Report calls share one transaction (group commit).
         self.reports = GroupCommit(lambda batches: apply_batches(batches, log_dir=self.log_dir))
+        # Passes that claim runs take turns: each reads the slots workers hold before its
+        # claim, so two at once could both fill the same free slot (claim on report runs
+        # in the Report call's thread, beside the dispatcher's loop).
+        self._dispatching = threading.Lock()
 
     # -- RPC handlers ----------------------------------------------------------------------
 
@@ -134,14 +139,61 @@ class Coordinator:
     def report(self, events: Iterable[Event], *, worker_id: str | None = None) -> ApplyResult:
         """Apply a report (with concurrent ones: group commit). With `worker_id`, a report
         naming another worker's attempt is refused whole (Denied)."""
+        result = self._apply_report(events, worker_id=worker_id)
+        if result.finished_runs:
+            self._slots_freed()
+        return result
+
+    def _apply_report(self, events: Iterable[Event], *, worker_id: str | None) -> ApplyResult:
         result = self.reports.submit(Report(list(events), worker_id))
         if result.foreign_run:
             assert worker_id is not None
             raise Denied(f'run "{result.foreign_run}" is not assigned to worker "{worker_id[:80]}"')
-        if result.finished_runs:
-            self.wake()  # a slot freed up
-            runs_queued()  # ... which a run waiting on another coordinator may need
         return result
+
+    def _slots_freed(self) -> None:
+        self.wake()  # a slot freed up
+        runs_queued()  # ... which a run waiting on another coordinator may need
+
+    def report_and_claim(
+        self, events: Iterable[Event], *, worker_id: str, want: int
+    ) -> tuple[ApplyResult, list[TaskPayload]]:
+        """`report`, then, when it ended runs, claim up to `want` queued runs for the worker
+        that sent it (claim on report): the tasks go back in the reply, so a busy worker's
+        freed slot is refilled without a poll. The slots come from the database, as any
+        pass's do, so whatever its parked poll gets besides, the worker is never over-filled."""
+        result = self._apply_report(events, worker_id=worker_id)
+        tasks: list[TaskPayload] = []
+        if result.finished_runs and want > 0:
+            tasks = self.claim_for(worker_id, slots=want)
+        if len(tasks) < len(result.finished_runs):
+            # Only slots refilled here need no pass: the dispatcher takes the rest (free
+            # slots this queue cannot fill, waiting reasons, other coordinators' runs).
+            self._slots_freed()
+        return result, tasks
+
+    def claim_for(self, worker_id: str, *, slots: int) -> list[TaskPayload]:
+        """One dispatch pass for one worker, at most `slots` runs; the tasks are returned,
+        not put in its mailbox. Waiting reasons are left to the full passes."""
+        with self._dispatching:
+            view = dispatch_view()
+            if not view.groups:
+                return []
+            now = utcnow()
+            self.fleet.set_draining(view.draining)
+            mine = self.fleet.view_of(worker_id, now=now, held=view.held)
+            if mine is None:
+                return []
+            worker = dataclasses.replace(mine, free_slots=min(mine.free_slots, slots))
+            tasks: list[TaskPayload] = []
+            dispatch_once(
+                now=now,
+                workers=[worker],
+                deliver=tasks.append,
+                groups=view.groups,
+                record_waiting=False,
+            )
+            return tasks
 
     def start_child(
         self,
@@ -192,19 +244,20 @@ class Coordinator:
     # -- loops -----------------------------------------------------------------------------
 
     def dispatch_step(self) -> int:
-        view = dispatch_view()
-        if not view.groups:
-            return 0  # the common idle case: one indexed query, no fleet snapshot
-        now = utcnow()
-        # Drain flags are read on every pass, with the queued runs: an operator's drain must
-        # win any race with a run queued right after it.
-        self.fleet.set_draining(view.draining)
-        return dispatch_once(
-            now=now,
-            workers=self.fleet.views(now=now, held=view.held),
-            deliver=lambda task: self.fleet.deliver(task.worker_id, task),
-            groups=view.groups,
-        )
+        with self._dispatching:
+            view = dispatch_view()
+            if not view.groups:
+                return 0  # the common idle case: one indexed query, no fleet snapshot
+            now = utcnow()
+            # Drain flags are read on every pass, with the queued runs: an operator's drain
+            # must win any race with a run queued right after it.
+            self.fleet.set_draining(view.draining)
+            return dispatch_once(
+                now=now,
+                workers=self.fleet.views(now=now, held=view.held),
+                deliver=lambda task: self.fleet.deliver(task.worker_id, task),
+                groups=view.groups,
+            )
 
     def housekeeping_step(self) -> None:
         """Flush heartbeats, sync drain flags, supersede lost attempts.

@@ -28,7 +28,6 @@ from controlplane.models import DecisionEvent, DispatchDecision
 from dags import sql
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.runs import (
-    QUEUED_RUN_FIELDS,
     QueuedRun,
     TaskPayload,
     claim_runs,
@@ -64,6 +63,7 @@ def dispatch_once(
     workers: list[WorkerView],
     deliver: Callable[[TaskPayload], None],
     groups: list[SelectorGroup] | None = None,
+    record_waiting: bool = True,
 ) -> int:
     """Assign queued distributed runs, oldest first, to matching workers with free slots.
 
@@ -78,12 +78,18 @@ def dispatch_once(
     runs are read FOR UPDATE SKIP LOCKED, so two coordinators' passes never wait on each
     other's rows; the compare-and-set keeps them correct without the lock. Each claimed
     attempt is delivered as the task its worker gets, built from what the pass read.
-    `groups` is `queued_groups()` if the caller read it already. Returns how many runs were
-    assigned.
+    `groups` is `queued_groups()` if the caller read it already. `record_waiting=False`
+    leaves waiting reasons alone: for a pass over part of the fleet (claim on report), whose
+    view of who could take a run is partial. Returns how many runs were assigned.
     """
 
     views = {w.id: w for w in workers}
     claimed: list[TaskPayload] = []
+    if groups is not None and not _anything_to_write(groups, list(views.values()), record_waiting):
+        # No free slot any group could use and every reason already recorded: no write
+        # transaction, which on SQLite would take the one write lock from run creation
+        # and reports for nothing (a busy fleet's passes are mostly like this).
+        return 0
     # One transaction for the whole pass: with SQLite's single write lock, the number of
     # write transactions per run is what bounds throughput. Mailboxes are filled only after
     # the commit, so no worker can see an attempt that might still roll back.
@@ -107,7 +113,7 @@ def dispatch_once(
         if picks:
             claimed = _assign(picks, now=now)
         pool = list(views.values())
-        for group in groups:
+        for group in groups if record_waiting else ():
             worker, matched = choose_worker(group.selector, pool)
             if worker is not None:
                 continue  # a claim was lost to a race; the next pass retries
@@ -117,6 +123,20 @@ def dispatch_once(
     for task in claimed:
         deliver(task)
     return len(claimed)
+
+
+def _anything_to_write(
+    groups: list[SelectorGroup], workers: list[WorkerView], record_waiting: bool
+) -> bool:
+    """Whether a pass over these groups could claim a run or change a waiting reason."""
+    for group in groups:
+        if any(w.free_slots for w in _takers(group.selector, workers)):
+            return True
+        if record_waiting and choose_worker(group.selector, workers)[0] is None:
+            reason = waiting_reason(group.selector, workers)
+            if any(r != reason for r in group.reasons):
+                return True
+    return False
 
 
 def _assign(
@@ -227,15 +247,45 @@ def _in_group(group: SelectorGroup) -> QuerySet[DagRun]:
 
 
 def _oldest_runs(group: SelectorGroup, *, limit: int) -> list[QueuedRun]:
-    # SKIP LOCKED: rows another coordinator's pass is claiming are left to it (PostgreSQL;
-    # SQLite has one writer at a time and ignores this). `of` spares the root and parent.
-    rows = (
-        _in_group(group)
-        .select_for_update(skip_locked=True, of=("self",))
-        .order_by("queued_at", "id")
-        .values_list(*QUEUED_RUN_FIELDS)[:limit]
+    """The group's oldest queued runs, at most `limit`, as `QueuedRun`s.
+
+    Plain SQL (the ORM's `values_list` of these fields, with its two joins, cost more to
+    build than to run, and claim on report runs a pass per report, inside the write lock).
+    SKIP LOCKED: rows another coordinator's pass is claiming are left to it (PostgreSQL;
+    SQLite has one writer at a time and has no FOR UPDATE). `OF` spares the root and parent.
+    """
+    runs = sql.table(DagRun)
+    params: list[object] = [RunStatus.QUEUED, ExecutionMode.DISTRIBUTED, False]
+    # Stored JSON compared as the ORM compares it: the value adapted by the field itself.
+    params += [sql.as_json(DagRun, "worker_selector", form) for form in group.forms]
+    forms = " OR ".join(["r.worker_selector = %s"] * len(group.forms))
+    lock = " FOR UPDATE OF r SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    rows = sql.fetch(
+        "SELECT r.id, r.queued_at, r.worker_selector, r.execution_mode, r.mode_reason, "
+        "r.dag_name, r.spec, r.params, r.source, r.root_id, root.dag_name, r.parent_id, "
+        f"parent.dag_name FROM {runs} r LEFT JOIN {runs} root ON root.id = r.root_id "
+        f"LEFT JOIN {runs} parent ON parent.id = r.parent_id "
+        f"WHERE r.status = %s AND r.execution_mode = %s AND r.cancel_requested = %s "
+        f"AND ({forms}) ORDER BY r.queued_at, r.id LIMIT {int(limit)}{lock}",
+        params,
     )
-    return [QueuedRun(*row) for row in rows]
+    return [
+        QueuedRun(
+            row[0],
+            sql.read_datetime(row[1]),
+            _json(row[2]),
+            *row[3:7],
+            _json(row[7]),
+            *row[8:],
+        )
+        for row in rows
+    ]
+
+
+def _json(value: object) -> dict[str, str]:
+    # Text from both backends as Django's connections set them up; a dict should a driver
+    # decode JSON itself.
+    return dict(json.loads(value) if isinstance(value, str | bytes) else value or {})
 
 
 def _record_waiting(

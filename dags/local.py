@@ -254,6 +254,7 @@ def _execute_attempt(
         target=_watch_cancel, args=(run.id, cancel, done), name=f"cancel-{run.id}", daemon=True
     )
     watcher.start()
+    logger.info("local run %s of %s attempt %d started", run.id, run.dag_name, attempt.number)
     try:
         outcome = execute_run(
             dag,
@@ -277,6 +278,7 @@ def _execute_attempt(
         outcome = RunOutcome(status=RunStatus.FAILED, error=f"executor error: {exc}")
     finally:
         done.set()
+    logger.info("local run %s attempt %d %s", run.id, attempt.number, outcome.status)
     reporter.run_finished(outcome, at=utcnow())
     return outcome
 

@@ -312,23 +312,6 @@ class QueuedRun:
     parent_dag_name: str | None
 
 
-# `DagRun.objects.values_list(*QUEUED_RUN_FIELDS)` rows, in `QueuedRun`'s field order.
-QUEUED_RUN_FIELDS = (
-    "id",
-    "queued_at",
-    "worker_selector",
-    "execution_mode",
-    "mode_reason",
-    "dag_name",
-    "spec",
-    "params",
-    "source",
-    "root_id",
-    "root__dag_name",
-    "parent_id",
-    "parent__dag_name",
-)
-
 _COMPLETED_STEP_STATES = (StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.FAILED)
 # Runs per claiming UPDATE (three parameters each).
 CLAIM_CHUNK = 2000

@@ -11,7 +11,7 @@ use `%s` placeholders and portable SQL (RETURNING needs SQLite >= 3.35, or Postg
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
@@ -32,6 +32,16 @@ def marks(n: int) -> str:
 def when_datetime(value: datetime | None) -> Any:
     """A datetime as the ORM would send it (SQLite: naive UTC text; PostgreSQL: as is)."""
     return connection.ops.adapt_datetimefield_value(value)
+
+
+def read_datetime(value: Any) -> datetime:
+    """A datetime column's value as the ORM would return it: aware, in UTC.
+
+    SQLite gives naive UTC (as a datetime, Django's connection converts the declared type, or
+    as text); PostgreSQL an aware datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def as_json(model: type[Model], field: str, value: Any) -> Any:

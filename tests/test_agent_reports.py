@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,61 @@ def test_a_fast_run_sends_its_events_in_one_report(tmp_path: Path, monkeypatch: 
         worker.halt_event.set()
         reporting.join(timeout=10)
     assert client.reports == [[ATTEMPT_STARTED, STEP_STARTED, STEP_FINISHED, RUN_FINISHED]]
+
+
+class RefillingClient(RecordingClient):
+    """Answers the first Report that ends a run with one new task (claim on report)."""
+
+    def __init__(self, task: pb.Task) -> None:
+        super().__init__()
+        self.next_task: pb.Task | None = task
+        self.wanted: list[int] = []
+
+    def call(self, method: str, request: Any, *, timeout: float) -> Any:
+        reply = super().call(method, request, timeout=timeout)
+        self.wanted.append(request.want_tasks)
+        if request.want_tasks and self.next_task is not None:
+            reply.tasks.append(self.next_task)
+            self.next_task = None
+        return reply
+
+
+def fast_task(name: str) -> pb.Task:
+    return pb.Task(
+        dag_run_id=f"run-{name}",
+        dag_name=name,
+        attempt=1,
+        attempt_token=f"tok-{name}",
+        definition='steps:\n  - name: a\n    command: "true"\n',
+        source=f"{name}.yaml",
+    )
+
+
+def test_a_report_ending_a_run_asks_for_its_slot_and_starts_what_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(agent_module, "REPORT_LINGER_SECONDS", 600.0)  # one Report per run
+    config = resolve(
+        env={
+            "DAGU_HOME": str(tmp_path),
+            "DAGU_WORKER_ID": "w-refill",
+            "DAGU_WORKER_MAX_ACTIVE_RUNS": "3",
+        }
+    )
+    client = RefillingClient(fast_task("second"))
+    worker = WorkerAgent(config, client=client)  # type: ignore[arg-type]
+    reporting = threading.Thread(target=worker._report_loop, daemon=True)
+    reporting.start()
+    try:
+        worker.start_task(fast_task("first"))
+        # The second run comes in the reply to the first one's end, and reports in turn.
+        deadline = time.monotonic() + 30
+        while len(client.reports) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.outbox.wait_empty(timeout=30)
+    finally:
+        worker.halt_event.set()
+        reporting.join(timeout=10)
+    assert len(client.reports) == 2
+    # Each report ended a run; every slot but the other run's (if still held) was asked for.
+    assert client.wanted[0] == 3 and client.wanted[1] == 3

@@ -284,6 +284,36 @@ def test_a_poll_of_tasks_still_current_costs_one_statement(tmp_path):
     assert len(queries) == 1
 
 
+@pytest.mark.django_db
+def test_a_report_that_frees_slots_brings_back_their_next_tasks_and_never_more(tmp_path):
+    """Claim on report: the runs a report ends are replaced in its reply, counted from the
+    slots stored for the worker, so a mailbox's tasks and the reply's never exceed them."""
+    core = Coordinator(resolve(env={"DAGU_HOME": str(tmp_path)}))
+    who = Identity("w1", "h", 1, {"pool": "a"}, 2)
+    core.fleet.record_heartbeat(who, running=[], stopping=False, now=datetime.now(UTC))
+    runs = queued(6)
+    assert core.dispatch_step() == 2  # both slots, into the mailbox
+    first = handed_out(core, who)
+    # A report of one run's end, asking for 5: one slot is free, so one task comes back.
+    core.wake_event.clear()
+    result, refill = core.report_and_claim(fast_run(first[0]), worker_id="w1", want=5)
+    assert result.finished_runs == [runs[0].id]
+    assert [t.dag_run_id for t in refill] == [runs[2].id]
+    assert refill[0].attempt_token == Attempt.objects.get(run_id=runs[2].id).token
+    assert not core.fleet.pending_mail()  # in the reply, not in the mailbox
+    assert not core.wake_event.is_set()  # its slot is refilled: no pass needed
+    assert core.dispatch_step() == 0  # and a full pass finds the worker full
+    # Without want_tasks (an older worker) the slot is left to the dispatcher and the poll.
+    result, tasks = core.report_and_claim(fast_run(first[1]), worker_id="w1", want=0)
+    assert tasks == [] and core.wake_event.is_set()
+    assert core.dispatch_step() == 1
+    assert [t.dag_run_id for t in handed_out(core, who)] == [runs[3].id]
+    # A report that ends no run claims nothing, whatever it asks for.
+    started = fast_run(refill[0])[:1]
+    assert core.report_and_claim(started, worker_id="w1", want=3)[1] == []
+    assert Attempt.objects.filter(status__in=["assigned", "running"]).count() == 2
+
+
 # -- reports: a batch in a fixed handful of statements --------------------------------------
 
 

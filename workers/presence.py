@@ -261,16 +261,24 @@ class Fleet:
     def views(self, *, now: datetime, held: Mapping[str, int]) -> list[WorkerView]:
         """Dispatch's view: `held` counts the active attempts each worker holds."""
         with self._lock:
-            return [
-                WorkerView(
-                    id=s.id,
-                    labels=dict(s.labels),
-                    health=self.dispatch_health(s, now=now),
-                    draining=s.draining or s.stopping,
-                    free_slots=max(0, s.max_active_runs - held.get(s.id, 0)),
-                )
-                for s in self._workers.values()
-            ]
+            return [self._view(s, now=now, held=held) for s in self._workers.values()]
+
+    def view_of(
+        self, worker_id: str, *, now: datetime, held: Mapping[str, int]
+    ) -> WorkerView | None:
+        """One worker's dispatch view (claim on report: not the whole fleet per report)."""
+        with self._lock:
+            state = self._workers.get(worker_id)
+            return None if state is None else self._view(state, now=now, held=held)
+
+    def _view(self, s: WorkerState, *, now: datetime, held: Mapping[str, int]) -> WorkerView:
+        return WorkerView(
+            id=s.id,
+            labels=dict(s.labels),
+            health=self.dispatch_health(s, now=now),
+            draining=s.draining or s.stopping,
+            free_slots=max(0, s.max_active_runs - held.get(s.id, 0)),
+        )
 
     # -- mailboxes for long polls ----------------------------------------------------------
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from controlplane.core import registry
+from controlplane.core import pool, registry
 from controlplane.core.clock import utcnow
 from controlplane.core.config import Config
 from controlplane.core.events import RUN_FINISHED, STEP_LOG, Event, EventReporter
@@ -261,7 +261,6 @@ class ActiveRun:
     task: pb.Task
     cancel: threading.Event
     started_at: datetime
-    thread: threading.Thread | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -383,9 +382,16 @@ class WorkerAgent:
         batch = self.outbox.batch()
         if not batch:
             return 0
-        request = pb.ReportRequest(worker_id=self.worker_id, events=[event_to_pb(e) for e in batch])
+        request = pb.ReportRequest(
+            worker_id=self.worker_id,
+            events=[event_to_pb(e) for e in batch],
+            want_tasks=self._slots_after(batch),
+        )
         reply = self.client.call("Report", request, timeout=RPC_TIMEOUT_SECONDS)
         self.outbox.ack(len(batch))
+        # Claim on report: the runs this batch ended are replaced in the same round trip.
+        for task in reply.tasks:
+            self.start_task(task)
         runs = {e.attempt_token: e.dag_run_id for e in batch}
         for token in reply.rejected_attempt_tokens:
             logger.warning(
@@ -399,6 +405,17 @@ class WorkerAgent:
 
     # -- runs ---------------------------------------------------------------------------------
 
+    def _slots_after(self, batch: list[Event]) -> int:
+        """Slots free once the runs this batch ends are gone (0 if it ends none): the tasks
+        the coordinator may hand back with the reply. A run is dropped from `_runs` just
+        after its end is queued, so the batch may still count it."""
+        ending = {e.attempt_token for e in batch if e.kind == RUN_FINISHED}
+        if not ending or self.draining or self.stop_event.is_set():
+            return 0
+        with self._lock:
+            busy = sum(1 for token in self._runs if token not in ending)
+        return max(0, self.max_active_runs - busy)
+
     def free_slots(self) -> int:
         with self._lock:
             return 0 if self.draining else self.max_active_runs - len(self._runs)
@@ -409,10 +426,9 @@ class WorkerAgent:
             if task.attempt_token in {r.task.attempt_token for r in self._runs.values()}:
                 return
             self._runs[task.attempt_token] = active
-        active.thread = threading.Thread(
-            target=self._execute, args=(active,), name=f"run-{task.dag_run_id}", daemon=True
-        )
-        active.thread.start()
+        # A reused thread (controlplane.core.pool): a thread start costs more CPU than a
+        # fast run's scheduling does.
+        pool.start(lambda: self._execute(active), name=f"run-{task.dag_run_id}")
         logger.info("run %s (%s) attempt %d started", task.dag_run_id, task.dag_name, task.attempt)
 
     def cancel_attempt(self, token: str, *, reason: str) -> None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from controlplane.core import pool
 from controlplane.core.clock import utcnow
 from controlplane.core.process import POLL_SEC, TryStop, deadline_after, run_step_process
 from controlplane.core.spec import (
@@ -227,7 +228,10 @@ class _Run:
         deadline = deadline_after(self.dag.timeout_sec)
         pending = [s for s in self.dag.steps if s.name not in self.statuses]
         running = 0
-        logger.info(
+        # Debug only, as the end below: the callers (the agent, the local executor) log a
+        # run's start and end, and on a worker running hundreds of short runs a second
+        # log lines were a fifth of its CPU (docs/benchmarks.md).
+        logger.debug(
             "run %s of %s: starting %d steps", self.context.dag_run_id, self.dag.name, len(pending)
         )
         while True:
@@ -303,8 +307,8 @@ class _Run:
         with self.lock:
             # Marked before the thread starts so the next pass does not start it again.
             self.statuses[step.name] = StepStatus.RUNNING
-        runner = _StepRunner(self, step)
-        threading.Thread(target=runner.run, name=f"step-{step.name}", daemon=True).start()
+        # A reused thread: starting one costs more than a fast step's own Python.
+        pool.start(_StepRunner(self, step).run, name=f"step-{step.name}")
 
     def step_done(self, step: Step, result: _StepResult) -> None:
         """Record a step's end (called by its thread) and wake the scheduler."""
@@ -369,7 +373,7 @@ class _Run:
                 error += f": {result.error}"
             if len(failures) > 1:
                 error += f" ({len(failures) - 1} more steps did not succeed)"
-        logger.info("run %s finished %s", self.context.dag_run_id, status)
+        logger.debug("run %s finished %s", self.context.dag_run_id, status)
         return RunOutcome(status, error, outputs)
 
     def step_env(self, step: Step) -> dict[str, str]:

@@ -97,9 +97,16 @@ class CoordinatorService(Service):
         events = [event_from_pb(e) for e in request.events]
         _allowed(context, lambda: check_report_sequence(events))
         # Whose attempts they are is checked in the query that applies them.
-        result = _allowed(context, lambda: self.core.report(events, worker_id=request.worker_id))
+        result, tasks = _allowed(
+            context,
+            lambda: self.core.report_and_claim(
+                events, worker_id=request.worker_id, want=request.want_tasks
+            ),
+        )
         return pb.ReportResponse(
-            applied=result.applied, rejected_attempt_tokens=sorted(result.rejected_tokens)
+            applied=result.applied,
+            rejected_attempt_tokens=sorted(result.rejected_tokens),
+            tasks=[convert.task_to_pb(t) for t in tasks],
         )
 
     def StartChild(

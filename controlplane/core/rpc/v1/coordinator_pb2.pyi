@@ -208,20 +208,24 @@ class RunEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., dag_run_id: _Optional[str] = ..., attempt_token: _Optional[str] = ..., attempt_started: _Optional[_Union[AttemptStarted, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., step_log: _Optional[_Union[StepLog, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., run_finished: _Optional[_Union[RunFinished, _Mapping]] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("worker_id", "events")
+    __slots__ = ("worker_id", "events", "want_tasks")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    WANT_TASKS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     events: _containers.RepeatedCompositeFieldContainer[RunEvent]
-    def __init__(self, worker_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ...) -> None: ...
+    want_tasks: int
+    def __init__(self, worker_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., want_tasks: _Optional[int] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
-    __slots__ = ("applied", "rejected_attempt_tokens")
+    __slots__ = ("applied", "rejected_attempt_tokens", "tasks")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_ATTEMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
     applied: int
     rejected_attempt_tokens: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, applied: _Optional[int] = ..., rejected_attempt_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+    tasks: _containers.RepeatedCompositeFieldContainer[Task]
+    def __init__(self, applied: _Optional[int] = ..., rejected_attempt_tokens: _Optional[_Iterable[str]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ...) -> None: ...
 
 class StartChildRequest(_message.Message):
     __slots__ = ("worker_id", "parent_dag_run_id", "parent_attempt_token", "step", "item_index", "dag_name", "params", "worker_selector")
