@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,35 @@ class FakeChannel:
 
         return invoke
 
+    def stream_stream(self, path: str, *args: object, **kwargs: object) -> Callable[..., Any]:
+        method = path.rsplit("/", 1)[1]
+
+        def invoke(requests: Iterator[Any], *, metadata: object = None) -> FakeStream:
+            return FakeStream(self, method, requests)
+
+        return invoke
+
     def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
         self.watchers.append(callback)
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeStream:
+    """A bidirectional stream on a FakeChannel: each request is answered by its handler."""
+
+    def __init__(self, channel: FakeChannel, method: str, requests: Iterator[Any]) -> None:
+        self.channel, self.method, self.requests = channel, method, requests
+
+    def __iter__(self) -> Iterator[Any]:
+        for request in self.requests:
+            if self.channel.closed:
+                raise FakeRpcError(grpc.StatusCode.CANCELLED, "Channel closed!")
+            yield self.channel.handler(self.method, request)
+
+    def cancel(self) -> None:
+        pass  # the client ends its requests as well, which ends the iteration
 
 
 class Coordinators:
@@ -100,6 +124,7 @@ class Coordinators:
 def _empty_reply(method: str) -> Any:
     return {
         "Heartbeat": pb.HeartbeatResponse(),
+        "HeartbeatStream": pb.HeartbeatResponse(),
         "Poll": pb.PollResponse(),
         "Report": pb.ReportResponse(),
         "Wake": pb.WakeResponse(),
@@ -410,7 +435,7 @@ def test_after_a_move_the_agent_heartbeats_the_new_coordinator_with_its_running_
     assert agent._beat_now.is_set()
     assert agent.heartbeat_once()
     address, method, request = fleet.calls[-1]
-    assert (address, method) == ("b:1", "Heartbeat")
+    assert (address, method) == ("b:1", "HeartbeatStream")
     assert [r.attempt_token for r in request.running] == ["tok-1"]
 
 
