@@ -107,10 +107,13 @@ class Coordinators:
         self.calls: list[tuple[str, str, Any]] = []  # (address, method, request)
         self.replies: dict[str, Any] = {}
         self.channels: list[FakeChannel] = []
+        self.silent: dict[str, threading.Event] = {}  # these answer once their event is set
 
     def handler(self, address: str) -> Handler:
         def answer(method: str, request: Any) -> Any:
             self.calls.append((address, method, request))
+            if address in self.silent:
+                self.silent[address].wait()
             if address in self.down:
                 raise FakeRpcError(self.down[address], "Socket closed")
             return self.replies.get(method) or _empty_reply(method)
@@ -383,6 +386,23 @@ def test_with_one_coordinator_a_late_failure_does_not_count_against_the_fresh_ch
     wake(client)  # on a second channel
     assert client._failure("a:1", 0, FakeRpcError(UNAVAILABLE)) == ""
     assert client._failures == 0
+
+
+def test_a_heartbeat_stream_without_a_reply_counts_as_a_failed_call_and_is_reopened():
+    fleet = Coordinators()
+    client = FakeClient(fleet, ["a:1", "b:1"])
+    silent = fleet.silent["a:1"] = threading.Event()  # a:1 answers nothing until set
+    try:
+        for _ in range(MOVE_AFTER_FAILURES):
+            with pytest.raises(CoordinatorUnavailable, match="no heartbeat reply"):
+                client.heartbeat(pb.HeartbeatRequest(), timeout=0.05)
+            assert client._stream is None  # never reused: a late reply is not the next one's
+        assert client.address == "b:1"
+        client.heartbeat(pb.HeartbeatRequest(), timeout=1)
+        assert fleet.addresses_called()[-1] == "b:1"
+    finally:
+        silent.set()
+        client.close()
 
 
 def test_a_refusal_is_not_a_reason_to_move():
