@@ -5,11 +5,12 @@ without one) in a temp data dir, and simulator processes (this script with --sim
 to 500 workers each) that behave like the agent on the wire, with the generated stubs on
 grpc.aio: every simulated worker holds a long `Poll` open (wait 10 s, 10 free slots, a
 label no run selects, so each poll waits its full time as an idle worker's does) and sends
-a `Heartbeat` one interval after the previous reply, with its running attempts (none: an
-idle fleet). Each simulator authenticates as an agent does, with a worker token of its own
-(`authorization: Bearer`), one credential per simulator since a credential holds at most
-`limits.workers_per_credential` (1,000) live worker ids. Their starts are spread over a
-ramp; then for the window (60 s):
+a heartbeat one interval after the previous reply, with its running attempts (none: an
+idle fleet), on one open `HeartbeatStream` as the agent does (`--heartbeat unary`: one
+`Heartbeat` call each, as agents did before the stream). Each simulator authenticates as
+an agent does, with a worker token of its own (`authorization: Bearer`), one credential
+per simulator since a credential holds at most `limits.workers_per_credential` (1,000) live
+worker ids. Their starts are spread over a ramp; then for the window (60 s):
 
 - heartbeat latency (send -> reply, timeouts at 10 s counted as 10 s) of every simulated
   heartbeat in the window: p50, p99, max, errors;
@@ -94,7 +95,13 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
             labels={"fleet": "sim"}, max_active_runs=10, started_at_ms=started_ms,
         )  # fmt: skip
 
-    async def heartbeats(stub: Any, me: Any) -> None:
+    def failed(code: str, detail: str, t0: float) -> None:
+        errors[code] = errors.get(code, 0) + 1
+        details.setdefault(code, detail[:200])
+        if t_start <= t0 < t_end:
+            in_window[code] = in_window.get(code, 0) + 1
+
+    async def unary_heartbeats(stub: Any, me: Any) -> None:
         while time.time() < t_end:
             t0 = time.time()
             try:
@@ -103,14 +110,42 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 ok = True
             except grpc.aio.AioRpcError as exc:
-                errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
-                details.setdefault(exc.code().name, str(exc.details())[:200])
-                if t_start <= t0 < t_end:
-                    in_window[exc.code().name] = in_window.get(exc.code().name, 0) + 1
+                failed(exc.code().name, str(exc.details()), t0)
                 ok = False
             if t_start <= t0 < t_end:
                 latencies.append(1000 * (time.time() - t0))
             await asyncio.sleep(1.0 if ok else 0.5)
+
+    async def stream_heartbeats(stub: Any, me: Any) -> None:
+        # As the agent does (CoordinatorClient.heartbeat): one stream kept open, a reply
+        # missing after the RPC timeout is a failed heartbeat and the stream is opened anew.
+        call = None
+        while time.time() < t_end:
+            t0 = time.time()
+            try:
+                if call is None:
+                    call = stub.HeartbeatStream(metadata=auth)
+                await call.write(pb.HeartbeatRequest(worker=me))
+                reply = await asyncio.wait_for(call.read(), RPC_TIMEOUT_S)
+                if reply is grpc.aio.EOF:
+                    raise EOFError("the coordinator ended the stream")
+                ok = True
+            except grpc.aio.AioRpcError as exc:
+                failed(exc.code().name, str(exc.details()), t0)
+                ok = False
+            except (TimeoutError, EOFError, grpc.aio.UsageError) as exc:
+                failed(type(exc).__name__, str(exc), t0)
+                ok = False
+            if not ok and call is not None:
+                call.cancel()
+                call = None
+            if t_start <= t0 < t_end:
+                latencies.append(1000 * (time.time() - t0))
+            await asyncio.sleep(1.0 if ok else 0.5)
+        if call is not None:
+            await call.done_writing()
+
+    heartbeats = unary_heartbeats if args.heartbeat == "unary" else stream_heartbeats
 
     async def polls(stub: Any, me: Any) -> None:
         while time.time() < t_end:
@@ -153,7 +188,7 @@ def simulator_main(args: argparse.Namespace) -> int:
 
 
 def start_simulators(
-    cluster: Any, *, workers: int, window_start: float, window: float
+    cluster: Any, *, workers: int, window_start: float, window: float, heartbeat: str
 ) -> list[tuple[subprocess.Popen[bytes], Path]]:
     from django.utils import timezone
 
@@ -169,7 +204,8 @@ def start_simulators(
         proc = subprocess.Popen(
             [sys.executable, __file__, "--simulate", "--port", str(cluster.port),
              "--first", str(first), "--count", str(min(PER_SIMULATOR, workers - first)),
-             "--window-start", str(window_start), "--window", str(window), "--out", str(out)],
+             "--window-start", str(window_start), "--window", str(window), "--out", str(out),
+             "--heartbeat", heartbeat],
             env={**cluster.env, "DJANGO_SETTINGS_MODULE": "controlplane.settings",
                  TOKEN_ENV: token},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -216,7 +252,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ramp = max(10.0, args.workers / 100)
         window_start = time.time() + 5 + ramp + args.settle
         sims = start_simulators(
-            cluster, workers=args.workers, window_start=window_start, window=args.window
+            cluster,
+            workers=args.workers,
+            window_start=window_start,
+            window=args.window,
+            heartbeat=args.heartbeat,
         )
         time.sleep(max(0.0, window_start - time.time()))
         load_start = os.getloadavg()[0]
@@ -271,6 +311,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         real_healthy = real_states == {"HEALTHY"}
         return {
             "workers": args.workers,
+            "heartbeat": args.heartbeat,
             "registered": seen,
             "database": "postgresql" if args.database_url else "sqlite",
             "window_s": args.window,
@@ -300,7 +341,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_result(r: dict[str, Any]) -> None:
-    print(f"\nfleet of {r['workers']} simulated workers ({r['registered']} registered), "
+    print(f"\nfleet of {r['workers']} simulated workers ({r['registered']} registered, "
+          f"{r['heartbeat']} heartbeats), "
           f"{r['window_s']:.0f} s window, {r['database']}, load average {r['loadavg_1m_start']}"
           f" -> {r['loadavg_1m_end']}")  # fmt: skip
     print(
@@ -333,6 +375,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--database-url", default="", help="PostgreSQL server URL")
     parser.add_argument("--json", action="store_true", help="print one JSON line last")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")
+    parser.add_argument(
+        "--heartbeat",
+        choices=("stream", "unary"),
+        default="stream",
+        help="how simulated workers heartbeat: on an open HeartbeatStream as the agent does "
+        "(default), or one unary Heartbeat call each, as agents before it did",
+    )
     # The simulator child's own arguments.
     parser.add_argument("--simulate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

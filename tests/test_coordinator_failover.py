@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,35 @@ class FakeChannel:
 
         return invoke
 
+    def stream_stream(self, path: str, *args: object, **kwargs: object) -> Callable[..., Any]:
+        method = path.rsplit("/", 1)[1]
+
+        def invoke(requests: Iterator[Any], *, metadata: object = None) -> FakeStream:
+            return FakeStream(self, method, requests)
+
+        return invoke
+
     def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
         self.watchers.append(callback)
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeStream:
+    """A bidirectional stream on a FakeChannel: each request is answered by its handler."""
+
+    def __init__(self, channel: FakeChannel, method: str, requests: Iterator[Any]) -> None:
+        self.channel, self.method, self.requests = channel, method, requests
+
+    def __iter__(self) -> Iterator[Any]:
+        for request in self.requests:
+            if self.channel.closed:
+                raise FakeRpcError(grpc.StatusCode.CANCELLED, "Channel closed!")
+            yield self.channel.handler(self.method, request)
+
+    def cancel(self) -> None:
+        pass  # the client ends its requests as well, which ends the iteration
 
 
 class Coordinators:
@@ -83,10 +107,13 @@ class Coordinators:
         self.calls: list[tuple[str, str, Any]] = []  # (address, method, request)
         self.replies: dict[str, Any] = {}
         self.channels: list[FakeChannel] = []
+        self.silent: dict[str, threading.Event] = {}  # these answer once their event is set
 
     def handler(self, address: str) -> Handler:
         def answer(method: str, request: Any) -> Any:
             self.calls.append((address, method, request))
+            if address in self.silent:
+                self.silent[address].wait()
             if address in self.down:
                 raise FakeRpcError(self.down[address], "Socket closed")
             return self.replies.get(method) or _empty_reply(method)
@@ -100,6 +127,7 @@ class Coordinators:
 def _empty_reply(method: str) -> Any:
     return {
         "Heartbeat": pb.HeartbeatResponse(),
+        "HeartbeatStream": pb.HeartbeatResponse(),
         "Poll": pb.PollResponse(),
         "Report": pb.ReportResponse(),
         "Wake": pb.WakeResponse(),
@@ -360,6 +388,23 @@ def test_with_one_coordinator_a_late_failure_does_not_count_against_the_fresh_ch
     assert client._failures == 0
 
 
+def test_a_heartbeat_stream_without_a_reply_counts_as_a_failed_call_and_is_reopened():
+    fleet = Coordinators()
+    client = FakeClient(fleet, ["a:1", "b:1"])
+    silent = fleet.silent["a:1"] = threading.Event()  # a:1 answers nothing until set
+    try:
+        for _ in range(MOVE_AFTER_FAILURES):
+            with pytest.raises(CoordinatorUnavailable, match="no heartbeat reply"):
+                client.heartbeat(pb.HeartbeatRequest(), timeout=0.05)
+            assert client._stream is None  # never reused: a late reply is not the next one's
+        assert client.address == "b:1"
+        client.heartbeat(pb.HeartbeatRequest(), timeout=1)
+        assert fleet.addresses_called()[-1] == "b:1"
+    finally:
+        silent.set()
+        client.close()
+
+
 def test_a_refusal_is_not_a_reason_to_move():
     fleet = Coordinators()
     client = FakeClient(fleet, ["a:1", "b:1"], token=lambda: ("t", "--worker.token"))
@@ -410,7 +455,7 @@ def test_after_a_move_the_agent_heartbeats_the_new_coordinator_with_its_running_
     assert agent._beat_now.is_set()
     assert agent.heartbeat_once()
     address, method, request = fleet.calls[-1]
-    assert (address, method) == ("b:1", "Heartbeat")
+    assert (address, method) == ("b:1", "HeartbeatStream")
     assert [r.attempt_token for r in request.running] == ["tok-1"]
 
 

@@ -51,6 +51,9 @@ class WorkerState:
     registry_file: str = ""
     dirty: bool = True
     labels_changed: bool = True
+    # A column besides those every heartbeat changes (last_heartbeat_at, active_tasks,
+    # heartbeats) differs from the row written: the flush writes the whole row only then.
+    row_changed: bool = True
     heartbeats: int = 0  # gRPC heartbeats received by this coordinator
     credential: str = ""  # the credential that last heartbeated or polled as this id
     # Last heartbeat or poll that reached THIS coordinator (not a registry file, not the row
@@ -145,8 +148,14 @@ class Fleet:
             state.credential = who.credential
         if dict(who.labels) != state.labels:
             state.labels = dict(who.labels)
-            state.labels_changed = True
-        state.host, state.pid, state.max_active_runs = who.host, who.pid, who.max_active_runs
+            state.labels_changed = state.row_changed = True
+        if (state.host, state.pid, state.max_active_runs) != (
+            who.host,
+            who.pid,
+            who.max_active_runs,
+        ):
+            state.host, state.pid, state.max_active_runs = who.host, who.pid, who.max_active_runs
+            state.row_changed = True
         state.started_at = who.started_at or state.started_at
         state.last_heartbeat = state.contacted_at = now
         state.dirty = True
@@ -187,7 +196,7 @@ class Fleet:
                     state.started_at = who.started_at
                     logger.info("worker %s found in the service registry", who.id)
                 if state.registry_file != path:
-                    state.registry_file, state.dirty = path, True
+                    state.registry_file, state.dirty, state.row_changed = path, True, True
                 if state.last_heartbeat is None or seen > state.last_heartbeat:
                     state.last_heartbeat = min(seen, now)
                     state.dirty = True
@@ -211,6 +220,7 @@ class Fleet:
                         heartbeats=row.heartbeats,
                         dirty=False,
                         labels_changed=False,
+                        row_changed=False,
                     ),
                 )
 
@@ -342,8 +352,7 @@ class Fleet:
             dirty = [s for s in self._workers.values() if s.dirty]
             out = [dataclasses.replace(s) for s in dirty]
             for s in dirty:
-                s.dirty = False
-                s.labels_changed = False
+                s.dirty = s.labels_changed = s.row_changed = False
             return out
 
     def mark_dirty_again(self, states: Iterable[WorkerState]) -> None:
@@ -352,6 +361,7 @@ class Fleet:
                 if live := self._workers.get(copy.id):
                     live.dirty = True
                     live.labels_changed = live.labels_changed or copy.labels_changed
+                    live.row_changed = live.row_changed or copy.row_changed
 
 
 def flush_fleet(fleet: Fleet, *, now: datetime) -> int:
@@ -427,6 +437,33 @@ def _update_rows(rows: list[Worker], names: tuple[str, ...]) -> None:
         cursor.executemany(sql, params)
 
 
+def _update_heartbeats(states: list[WorkerState]) -> None:
+    """What a heartbeat changes, for workers whose other columns are as written.
+
+    Most of a flush (every worker of a fleet, every second): three columns, the values
+    taken from the state without building a model, so the flush thread holds the GIL, which
+    the RPC event loop needs, for a fraction of the time the whole rows took.
+    """
+    if not states:
+        return
+    meta = Worker._meta
+    beat = meta.get_field("last_heartbeat_at")
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} = %s, {} = %s, {} = %s WHERE {} = %s".format(
+        quote(meta.db_table),
+        quote(beat.column),
+        quote(meta.get_field("active_tasks").column),
+        quote(meta.get_field("heartbeats").column),
+        quote(meta.pk.column),  # type: ignore[union-attr]
+    )
+    params = [
+        (beat.get_db_prep_save(s.last_heartbeat, connection), len(s.running), s.heartbeats, s.id)
+        for s in states
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+
+
 @transaction.atomic
 def _write_states(states: list[WorkerState], *, now: datetime) -> None:
     existing = set(
@@ -435,8 +472,9 @@ def _write_states(states: list[WorkerState], *, now: datetime) -> None:
     new = [s for s in states if s.id not in existing]
     old = [s for s in states if s.id in existing]
     Worker.objects.bulk_create([_row(s, now=now) for s in new], ignore_conflicts=True)
+    _update_heartbeats([s for s in old if not s.row_changed])
     _update_rows(
-        [_row(s, now=now) for s in old],
+        [_row(s, now=now) for s in old if s.row_changed],
         (
             "host",
             "pid",

@@ -346,7 +346,7 @@ class WorkerAgent:
             worker=self.info(), running=running, stopping=self.stop_event.is_set()
         )
         try:
-            reply = self.client.call("Heartbeat", request, timeout=RPC_TIMEOUT_SECONDS)
+            reply = self.client.heartbeat(request, timeout=RPC_TIMEOUT_SECONDS)
         except (CoordinatorUnavailable, grpc.RpcError) as exc:
             if isinstance(exc, CoordinatorRefused) and not self.refused:
                 # Revoked or never valid: stop now; the coordinator fails our runs over.

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
-HEARTBEAT_METHOD = SERVICE_PREFIX + "Heartbeat"
+HEARTBEAT_METHODS = {SERVICE_PREFIX + "Heartbeat", SERVICE_PREFIX + "HeartbeatStream"}
 
 # Threads for the blocking part of calls: authentication, Report, StartChild, the other
 # unary methods, and building the tasks of a Poll that got mail. Python runs one of them at
@@ -108,7 +108,7 @@ class CoordinatorServer:
             self.loop.close()
 
     def executor_for(self, method: str) -> Executor:
-        return self.heartbeat_pool if method == HEARTBEAT_METHOD else self.rpc_pool
+        return self.heartbeat_pool if method in HEARTBEAT_METHODS else self.rpc_pool
 
     def call(self, coroutine: Awaitable[T]) -> T:
         """Run a coroutine on the server's loop and wait for its result."""

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import atexit
 import logging
+import queue
 import random
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,61 @@ def unverified_server_identity(
 MOVE_AFTER_FAILURES = 2
 
 
+class _StreamEnded(Exception):
+    """The coordinator closed a heartbeat stream without an error (it is opened anew)."""
+
+
+class _NoReply(Exception):
+    """No heartbeat reply within the call's timeout."""
+
+
+_CLOSE = object()  # ends a heartbeat stream's requests
+
+
+class HeartbeatStream:
+    """One open `HeartbeatStream` call: `exchange` sends a heartbeat and waits for its reply.
+
+    gRPC's synchronous streams block on the next reply without a timeout, so a thread reads
+    the replies into a queue and `exchange` waits on that with one. The coordinator answers
+    each request once, in order; a stream that missed a reply is closed, never reused, so a
+    late reply can never be taken for the next heartbeat's.
+    """
+
+    def __init__(self, stub: Any, *, metadata: list[tuple[str, str]] | None, channel: int) -> None:
+        self.channel = channel  # the client's channel number it was opened on
+        self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._call = stub.HeartbeatStream(self._outgoing(), metadata=metadata)
+        threading.Thread(target=self._read, name="heartbeat-stream", daemon=True).start()
+
+    def _outgoing(self) -> Iterator[pb.HeartbeatRequest]:
+        while (request := self._requests.get()) is not _CLOSE:
+            yield request  # type: ignore[misc]
+
+    def _read(self) -> None:
+        try:
+            for reply in self._call:
+                self._replies.put(reply)
+            self._replies.put(_StreamEnded())
+        except grpc.RpcError as exc:
+            self._replies.put(exc)
+
+    def exchange(self, request: pb.HeartbeatRequest, *, timeout: float) -> pb.HeartbeatResponse:
+        """The reply to `request`; raises the stream's grpc.RpcError, _StreamEnded or _NoReply."""
+        self._requests.put(request)
+        try:
+            reply = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            raise _NoReply(f"no heartbeat reply in {timeout:g} s") from None
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._requests.put(_CLOSE)
+        self._call.cancel()
+
+
 class CoordinatorClient:
     """Calls one coordinator at a time; moves to the next known address when it stops answering.
 
@@ -293,6 +349,11 @@ class CoordinatorClient:
         self._failed: set[str] = set()  # addresses given up on in this round
         self._answered_by: set[str] = set()  # addresses that answered a call once
         self._channels = 0  # channels given up on so far: tells a late failure from a fresh one
+        # Heartbeats ride one open stream on the current channel (`heartbeat`), reopened on
+        # a new channel; coordinators that do not serve it get unary Heartbeat calls.
+        self._beat_lock = threading.Lock()
+        self._stream: HeartbeatStream | None = None
+        self._unary_heartbeats: set[str] = set()
 
     @property
     def address(self) -> str:
@@ -350,7 +411,13 @@ class CoordinatorClient:
         """Count one transport failure on `address`; returns the address moved to, if any."""
         code = exc.code() if hasattr(exc, "code") else None
         details = ((exc.details() if hasattr(exc, "details") else "") or "").splitlines()
-        what = f"{code.name if code else 'error'}{': ' + details[0] if details else ''}"
+        return self._failed_on(
+            address,
+            channel,
+            f"{code.name if code else 'error'}{': ' + details[0] if details else ''}",
+        )
+
+    def _failed_on(self, address: str, channel: int, what: str) -> str:
         with self._lock:
             if channel != self._channels:
                 return ""  # the call started on a channel given up on since: already dealt with
@@ -441,7 +508,77 @@ class CoordinatorClient:
         self._answered(address)
         return reply
 
+    def heartbeat(self, request: pb.HeartbeatRequest, *, timeout: float) -> pb.HeartbeatResponse:
+        """One heartbeat on the open HeartbeatStream (opened on the current channel if none).
+
+        Errors are `call`'s: a refusal is CoordinatorRefused, a transport failure, or no
+        reply within `timeout`, is CoordinatorUnavailable and counts towards moving to the
+        next coordinator; the stream is then closed and the next heartbeat opens a new one
+        (on the new channel after a move). A coordinator without the stream (UNIMPLEMENTED:
+        an older version) gets unary Heartbeat calls from then on.
+        """
+        with self._beat_lock:
+            stub, address, channel = self._connect()
+            if address in self._unary_heartbeats:
+                unary: pb.HeartbeatResponse = self.call("Heartbeat", request, timeout=timeout)
+                return unary
+            stream = self._stream
+            if stream is None or stream.channel != channel:
+                if stream is not None:
+                    stream.close()
+                token, _ = self._token()
+                metadata = [("authorization", f"Bearer {token}")] if token else None
+                stream = self._stream = HeartbeatStream(stub, metadata=metadata, channel=channel)
+            try:
+                reply = stream.exchange(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                self._stream = None
+                stream.close()
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    logger.info("%s: coordinator %s has no heartbeat stream", self._who, address)
+                    self._unary_heartbeats.add(address)
+                    unary = self.call("Heartbeat", request, timeout=timeout)
+                    return unary
+                raise self._stream_error(exc, address, channel) from None
+            except (_NoReply, _StreamEnded) as exc:
+                self._stream = None
+                stream.close()
+                if isinstance(exc, _NoReply):  # as a unary call's DEADLINE_EXCEEDED counts
+                    self._announce(self._failed_on(address, channel, f"DEADLINE_EXCEEDED: {exc}"))
+                raise CoordinatorUnavailable(f"coordinator {address}: {exc}") from None
+            self._answered(address)
+            return reply
+
+    def _stream_error(self, exc: grpc.RpcError, address: str, channel: int) -> Exception:
+        """What a heartbeat stream's error becomes, as `call` treats a call's."""
+        _, where = self._token()
+        refused = refusal(exc, "Heartbeat", where)
+        if refused is not None:
+            return CoordinatorRefused(refused)
+        code = exc.code() if hasattr(exc, "code") else None
+        if code in _RETRYABLE:
+            self._announce(self._failure(address, channel, exc))
+            return CoordinatorUnavailable(
+                explain_rpc_error(
+                    exc,
+                    address,
+                    tls=self._tls,
+                    client_cert=bool(self._peer.cert_file),
+                    answered=address in self._answered_by,
+                )
+            )
+        if code == grpc.StatusCode.CANCELLED and channel != self._channels:
+            return CoordinatorUnavailable(
+                f"coordinator {address}: stream abandoned on leaving it for {self._address}"
+            )
+        error: Exception = exc
+        return error
+
     def close(self) -> None:
+        # Not under _beat_lock: a heartbeat waiting for its reply must not hold up closing.
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
         with self._lock:
             if self._channel is not None:
                 self._channel.close()

@@ -44,6 +44,11 @@ class CoordinatorStub:
                 request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.HeartbeatStream = channel.stream_stream(
+                '/controlplane.rpc.v1.Coordinator/HeartbeatStream',
+                request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
         self.Report = channel.unary_unary(
                 '/controlplane.rpc.v1.Coordinator/Report',
                 request_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.ReportRequest.SerializeToString,
@@ -88,6 +93,16 @@ class CoordinatorServicer:
 
     def Heartbeat(self, request, context):
         """Every second: liveness, labels, running attempts. The reply lists attempts to cancel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HeartbeatStream(self, request_iterator, context):
+        """The same heartbeats on one open stream: one response per request, in order. A worker
+        keeps it open while it stays with a coordinator, which authenticates it when it opens
+        and again as each principal expires (a revoked token ends the stream UNAUTHENTICATED).
+        A stream message costs the coordinator a fraction of a unary call (issue 11: fleets).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,6 +157,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
+                    request_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.FromString,
+                    response_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'HeartbeatStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.HeartbeatStream,
                     request_deserializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.FromString,
                     response_serializer=controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.SerializeToString,
             ),
@@ -228,6 +248,33 @@ class Coordinator:
             request,
             target,
             '/controlplane.rpc.v1.Coordinator/Heartbeat',
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
+            controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeartbeatStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/controlplane.rpc.v1.Coordinator/HeartbeatStream',
             controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatRequest.SerializeToString,
             controlplane_dot_core_dot_rpc_dot_v1_dot_coordinator__pb2.HeartbeatResponse.FromString,
             options,
