@@ -62,8 +62,8 @@ class FakeChannel:
         method = path.rsplit("/", 1)[1]
 
         def invoke(request: Any, *, timeout: float, metadata: object = None) -> Any:
-            if self.closed:
-                raise FakeRpcError(grpc.StatusCode.CANCELLED, "Channel closed!")
+            if self.closed:  # what grpc raises for a new call on a closed channel
+                raise ValueError("Cannot invoke RPC on closed channel!")
             return self.handler(method, request)
 
         return invoke
@@ -72,6 +72,8 @@ class FakeChannel:
         method = path.rsplit("/", 1)[1]
 
         def invoke(requests: Iterator[Any], *, metadata: object = None) -> FakeStream:
+            if self.closed:
+                raise ValueError("Cannot invoke RPC: Channel closed!")
             return FakeStream(self, method, requests)
 
         return invoke
@@ -373,6 +375,40 @@ def test_a_poll_cut_short_by_close_stays_a_grpc_error():
     client = FakeClient(Coordinators(), ["a:1", "b:1"])
     error = poll_cut_short(client, client.close)
     assert isinstance(error, grpc.RpcError) and not isinstance(error, CoordinatorUnavailable)
+
+
+def given_up_between_connect_and_call(client: CoordinatorClient) -> None:
+    """Make the next call find its channel closed by another thread's move, as happens when
+    a worker's heartbeat moves it while its report loop is about to call."""
+    connect = client._connect
+
+    def racing() -> Any:
+        stub, address, channel = connect()
+        with client._lock:
+            client._give_up(address, reason="another thread's failed calls")
+        client._connect = connect  # type: ignore[method-assign]
+        return stub, address, channel
+
+    client._connect = racing  # type: ignore[method-assign]
+
+
+def test_a_call_on_a_channel_another_thread_gave_up_is_a_transport_failure():
+    # grpc raises ValueError there; escaping, it killed the calling loop's thread or made
+    # the API answer 500 for a run it had created.
+    client = FakeClient(Coordinators(), ["a:1", "b:1"])
+    given_up_between_connect_and_call(client)
+    with pytest.raises(CoordinatorUnavailable, match="call abandoned on leaving it for b:1"):
+        wake(client)
+    wake(client)  # on b:1
+    assert client.address == "b:1"
+
+
+def test_a_heartbeat_stream_opened_on_a_channel_given_up_meanwhile_is_a_transport_failure():
+    client = FakeClient(Coordinators(), ["a:1", "b:1"])
+    given_up_between_connect_and_call(client)
+    with pytest.raises(CoordinatorUnavailable, match="call abandoned"):
+        client.heartbeat(pb.HeartbeatRequest(), timeout=1)
+    assert client.heartbeat(pb.HeartbeatRequest(), timeout=1) == pb.HeartbeatResponse()
 
 
 def test_with_one_coordinator_a_late_failure_does_not_count_against_the_fresh_channel():

@@ -74,3 +74,13 @@ def test_a_kept_channel_finds_a_restarted_coordinator_and_none_is_false(tmp_path
     finally:
         restarted.stop(0).wait()
     assert not wake_coordinator(config)  # nobody there: False, no exception
+
+
+def test_an_unexpected_error_while_waking_is_logged_not_raised(tmp_path: Path, monkeypatch, caplog):
+    # The API wakes after committing a run: raising would answer 500 for a created run.
+    def broken(config: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(client, "_wake_client", broken)
+    assert wake_coordinator(resolve(env={"DAGU_HOME": str(tmp_path)})) is False
+    assert "waking the coordinator failed" in caplog.text

@@ -297,6 +297,8 @@ class HeartbeatStream:
             self._replies.put(_StreamEnded())
         except grpc.RpcError as exc:
             self._replies.put(exc)
+        except ValueError:  # the channel was closed under the stream
+            self._replies.put(_StreamEnded())
 
     def exchange(self, request: pb.HeartbeatRequest, *, timeout: float) -> pb.HeartbeatResponse:
         """The reply to `request`; raises the stream's grpc.RpcError, _StreamEnded or _NoReply."""
@@ -483,6 +485,10 @@ class CoordinatorClient:
         metadata = [("authorization", f"Bearer {token}")] if token else None
         try:
             reply = getattr(stub, method)(request, timeout=timeout, metadata=metadata)
+        except ValueError:
+            # grpc's "Cannot invoke RPC on closed channel!": another thread (a worker's
+            # heartbeat, a web server's other request) gave this channel up after `_connect`.
+            raise self._abandoned(address, channel) from None
         except grpc.RpcError as exc:
             refused = refusal(exc, method, where)
             if refused is not None:
@@ -528,7 +534,11 @@ class CoordinatorClient:
                     stream.close()
                 token, _ = self._token()
                 metadata = [("authorization", f"Bearer {token}")] if token else None
-                stream = self._stream = HeartbeatStream(stub, metadata=metadata, channel=channel)
+                try:
+                    stream = HeartbeatStream(stub, metadata=metadata, channel=channel)
+                except ValueError:  # the channel was closed meanwhile, as in `call`
+                    raise self._abandoned(address, channel) from None
+                self._stream = stream
             try:
                 reply = stream.exchange(request, timeout=timeout)
             except grpc.RpcError as exc:
@@ -548,6 +558,14 @@ class CoordinatorClient:
                 raise CoordinatorUnavailable(f"coordinator {address}: {exc}") from None
             self._answered(address)
             return reply
+
+    def _abandoned(self, address: str, channel: int) -> CoordinatorUnavailable:
+        """A call that found its channel closed: given up on, or dropped by `close`."""
+        if channel != self._channels:
+            return CoordinatorUnavailable(
+                f"coordinator {address}: call abandoned on leaving it for {self._address}"
+            )
+        return CoordinatorUnavailable(f"coordinator {address}: the client was closed")
 
     def _stream_error(self, exc: grpc.RpcError, address: str, channel: int) -> Exception:
         """What a heartbeat stream's error becomes, as `call` treats a call's."""
@@ -627,6 +645,11 @@ def wake_coordinator(config: Config, *, timeout: float = 1.0) -> bool:
             client.call("Wake", pb.WakeRequest(), timeout=timeout)
         return True
     except (CoordinatorUnavailable, grpc.RpcError, ConfigError):
+        return False
+    except Exception:
+        # Callers wake after their runs are committed: an error here must not turn a created
+        # run into a failed request (the API would answer 500 and a client retry double it).
+        logger.exception("waking the coordinator failed; it will see the runs on its next scan")
         return False
 
 
