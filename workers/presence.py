@@ -9,7 +9,6 @@ admin, the API and the Workers page read; dispatch reads memory.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -146,13 +145,14 @@ class Fleet:
             self._by_credential.get(state.credential, set()).discard(state.id)
             self._by_credential.setdefault(who.credential, set()).add(state.id)
             state.credential = who.credential
-        if dict(who.labels) != state.labels:
+        # Compared in place (no copy, no tuples): this runs for every heartbeat and poll.
+        if who.labels != state.labels:
             state.labels = dict(who.labels)
             state.labels_changed = state.row_changed = True
-        if (state.host, state.pid, state.max_active_runs) != (
-            who.host,
-            who.pid,
-            who.max_active_runs,
+        if (
+            state.host != who.host
+            or state.pid != who.pid
+            or state.max_active_runs != who.max_active_runs
         ):
             state.host, state.pid, state.max_active_runs = who.host, who.pid, who.max_active_runs
             state.row_changed = True
@@ -350,7 +350,7 @@ class Fleet:
     def take_dirty(self) -> list[WorkerState]:
         with self._lock:
             dirty = [s for s in self._workers.values() if s.dirty]
-            out = [dataclasses.replace(s) for s in dirty]
+            out = [_copy(s) for s in dirty]
             for s in dirty:
                 s.dirty = s.labels_changed = s.row_changed = False
             return out
@@ -362,6 +362,15 @@ class Fleet:
                     live.dirty = True
                     live.labels_changed = live.labels_changed or copy.labels_changed
                     live.row_changed = live.row_changed or copy.row_changed
+
+
+def _copy(state: WorkerState) -> WorkerState:
+    """A shallow copy, as dataclasses.replace makes but several times faster: the flush
+    copies every dirty worker (the whole fleet each second) holding the fleet's lock, which
+    every heartbeat on the RPC event loop waits for."""
+    copy = object.__new__(WorkerState)
+    copy.__dict__.update(state.__dict__)
+    return copy
 
 
 def flush_fleet(fleet: Fleet, *, now: datetime) -> int:
