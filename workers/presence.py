@@ -9,10 +9,11 @@ admin, the API and the Workers page read; dispatch reads memory.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import gc
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -146,13 +147,14 @@ class Fleet:
             self._by_credential.get(state.credential, set()).discard(state.id)
             self._by_credential.setdefault(who.credential, set()).add(state.id)
             state.credential = who.credential
-        if dict(who.labels) != state.labels:
+        # Compared in place (no copy, no tuples): this runs for every heartbeat and poll.
+        if who.labels != state.labels:
             state.labels = dict(who.labels)
             state.labels_changed = state.row_changed = True
-        if (state.host, state.pid, state.max_active_runs) != (
-            who.host,
-            who.pid,
-            who.max_active_runs,
+        if (
+            state.host != who.host
+            or state.pid != who.pid
+            or state.max_active_runs != who.max_active_runs
         ):
             state.host, state.pid, state.max_active_runs = who.host, who.pid, who.max_active_runs
             state.row_changed = True
@@ -350,7 +352,7 @@ class Fleet:
     def take_dirty(self) -> list[WorkerState]:
         with self._lock:
             dirty = [s for s in self._workers.values() if s.dirty]
-            out = [dataclasses.replace(s) for s in dirty]
+            out = [_copy(s) for s in dirty]
             for s in dirty:
                 s.dirty = s.labels_changed = s.row_changed = False
             return out
@@ -364,6 +366,27 @@ class Fleet:
                     live.row_changed = live.row_changed or copy.row_changed
 
 
+def _copy(state: WorkerState) -> WorkerState:
+    """A shallow copy, as dataclasses.replace makes but several times faster: the flush
+    copies every dirty worker (the whole fleet each second) holding the fleet's lock, which
+    every heartbeat on the RPC event loop waits for."""
+    copy = object.__new__(WorkerState)
+    copy.__dict__.update(state.__dict__)
+    return copy
+
+
+@contextmanager
+def _collections_deferred() -> Iterator[None]:
+    """No automatic garbage collection in the process meanwhile (unless it was off)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def flush_fleet(fleet: Fleet, *, now: datetime) -> int:
     """Write changed workers to the database in one transaction. Returns rows written.
 
@@ -371,6 +394,17 @@ def flush_fleet(fleet: Fleet, *, now: datetime) -> int:
     refuses cannot freeze every other worker's row; the refused ones are logged and retried
     at the next flush.
     """
+    # A flush holds a few objects per dirty worker (its copy, the id read back, the
+    # statement's parameters), with a fleet thousands at once. Collected meanwhile, they
+    # set off a dozen young passes and one of the middle generation (in this thread, the
+    # GIL held: 20-65 ms that the RPC loop waited) and were walked by each; freed by
+    # reference counting when the flush returns, they cost the collector nothing. The
+    # loop's own garbage waits those few milliseconds.
+    with _collections_deferred():
+        return _flush(fleet, now=now)
+
+
+def _flush(fleet: Fleet, *, now: datetime) -> int:
     states = fleet.take_dirty()
     if not states:
         return 0

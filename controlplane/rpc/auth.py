@@ -125,6 +125,10 @@ def identify(token: str, cert_names: tuple[str, ...]) -> Principal:
 
 
 def _with_names(principal: Principal, cert_names: tuple[str, ...]) -> Principal:
+    if cert_names == principal.cert_names:
+        # The cached object itself (no certificate names without mutual TLS): nothing to
+        # allocate per call, and the servicer can tell by identity that it is unchanged.
+        return principal
     return Principal(
         credential=principal.credential,
         allowed_labels=principal.allowed_labels,
@@ -229,8 +233,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def checked() -> AsyncIterator[Any]:
                 async for request in requests:
-                    # Set in the call's own task: the behaviour reads it for this message.
-                    _principal.set(await principal_of(names, context))
+                    # A principal read a moment ago is taken without a coroutine, and set
+                    # (in the call's own task: the behaviour reads it for this message)
+                    # only when it is another object: each set copies the task's context.
+                    principal = reused(token, names) or await principal_of(names, context)
+                    if principal is not _principal.get():
+                        _principal.set(principal)
                     yield request
 
             async for response in behaviour(checked(), context):
