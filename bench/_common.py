@@ -200,23 +200,24 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
 # -- CPU accounting ----------------------------------------------------------------------
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (all its threads), from /proc."""
+def _stat_cpu_seconds(pid: int, first: int) -> float:
+    """Two adjacent tick fields of /proc/PID/stat (after the command name) as seconds."""
     text = _read(f"/proc/{pid}/stat")
     if not text:
         return 0.0
     # The command name may contain spaces; fields resume after its closing parenthesis.
     fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return (int(fields[first]) + int(fields[first + 1])) / CLK_TCK
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads), from /proc."""
+    return _stat_cpu_seconds(pid, 11)
 
 
 def process_children_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process's waited-for children (its step processes)."""
-    text = _read(f"/proc/{pid}/stat")
-    if not text:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[13]) + int(fields[14])) / CLK_TCK
+    return _stat_cpu_seconds(pid, 13)
 
 
 def machine_cpu_ticks() -> dict[str, float]:

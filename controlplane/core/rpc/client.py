@@ -507,9 +507,7 @@ class CoordinatorClient:
             if code == grpc.StatusCode.CANCELLED and channel != self._channels:
                 # Its channel was given up on: a poll cut short here handed out nothing this
                 # worker will run; failover supersedes what the coordinator may have assigned.
-                raise CoordinatorUnavailable(
-                    f"coordinator {address}: call abandoned on leaving it for {self._address}"
-                ) from None
+                raise self._abandoned(address, channel) from None
             raise
         self._answered(address)
         return reply
