@@ -262,6 +262,7 @@ class _Current:
     run_attempt: int
     run_status: str
     worker_id: str
+    cancel_requested: bool
     # Steps still pending or running (read only for attempts whose batch ends the run).
     unfinished: set[str] = field(default_factory=set)
 
@@ -273,7 +274,7 @@ class _Current:
 
 _ATTEMPT_COLUMNS = (
     "a.id, a.token, a.number, a.status, a.last_event_seq, a.run_id, r.attempt, r.status, "
-    "a.worker_id"
+    "a.worker_id, r.cancel_requested"
 )
 
 
@@ -294,14 +295,14 @@ def _current_attempts(tokens: list[str], *, ending: list[str]) -> dict[str, _Cur
         [*params, *tokens],
     )
     found: dict[str, _Current] = {}
-    for pk, token, number, status, seq, run_id, run_attempt, run_status, wid, step_name in rows:
+    for pk, token, number, status, seq, run_id, run_attempt, run_status, wid, flag, step in rows:
         current = found.get(token)
         if current is None:
             current = found[token] = _Current(
-                pk, number, status, seq, run_id, run_attempt, run_status, wid
+                pk, number, status, seq, run_id, run_attempt, run_status, wid, bool(flag)
             )
-        if step_name is not None:
-            current.unfinished.add(step_name)
+        if step is not None:
+            current.unfinished.add(step)
     return found
 
 
@@ -374,8 +375,7 @@ def _fold(fresh: list[Event], *, token: str, current: _Current, changes: _Change
                 error=event.error[:10000],
             )
         elif event.kind == RUN_FINISHED:
-            end = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
-            status = _ATTEMPT_END[end]
+            status = _ATTEMPT_END[_end_status(event, current)]
             attempt.update(status=status, finished_at=at, end_reason=event.error[:10000])
             changes.run_ends.setdefault(run_id, (event, token, current))
         elif event.kind != STEP_LOG:
@@ -419,6 +419,16 @@ _LEFTOVER_UPDATE = (
 )
 
 
+def _end_status(event: Event, current: _Current) -> str:
+    """The status a run ends in. A run whose cancel was asked for and that did not succeed
+    ended because of the cancel, even where a step saw it first: a child cancelled with
+    its parent fails the parent's call step before the parent's own watcher notices."""
+    status = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
+    if status == RunStatus.FAILED and current.cancel_requested:
+        return RunStatus.CANCELLED
+    return status
+
+
 def _write_changes(changes: _Changes) -> dict[str, str]:
     """Write the folded changes; returns, per token, the run its attempt ended."""
     # Steps before the runs' ends: what an ending run leaves over is what is still unfinished
@@ -445,7 +455,7 @@ def _write_changes(changes: _Changes) -> dict[str, str]:
         if current.run_status != RunStatus.RUNNING:
             continue  # the compare-and-set would fail: someone ended it already
         number = current.number
-        status = event.status if event.status in _ATTEMPT_END else RunStatus.FAILED
+        status = _end_status(event, current)
         at, error = sql.when_datetime(event.at), event.error[:10000]
         outputs = sql.as_json(DagRun, "outputs", dict(event.outputs))
         started = changes.run_started.pop(run_id, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -176,3 +177,33 @@ def test_cancel_and_retry():
     again = retry_run(run.id, now=T0)
     assert (again.status, again.cancel_requested) == ("queued", False)
     assert again.dispatch_decisions.last().event == "retry"
+
+
+def test_a_run_that_fails_after_its_cancel_was_asked_for_ends_cancelled(tmp_path: Path):
+    # A call step sees its child cancelled (with the parent) before the parent's own cancel
+    # watcher does, and fails; the run still ends the way the operator asked.
+    run = new_run()
+    attempt = start_attempt(run, now=T0, mode="distributed", worker_id="g1")
+    apply_events(full_success(attempt)[:1], log_dir=tmp_path)
+    assert request_cancel(run.id, now=T0).status == "running"
+    failed = events_for(
+        attempt,
+        (STEP_STARTED, {"step": "one"}),
+        (STEP_FINISHED, {"step": "one", "status": "failed", "exit_code": 1}),
+        (RUN_FINISHED, {"status": "failed", "error": "step one failed"}),
+    )
+    apply_events([replace(e, seq=e.seq + 1) for e in failed], log_dir=tmp_path)
+    run.refresh_from_db()
+    attempt.refresh_from_db()
+    assert (run.status, attempt.status) == ("cancelled", "cancelled")
+
+
+def test_a_run_that_succeeds_despite_a_late_cancel_stays_succeeded(tmp_path: Path):
+    run = new_run()
+    attempt = start_attempt(run, now=T0, mode="distributed", worker_id="g1")
+    events = full_success(attempt)
+    apply_events(events[:1], log_dir=tmp_path)
+    request_cancel(run.id, now=T0)
+    apply_events(events[1:], log_dir=tmp_path)
+    run.refresh_from_db()
+    assert run.status == "succeeded"
