@@ -365,6 +365,12 @@ def guarded(body: Callable[[], int]) -> int:
         return 130
 
 
+# The log level of every process of ours, as the Celery peer's workers run (`-l WARNING`):
+# both sides measured with the same logging. Until 2026-11-30 ours logged INFO (a few lines
+# per run on the coordinator and each worker) while Celery logged warnings only.
+BENCH_LOG_LEVEL = "WARNING"
+
+
 @contextlib.contextmanager
 def bench_cluster(
     *,
@@ -386,7 +392,8 @@ def bench_cluster(
             os.environ["E2E_DATABASE_URL"] = database_url
             tests.procs.PG_LANE = True  # read at Cluster() time; the import-time value was off
         template = migrated_template(base / "template")
-        cluster = Cluster(base / "home", template, extra_env=dict(extra_env or {}))
+        env = {"LOG_LEVEL": BENCH_LOG_LEVEL, **(extra_env or {})}
+        cluster = Cluster(base / "home", template, extra_env=env)
         yield cluster
     finally:
         if cluster is not None:

@@ -912,6 +912,7 @@ def run_all(args: argparse.Namespace, summary: dict[str, Any], sql_dir: Path) ->
                 sql_statements_per_run_net=cost.get("sql_per_run_net"),
                 pg_commits_per_run=cost.get("commits_per_run"),
                 cpu_budget_ms_per_run=live["budget_ms_per_run"],
+                creator_lock_wait_ms_per_run=live.get("creator_lock_wait_ms_per_run"),
             )
         if not args.skip_backlog:
             print_unmatched_backlog(
