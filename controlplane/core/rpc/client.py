@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import random
 import ssl
@@ -63,8 +64,9 @@ TokenSource = Callable[[], tuple[str, str]]
 def worker_token_source(config: Config) -> TokenSource:
     """(token, where it came from): worker.token, worker.token_file, else the bootstrap file.
 
-    The bootstrap file is read on every call, so a worker started before its coordinator,
-    or one whose coordinator wrote a new file on restart, picks the current token up.
+    The bootstrap file is looked at on every call, so a worker started before its
+    coordinator, or one whose coordinator wrote a new file on restart, picks the current
+    token up.
     """
     if config.worker.token:
         fixed = (config.worker.token, config.sources.get("worker.token", "worker.token"))
@@ -76,15 +78,33 @@ def worker_token_source(config: Config) -> TokenSource:
             config.sources.get("worker.token_file", "worker.token_file"),
         )
         return lambda: from_file
-    bootstrap = Path(config.paths.data_dir) / BOOTSTRAP_TOKEN_FILE
+    return BootstrapToken(Path(config.paths.data_dir) / BOOTSTRAP_TOKEN_FILE)
 
-    def read_bootstrap() -> tuple[str, str]:
+
+class BootstrapToken:
+    """The bootstrap token file's token, read again only when the file changed.
+
+    Every RPC asks for the token; opening and reading the file each time was ~5% of a busy
+    worker's sampled Python time (docs/benchmarks.md), a `stat` is one system call. A file replaced (new inode), rewritten (new
+    mtime or size) or gone is noticed at the next call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._token = ("", "")
+
+    def __call__(self) -> tuple[str, str]:
         try:
-            return bootstrap.read_text().strip(), str(bootstrap)
+            st = os.stat(self.path)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if seen != self._seen:
+                # The token before the key: a thread that sees the new key reads it.
+                self._token = (self.path.read_text().strip(), str(self.path))
+                self._seen = seen
         except OSError:
+            self._seen = None
             return "", ""
-
-    return read_bootstrap
+        return self._token
 
 
 def refusal(exc: grpc.RpcError, method: str, where: str) -> str | None:
