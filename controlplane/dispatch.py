@@ -24,7 +24,7 @@ from controlplane.core.routing import (
     waiting_reason,
 )
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
-from controlplane.models import DecisionEvent, DispatchDecision
+from controlplane.models import DecisionEvent
 from dags import sql
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.runs import (
@@ -33,6 +33,7 @@ from dags.runs import (
     claim_runs,
     decision_row,
     insert_assigned_decisions,
+    insert_rows,
 )
 from workers.models import Worker
 
@@ -301,8 +302,10 @@ def _record_waiting(
     for start in range(0, len(changing), WRITE_BATCH):
         batch = [run.pk for run in changing[start : start + WRITE_BATCH]]
         _queued().filter(pk__in=batch).update(waiting_reason=reason)
-    DispatchDecision.objects.bulk_create(
-        (
+    # insert_rows, not bulk_create: a growing queue gives every new run this row, and the
+    # ORM's compiler cost a third of the time per row (0.042 -> 0.030 ms, docs/benchmarks.md).
+    insert_rows(
+        [
             decision_row(
                 run,
                 event=DecisionEvent.WAITING,
@@ -313,6 +316,5 @@ def _record_waiting(
                 detail=f"waiting: {reason.replace('_', ' ')}",
             )
             for run in changing
-        ),
-        batch_size=WRITE_BATCH,
+        ]
     )
