@@ -303,7 +303,7 @@ def _record_waiting(
         batch = [run.pk for run in changing[start : start + WRITE_BATCH]]
         _queued().filter(pk__in=batch).update(waiting_reason=reason)
     # insert_rows, not bulk_create: a growing queue gives every new run this row, and the
-    # ORM's compiler cost a third of the time per row (0.042 -> 0.030 ms, docs/benchmarks.md).
+    # ORM's compiler added 40% per row (0.042 -> 0.030 ms, docs/benchmarks.md).
     insert_rows(
         [
             decision_row(
