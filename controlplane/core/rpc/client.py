@@ -85,8 +85,9 @@ class BootstrapToken:
     """The bootstrap token file's token, read again only when the file changed.
 
     Every RPC asks for the token; opening and reading the file each time was ~5% of a busy
-    worker's sampled Python time (docs/benchmarks.md), a `stat` is one system call. A file replaced (new inode), rewritten (new
-    mtime or size) or gone is noticed at the next call."""
+    worker's sampled Python time (docs/benchmarks.md), a `stat` is one system call. A file
+    replaced (new inode), rewritten (new mtime or size) or gone is noticed at the next call.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
