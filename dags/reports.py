@@ -314,8 +314,9 @@ class _Changes:
     steps: dict[tuple[object, ...], dict[str, object]] = field(default_factory=dict)
     # run id -> when its (first applied) attempt_started says it started
     run_started: dict[str, object] = field(default_factory=dict)
-    # run id -> (ending event, its attempt's token, its attempt as found)
-    run_ends: dict[str, tuple[Event, str, _Current]] = field(default_factory=dict)
+    # run id -> (ending event, the status it ends the run in, its attempt's token, the attempt
+    # as found)
+    run_ends: dict[str, tuple[Event, str, str, _Current]] = field(default_factory=dict)
 
 
 def _apply_merged(
@@ -375,9 +376,10 @@ def _fold(fresh: list[Event], *, token: str, current: _Current, changes: _Change
                 error=event.error[:10000],
             )
         elif event.kind == RUN_FINISHED:
-            status = _ATTEMPT_END[_end_status(event, current)]
+            ended = _end_status(event, current)
+            status = _ATTEMPT_END[ended]
             attempt.update(status=status, finished_at=at, end_reason=event.error[:10000])
-            changes.run_ends.setdefault(run_id, (event, token, current))
+            changes.run_ends.setdefault(run_id, (event, ended, token, current))
         elif event.kind != STEP_LOG:
             logger.warning("ignoring unknown report kind %r for run %s", event.kind, run_id)
     attempt["last_event_seq"] = fresh[-1].seq
@@ -451,11 +453,10 @@ def _write_changes(changes: _Changes) -> dict[str, str]:
     )
     runs, leftovers = [], []
     finished: dict[str, str] = {}
-    for run_id, (event, token, current) in changes.run_ends.items():
+    for run_id, (event, status, token, current) in changes.run_ends.items():
         if current.run_status != RunStatus.RUNNING:
             continue  # the compare-and-set would fail: someone ended it already
         number = current.number
-        status = _end_status(event, current)
         at, error = sql.when_datetime(event.at), event.error[:10000]
         outputs = sql.as_json(DagRun, "outputs", dict(event.outputs))
         started = changes.run_started.pop(run_id, None)
