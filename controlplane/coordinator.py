@@ -69,11 +69,13 @@ class Coordinator:
         # only coordinator (service.start_coordinator makes sure of it) takes it at once.
         self.lease = LeaseKeeper(sole=connection.vendor == "sqlite")
         self.log_dir = Path(config.paths.log_dir)
-        # Concurrent Report calls share one transaction (group commit).
-        self.reports = GroupCommit(lambda batches: apply_batches(batches, log_dir=self.log_dir))
+        # Concurrent Report calls share one transaction (group commit), which also claims
+        # the runs that refill the slots they free (claim on report).
+        self.reports = GroupCommit(self._apply_reports)
         # Passes that claim runs take turns: each reads the slots workers hold before its
         # claim, so two at once could both fill the same free slot (claim on report runs
-        # in the Report call's thread, beside the dispatcher's loop).
+        # in a Report call's thread, beside the dispatcher's loop). Always taken before a
+        # write transaction begins, never inside one.
         self._dispatching = threading.Lock()
 
     # -- RPC handlers ----------------------------------------------------------------------
@@ -139,61 +141,80 @@ class Coordinator:
     def report(self, events: Iterable[Event], *, worker_id: str | None = None) -> ApplyResult:
         """Apply a report (with concurrent ones: group commit). With `worker_id`, a report
         naming another worker's attempt is refused whole (Denied)."""
-        result = self._apply_report(events, worker_id=worker_id)
+        result = self._apply_report(Report(list(events), worker_id))
         if result.finished_runs:
             self._slots_freed()
         return result
 
-    def _apply_report(self, events: Iterable[Event], *, worker_id: str | None) -> ApplyResult:
-        result = self.reports.submit(Report(list(events), worker_id))
+    def report_and_claim(
+        self, events: Iterable[Event], *, worker_id: str, want: int
+    ) -> tuple[ApplyResult, list[TaskPayload]]:
+        """`report`, and when it ends runs, up to `want` queued runs claimed for the worker
+        that sent it in the same transaction (claim on report): the tasks go back in the
+        reply, so a busy worker's freed slot is refilled without a poll or a second commit.
+        The slots come from the database, as any pass's do, so whatever its parked poll
+        gets besides, the worker is never over-filled."""
+        result = self._apply_report(Report(list(events), worker_id, want=want))
+        if len(result.tasks) < len(result.finished_runs):
+            # Only slots refilled here need no pass: the dispatcher takes the rest (free
+            # slots this queue cannot fill, waiting reasons, other coordinators' runs).
+            self._slots_freed()
+        return result, result.tasks
+
+    def _apply_report(self, report: Report) -> ApplyResult:
+        result = self.reports.submit(report)
         if result.foreign_run:
-            assert worker_id is not None
-            raise Denied(f'run "{result.foreign_run}" is not assigned to worker "{worker_id[:80]}"')
+            assert report.worker_id is not None
+            raise Denied(
+                f'run "{result.foreign_run}" is not assigned to worker "{report.worker_id[:80]}"'
+            )
         return result
 
     def _slots_freed(self) -> None:
         self.wake()  # a slot freed up
         runs_queued()  # ... which a run waiting on another coordinator may need
 
-    def report_and_claim(
-        self, events: Iterable[Event], *, worker_id: str, want: int
-    ) -> tuple[ApplyResult, list[TaskPayload]]:
-        """`report`, then, when it ended runs, claim up to `want` queued runs for the worker
-        that sent it (claim on report): the tasks go back in the reply, so a busy worker's
-        freed slot is refilled without a poll. The slots come from the database, as any
-        pass's do, so whatever its parked poll gets besides, the worker is never over-filled."""
-        result = self._apply_report(events, worker_id=worker_id)
-        tasks: list[TaskPayload] = []
-        if result.finished_runs and want > 0:
-            tasks = self.claim_for(worker_id, slots=want)
-        if len(tasks) < len(result.finished_runs):
-            # Only slots refilled here need no pass: the dispatcher takes the rest (free
-            # slots this queue cannot fill, waiting reasons, other coordinators' runs).
-            self._slots_freed()
-        return result, tasks
-
-    def claim_for(self, worker_id: str, *, slots: int) -> list[TaskPayload]:
-        """One dispatch pass for one worker, at most `slots` runs; the tasks are returned,
-        not put in its mailbox. Waiting reasons are left to the full passes."""
+    def _apply_reports(self, reports: list[Report]) -> list[ApplyResult]:
+        """One group commit: apply the reports, then in the same transaction claim queued
+        runs for the workers whose reports ended runs and asked for more."""
+        if not any(r.want > 0 and r.worker_id for r in reports):
+            return apply_batches(reports, log_dir=self.log_dir)
         with self._dispatching:
-            view = dispatch_view()
-            if not view.groups:
-                return []
-            now = utcnow()
-            self.fleet.set_draining(view.draining)
-            mine = self.fleet.view_of(worker_id, now=now, held=view.held)
-            if mine is None:
-                return []
-            worker = dataclasses.replace(mine, free_slots=min(mine.free_slots, slots))
-            tasks: list[TaskPayload] = []
-            dispatch_once(
-                now=now,
-                workers=[worker],
-                deliver=tasks.append,
-                groups=view.groups,
-                record_waiting=False,
+            return apply_batches(
+                reports, log_dir=self.log_dir, then=lambda results: self._refill(reports, results)
             )
-            return tasks
+
+    def _refill(self, reports: list[Report], results: list[ApplyResult]) -> None:
+        """Claim runs for the slots these applied reports freed; each worker's tasks go in
+        its report's result. One pass over the reporting workers only, so waiting reasons
+        are left to the full passes."""
+        wants: dict[str, int] = {}
+        for report, result in zip(reports, results, strict=True):
+            if report.worker_id and report.want > 0 and result.finished_runs:
+                wants[report.worker_id] = max(wants.get(report.worker_id, 0), report.want)
+        if not wants:
+            return
+        view = dispatch_view()
+        if not view.groups:
+            return
+        now = utcnow()
+        self.fleet.set_draining(view.draining)
+        workers = [
+            dataclasses.replace(mine, free_slots=min(mine.free_slots, want))
+            for worker_id, want in wants.items()
+            if (mine := self.fleet.view_of(worker_id, now=now, held=view.held)) is not None
+        ]
+        claimed: dict[str, list[TaskPayload]] = {}
+        dispatch_once(
+            now=now,
+            workers=workers,
+            deliver=lambda task: claimed.setdefault(task.worker_id, []).append(task),
+            groups=view.groups,
+            record_waiting=False,
+        )
+        for report, result in zip(reports, results, strict=True):
+            if report.worker_id in claimed and result.finished_runs:
+                result.tasks = claimed.pop(report.worker_id)
 
     def start_child(
         self,

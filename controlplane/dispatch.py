@@ -93,8 +93,11 @@ def dispatch_once(
         return 0
     # One transaction for the whole pass: with SQLite's single write lock, the number of
     # write transactions per run is what bounds throughput. Mailboxes are filled only after
-    # the commit, so no worker can see an attempt that might still roll back.
-    with transaction.atomic():
+    # the commit, so no worker can see an attempt that might still roll back. Inside a
+    # caller's transaction (claim on report, in the reports' group commit) no savepoint:
+    # nothing here is caught and retried, so a failure fails the caller's transaction too,
+    # and `deliver` must then keep the tasks until that one commits.
+    with transaction.atomic(savepoint=False):
         if groups is None:
             groups = queued_groups()
         offers: list[QueuedRun] = []

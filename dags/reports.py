@@ -30,6 +30,7 @@ from controlplane.core.events import (
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
 from dags import sql
 from dags.models import Attempt, AttemptStatus, DagRun, RunStatus, StepRun, StepStatus
+from dags.runs import TaskPayload
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +51,20 @@ class ApplyResult:
     finished_runs: list[str] = field(default_factory=list)
     # A run of the batch whose attempt is another worker's: then nothing of it was applied.
     foreign_run: str = ""
+    # Claim on report: queued runs claimed for the sender in the same transaction.
+    tasks: list[TaskPayload] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Report:
-    """One report's events and the worker that sent it (None: the local executor, trusted)."""
+    """One report's events and the worker that sent it (None: the local executor, trusted).
+
+    `want`: how many queued runs the worker would take back in the reply (claim on report).
+    """
 
     events: Sequence[Event]
     worker_id: str | None = None
+    want: int = 0
 
 
 def safe_name(name: str) -> str:
@@ -87,7 +94,12 @@ def apply_events(
     return apply_batches([Report(list(events), worker_id)], log_dir=log_dir)[0]
 
 
-def apply_batches(reports: Sequence[Report], *, log_dir: Path) -> list[ApplyResult]:
+def apply_batches(
+    reports: Sequence[Report],
+    *,
+    log_dir: Path,
+    then: Callable[[list[ApplyResult]], None] | None = None,
+) -> list[ApplyResult]:
     """Apply several reports together; each gets the result it would have got alone.
 
     However many attempts and events they hold, it costs one transaction and a fixed
@@ -97,6 +109,10 @@ def apply_batches(reports: Sequence[Report], *, log_dir: Path) -> list[ApplyResu
     the attempts. Events are folded in order first, so a fast run's four events (attempt
     started, step started, step finished, run finished) change each of its rows once. An
     event sent twice (a worker's retry racing its first send) is applied once.
+
+    `then` is called with the results inside the same transaction, once they are applied:
+    the coordinator claims the slots the reports freed there, so a finished run and its
+    slot's next run cost one commit, not two.
     """
     # Log files first and outside any transaction: a slow disk must not hold the database
     # (SQLite's single write lock above all), and offsets make the writes idempotent.
@@ -117,12 +133,15 @@ def apply_batches(reports: Sequence[Report], *, log_dir: Path) -> list[ApplyResu
                 by_token.setdefault(event.attempt_token, {}).setdefault(event.seq, event)
         merged = {token: [seen[seq] for seq in sorted(seen)] for token, seen in by_token.items()}
         finished = _apply_merged(merged, found=found)
-    return [
-        ApplyResult(foreign_run=refused)
-        if refused
-        else _result_of(report.events, found=found, finished=finished)
-        for report, refused in zip(reports, foreign, strict=True)
-    ]
+        results = [
+            ApplyResult(foreign_run=refused)
+            if refused
+            else _result_of(report.events, found=found, finished=finished)
+            for report, refused in zip(reports, foreign, strict=True)
+        ]
+        if then is not None:
+            then(results)
+    return results
 
 
 def _foreign_run(report: Report, found: Mapping[str, _Current]) -> str:

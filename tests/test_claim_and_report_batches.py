@@ -314,6 +314,40 @@ def test_a_report_that_frees_slots_brings_back_their_next_tasks_and_never_more(t
     assert Attempt.objects.filter(status__in=["assigned", "running"]).count() == 2
 
 
+@pytest.mark.django_db
+def test_reports_written_together_refill_each_workers_slots_in_the_same_transaction(
+    tmp_path, monkeypatch
+):
+    """Claim on report inside the reports' group commit: each worker gets back runs for the
+    slots its own report freed, and a claim that fails takes the reports with it (nothing
+    half done; the workers send them again and replays are idempotent)."""
+    core = Coordinator(resolve(env={"DAGU_HOME": str(tmp_path)}))
+    now = datetime.now(UTC)
+    workers = [Identity(w, "h", 1, {"pool": "a"}, 1) for w in ("w1", "w2")]
+    for who in workers:
+        core.fleet.record_heartbeat(who, running=[], stopping=False, now=now)
+    runs = queued(6)
+    assert core.dispatch_step() == 2
+    first = {who.id: handed_out(core, who)[0] for who in workers}
+    reports = [Report(fast_run(first[w]), w, want=1) for w in ("w1", "w2")]
+
+    def claim_fails(**kwargs: object) -> int:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("controlplane.coordinator.dispatch_once", claim_fails)
+    with pytest.raises(RuntimeError):
+        core._apply_reports(reports)
+    assert set(DagRun.objects.filter(pk__in=[r.id for r in runs[:2]]).values_list(
+        "status", flat=True)) == {"running"}  # fmt: skip
+    monkeypatch.undo()
+
+    results = core._apply_reports(reports)
+    assert [r.finished_runs for r in results] == [[runs[0].id], [runs[1].id]]
+    assert [[t.worker_id for t in r.tasks] for r in results] == [["w1"], ["w2"]]
+    assert {t.dag_run_id for r in results for t in r.tasks} == {runs[2].id, runs[3].id}
+    assert not core.fleet.pending_mail()  # in the replies, not in the mailboxes
+
+
 # -- reports: a batch in a fixed handful of statements --------------------------------------
 
 
