@@ -94,6 +94,14 @@ def print_round(result: dict[str, Any]) -> None:
         f"SQL statements {ours['sql_statements_per_run']:.1f}; runs created by the "
         f"benchmark process {ours['create_runs_per_s_live']:.0f}/s while they run "
         f"({ours['create_runs_per_s_drained']:.0f}/s with the workers drained)",
+    )
+    budget = ours["cpu_budget_ms_per_run"]
+    print(
+        "  CPU of the whole machine per run (ms, both cores): ours busy "
+        f"{budget['machine busy']:.2f} + idle {budget['machine idle']:.2f}, creator "
+        f"{budget.get('creator (this process)', float('nan')):.2f}; Celery busy "
+        f"{celery['machine_busy_ms_per_run']:.2f} + idle {celery['machine_idle_ms_per_run']:.2f}, "
+        f"submitter {celery['creator_cpu_ms_per_run']:.2f}",
         flush=True,
     )
 
