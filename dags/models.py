@@ -42,7 +42,9 @@ class OnWorkerLost(models.TextChoices):
 
 class DagRun(models.Model):
     id = models.CharField(primary_key=True, max_length=64)
-    dag_name = models.CharField(max_length=255, db_index=True)
+    # Looked up through run_dag_recent (dag_name first): a second index would only be one
+    # more page written per created run.
+    dag_name = models.CharField(max_length=255)
     # The whole YAML file as submitted: children defined in it are resolved from here.
     spec = models.TextField()
     source = models.CharField(max_length=1024, blank=True)
@@ -55,11 +57,23 @@ class DagRun(models.Model):
     # Why that mode: "forced_local", "selector" or "default_mode" (see controlplane.dispatch).
     mode_reason = models.CharField(max_length=16, default="default_mode")
     worker_selector = models.JSONField(default=dict, blank=True)
+    # Indexed only where set (run_root, run_parent below): most runs are top-level, and
+    # their creation then writes no page of either index.
     root = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="descendants"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="descendants",
+        db_index=False,
     )
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="children",
+        db_index=False,
     )
     parent_step = models.CharField(max_length=255, blank=True)
     parent_item = models.IntegerField(null=True, blank=True)
@@ -94,6 +108,12 @@ class DagRun(models.Model):
             # range scans in order at 10,000 runs, no sort of the whole table.
             models.Index(fields=["status", "-queued_at"], name="run_status_recent"),
             models.Index(fields=["dag_name", "-queued_at"], name="run_dag_recent"),
+            # `root_id = %s` and `parent_id = %s` imply IS NOT NULL, so both databases use
+            # these for a run's descendants and children.
+            models.Index(fields=["root"], name="run_root", condition=models.Q(root__isnull=False)),
+            models.Index(
+                fields=["parent"], name="run_parent", condition=models.Q(parent__isnull=False)
+            ),
         ]
         # Two partial constraints because NULLs are distinct in a unique index (SQLite and
         # PostgreSQL alike): a plain `call` step has no item and must still get one child.
@@ -123,7 +143,10 @@ class DagRun(models.Model):
 
 
 class Attempt(models.Model):
-    run = models.ForeignKey(DagRun, on_delete=models.CASCADE, related_name="attempts")
+    # Looked up through attempt_number_unique (run first).
+    run = models.ForeignKey(
+        DagRun, on_delete=models.CASCADE, related_name="attempts", db_index=False
+    )
     number = models.PositiveIntegerField()
     token = models.CharField(max_length=64, unique=True)
     mode = models.CharField(max_length=16, choices=choices(ExecutionMode))
@@ -153,7 +176,8 @@ class Attempt(models.Model):
 
 
 class StepRun(models.Model):
-    run = models.ForeignKey(DagRun, on_delete=models.CASCADE, related_name="steps")
+    # Looked up through step_name_unique (run first).
+    run = models.ForeignKey(DagRun, on_delete=models.CASCADE, related_name="steps", db_index=False)
     name = models.CharField(max_length=255)
     position = models.PositiveIntegerField(default=0)
     status = models.CharField(
