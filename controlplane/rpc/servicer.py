@@ -50,6 +50,7 @@ KNOWN_IDENTITIES = 100_000
 # The replies to an idle heartbeat: the same message each time (only ever serialized).
 CARRY_ON = pb.HeartbeatResponse()
 DRAINING = pb.HeartbeatResponse(draining=True)
+WOKEN = pb.WakeResponse()
 
 
 class CoordinatorService(Service):
@@ -205,9 +206,9 @@ def coordinator_servicer(
     """What the server registers for the Coordinator service.
 
     Every method is django-grpc-framework's `as_servicer` handler (a synchronous function,
-    run in a pool thread by the auth interceptor, inside the request signals) but two async
-    ones: Poll, on a service instance made per call as `as_servicer` does, and Heartbeat
-    (with HeartbeatStream, the same heartbeats on an open stream).
+    run in a pool thread by the auth interceptor, inside the request signals) but three async
+    ones: Poll, on a service instance made per call as `as_servicer` does, Heartbeat
+    (with HeartbeatStream, the same heartbeats on an open stream) and Wake.
     """
     blocking = CoordinatorService.as_servicer(coordinator=core, executor=executor)
     # Idle heartbeats are answered on the loop: they touch no database, so they skip
@@ -285,6 +286,16 @@ def coordinator_servicer(
                     await context.abort(exc.code, exc.details)
                     raise
                 yield response
+
+        async def Wake(
+            self, request: pb.WakeRequest, context: grpc.aio.ServicerContext
+        ) -> pb.WakeResponse:
+            """A hint that runs were queued: it sets an event, so it is answered on the loop.
+            A process creating runs waits for this reply; through the pool it waited for a
+            thread hop and the pool's turn on the interpreter lock (12% of a run creator's
+            time under load, docs/benchmarks.md)."""
+            core.wake()
+            return WOKEN
 
         async def Poll(
             self, request: pb.PollRequest, context: grpc.aio.ServicerContext
