@@ -12,12 +12,13 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F
 
 from controlplane.core import registry
@@ -29,7 +30,14 @@ from controlplane.failover import failover_once
 from controlplane.lease import LeaseKeeper
 from controlplane.rights import Denied
 from dags.models import Attempt, DagRun, RunStatus
-from dags.reports import ApplyResult, Event, GroupCommit, Report, apply_batches
+from dags.reports import (
+    ApplyResult,
+    Event,
+    GroupCommit,
+    Report,
+    apply_batches,
+    write_report_logs,
+)
 from dags.runs import (
     RunError,
     TaskPayload,
@@ -71,7 +79,11 @@ class Coordinator:
         self.log_dir = Path(config.paths.log_dir)
         # Concurrent Report calls share one transaction (group commit), which also claims
         # the runs that refill the slots they free (claim on report).
-        self.reports = GroupCommit(self._apply_reports)
+        self.reports = GroupCommit(
+            self._apply_reports,
+            prepare=lambda reports: write_report_logs(reports, log_dir=self.log_dir),
+            hold=self._report_transaction,
+        )
         # Passes that claim runs take turns: each reads the slots workers hold before its
         # claim, so two at once could both fill the same free slot (claim on report runs
         # in a Report call's thread, beside the dispatcher's loop). Always taken before a
@@ -174,15 +186,23 @@ class Coordinator:
         self.wake()  # a slot freed up
         runs_queued()  # ... which a run waiting on another coordinator may need
 
+    @contextmanager
+    def _report_transaction(self) -> Iterator[None]:
+        """Where a report group is written: the dispatch lock (its claim on report is a
+        pass), then the write transaction."""
+        with self._dispatching, transaction.atomic():
+            yield
+
     def _apply_reports(self, reports: list[Report]) -> list[ApplyResult]:
-        """One group commit: apply the reports, then in the same transaction claim queued
-        runs for the workers whose reports ended runs and asked for more."""
-        if not any(r.want > 0 and r.worker_id for r in reports):
-            return apply_batches(reports, log_dir=self.log_dir)
-        with self._dispatching:
-            return apply_batches(
-                reports, log_dir=self.log_dir, then=lambda results: self._refill(reports, results)
-            )
+        """One group commit, inside its transaction (with the dispatch lock held): apply the
+        reports, then claim queued runs for the workers whose reports ended runs and asked
+        for more. Their log chunks were written before the transaction."""
+        return apply_batches(
+            reports,
+            log_dir=self.log_dir,
+            write_logs=False,
+            then=lambda results: self._refill(reports, results),
+        )
 
     def _refill(self, reports: list[Report], results: list[ApplyResult]) -> None:
         """Claim runs for the slots these applied reports freed; each worker's tasks go in

@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def apply_batches(
     *,
     log_dir: Path,
     then: Callable[[list[ApplyResult]], None] | None = None,
+    write_logs: bool = True,
 ) -> list[ApplyResult]:
     """Apply several reports together; each gets the result it would have got alone.
 
@@ -112,17 +114,19 @@ def apply_batches(
 
     `then` is called with the results inside the same transaction, once they are applied:
     the coordinator claims the slots the reports freed there, so a finished run and its
-    slot's next run cost one commit, not two.
+    slot's next run cost one commit, not two. `write_logs=False`: the caller wrote the
+    reports' log chunks already (`write_report_logs`), before its transaction began.
     """
     # Log files first and outside any transaction: a slow disk must not hold the database
     # (SQLite's single write lock above all), and offsets make the writes idempotent.
-    if any(e.kind == STEP_LOG for report in reports for e in report.events):
-        _write_logs(reports, log_dir=log_dir)
+    if write_logs:
+        write_report_logs(reports, log_dir=log_dir)
     ending = {e.attempt_token for r in reports for e in r.events if e.kind == RUN_FINISHED}
     tokens = list({e.attempt_token: None for r in reports for e in r.events})
     # One transaction for all: every write transaction queues for SQLite's single write
-    # lock, so fewer, larger ones are what raise throughput.
-    with transaction.atomic():
+    # lock, so fewer, larger ones are what raise throughput. Inside a caller's transaction
+    # (the group commit's) no savepoint: a failure fails the whole group.
+    with transaction.atomic(savepoint=False):
         found = _current_attempts(tokens, ending=list(ending))
         foreign = [_foreign_run(report, found) for report in reports]
         by_token: dict[str, dict[int, Event]] = {}
@@ -197,18 +201,33 @@ class _Pending:
 
 class GroupCommit:
     """Group commit for concurrent reports: what arrives while one group is being written
-    is written next, together, as one `apply_batches` (one transaction, one statement per
-    table), instead of one transaction per report queueing for the write lock.
+    is written next, together, as one `apply` (one transaction, one statement per table),
+    instead of one transaction per report queueing for the write lock.
 
     No thread of its own: a caller that finds nobody writing writes, and the others wait
     for their result. A writer writes until its own report is stored, then hands the
     writing to the first waiting caller, so nobody writes for others for ever.
+
+    The writer takes a group, does its `prepare` (log files) outside any transaction, then
+    enters `hold`, which begins the write transaction (the coordinator's: its dispatch lock,
+    then `transaction.atomic()`); the reports that arrived while it waited for the write
+    lock join the group then (those without log chunks, whose files must not be written
+    inside it), and `apply` runs inside. So the longer the lock is busy, the larger the
+    group that waits for it: under load the coordinator's report transactions had held
+    SQLite's lock for a third of the time, three runs each (docs/benchmarks.md, session 6).
     """
 
     def __init__(
-        self, apply: Callable[[list[Report]], list[ApplyResult]], *, timeout: float = 60.0
+        self,
+        apply: Callable[[list[Report]], list[ApplyResult]],
+        *,
+        prepare: Callable[[list[Report]], None] | None = None,
+        hold: Callable[[], AbstractContextManager[object]] = nullcontext,
+        timeout: float = 60.0,
     ) -> None:
         self._apply = apply
+        self._prepare = prepare
+        self._hold = hold
         self._timeout = timeout
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
@@ -240,12 +259,21 @@ class GroupCommit:
     def _write_until(self, me: _Pending) -> None:
         try:
             while not me.done:
-                with self._cond:
-                    group, size = [], 0
-                    while self._queue and (not group or size < GROUP_MAX_EVENTS):
-                        group.append(self._queue.pop(0))
-                        size += len(group[-1].report.events)
-                self._write(group)
+                group = self._take(events=0, with_logs=True)
+                results: list[ApplyResult] | None = None
+                error: BaseException | None = None
+                try:
+                    if self._prepare is not None:
+                        self._prepare([p.report for p in group])
+                    with self._hold():
+                        group += self._take(
+                            events=sum(len(p.report.events) for p in group), with_logs=False
+                        )
+                        results = self._apply([p.report for p in group])
+                except Exception as exc:  # every caller of the group gets it; each retries
+                    error = exc
+                # Only now: a result handed out before the commit could still roll back.
+                self._settle(group, results, error)
         finally:
             with self._cond:
                 if self._queue:
@@ -254,19 +282,35 @@ class GroupCommit:
                     self._writing = False
                 self._cond.notify_all()
 
-    def _write(self, group: list[_Pending]) -> None:
-        try:
-            results = self._apply([p.report for p in group])
-            for pending, result in zip(group, results, strict=True):
-                pending.result = result
-        except Exception as exc:  # every caller of the group gets it; each worker retries
-            for pending in group:
-                pending.error = exc
-        finally:
-            with self._cond:
-                for pending in group:
-                    pending.done = True
-                self._cond.notify_all()
+    def _take(self, *, events: int, with_logs: bool) -> list[_Pending]:
+        """Queued reports, oldest first, while the group has under GROUP_MAX_EVENTS events
+        (`events` so far); `with_logs=False` passes over those carrying log chunks."""
+        group: list[_Pending] = []
+        with self._cond:
+            for pending in list(self._queue):
+                if events >= GROUP_MAX_EVENTS:
+                    break
+                if not with_logs and _has_logs(pending.report):
+                    continue
+                self._queue.remove(pending)
+                group.append(pending)
+                events += len(pending.report.events)
+        return group
+
+    def _settle(
+        self,
+        group: list[_Pending],
+        results: list[ApplyResult] | None,
+        error: BaseException | None,
+    ) -> None:
+        with self._cond:
+            for i, pending in enumerate(group):
+                if results is not None:
+                    pending.result = results[i]
+                else:
+                    pending.error = error or RuntimeError("report group not applied")
+                pending.done = True
+            self._cond.notify_all()
 
 
 @dataclass
@@ -531,9 +575,11 @@ def _leftover_state(event: Event, status: str) -> str:
     return leftover
 
 
-def _write_logs(reports: Sequence[Report], *, log_dir: Path) -> None:
+def write_report_logs(reports: Sequence[Report], *, log_dir: Path) -> None:
     """Append the log chunks of attempts that are current and the sender's (checked again
-    on apply)."""
+    on apply); nothing to do (and no query) for reports without any."""
+    if not any(_has_logs(report) for report in reports):
+        return
     tokens = list({e.attempt_token: None for r in reports for e in r.events})
     rows = sql.fetch(
         f"SELECT a.token, a.run_id, a.number, a.status, a.last_event_seq, r.attempt, a.worker_id "
@@ -558,6 +604,10 @@ def _write_logs(reports: Sequence[Report], *, log_dir: Path) -> None:
             if event.seq > last_seq and (event.attempt_token, event.seq) not in written:
                 written.add((event.attempt_token, event.seq))
                 _append_log(log_dir, run_id, number, event)
+
+
+def _has_logs(report: Report) -> bool:
+    return any(e.kind == STEP_LOG for e in report.events)
 
 
 def _append_log(log_dir: Path, run_id: str, attempt: int, event: Event) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from controlplane import dispatch
@@ -23,6 +25,7 @@ from controlplane.core.events import (
     ATTEMPT_STARTED,
     RUN_FINISHED,
     STEP_FINISHED,
+    STEP_LOG,
     STEP_STARTED,
     Event,
 )
@@ -335,13 +338,15 @@ def test_reports_written_together_refill_each_workers_slots_in_the_same_transact
         raise RuntimeError("disk full")
 
     monkeypatch.setattr("controlplane.coordinator.dispatch_once", claim_fails)
-    with pytest.raises(RuntimeError):
+    # As the group commit calls it: inside its transaction.
+    with pytest.raises(RuntimeError), transaction.atomic():
         core._apply_reports(reports)
     assert set(DagRun.objects.filter(pk__in=[r.id for r in runs[:2]]).values_list(
         "status", flat=True)) == {"running"}  # fmt: skip
     monkeypatch.undo()
 
-    results = core._apply_reports(reports)
+    with transaction.atomic():
+        results = core._apply_reports(reports)
     assert [r.finished_runs for r in results] == [[runs[0].id], [runs[1].id]]
     assert [[t.worker_id for t in r.tasks] for r in results] == [["w1"], ["w2"]]
     assert {t.dag_run_id for r in results for t in r.tasks} == {runs[2].id, runs[3].id}
@@ -533,3 +538,44 @@ def test_group_commit_applies_concurrent_reports_together_and_each_gets_its_resu
     with pytest.raises(RuntimeError, match="bad batch"):
         commit.submit(Report(bad))
     assert commit.submit(Report([Event(seq=1, dag_run_id="r", attempt_token="t", kind="x")])) == 1
+
+
+def test_group_commit_takes_in_what_arrives_while_it_waits_for_the_write_lock():
+    """Reports that queue while the writer waits for the lock join its group, except those
+    with log chunks: their files are written before a transaction, never inside one."""
+    groups: list[list[str]] = []
+    prepared: list[list[str]] = []
+    waiting, lock_free = threading.Event(), threading.Event()
+
+    @contextmanager
+    def hold() -> Iterator[None]:
+        waiting.set()
+        lock_free.wait(timeout=10)  # the write lock is someone else's meanwhile
+        yield
+
+    def tokens(reports: list[Report]) -> list[str]:
+        return [r.events[0].attempt_token for r in reports]
+
+    def apply(reports: list[Report]) -> list:
+        groups.append(tokens(reports))
+        return [0] * len(reports)
+
+    commit = GroupCommit(apply, prepare=lambda r: prepared.append(tokens(r)), hold=hold)
+
+    def submit(token: str, kind: str = "x") -> None:
+        commit.submit(Report([Event(seq=1, dag_run_id="r", attempt_token=token, kind=kind)]))
+
+    threads = [threading.Thread(target=submit, args=("first",))]
+    threads[0].start()
+    assert waiting.wait(timeout=10)
+    later = [("a", "x"), ("logs", STEP_LOG), ("b", "x")]
+    for n, item in enumerate(later, start=1):
+        threads.append(threading.Thread(target=submit, args=item))
+        threads[-1].start()
+        while len(commit._queue) < n:  # queued in this order
+            threading.Event().wait(0.01)
+    lock_free.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert groups == [["first", "a", "b"], ["logs"]]
+    assert prepared == [["first"], ["logs"]]
