@@ -296,8 +296,11 @@ def set_drained(bench: Bench, *, draining: bool) -> None:
 
 
 def create_runs(bench: Bench, *, count: int, wake_every: int) -> tuple[list[str], float]:
-    """Create `count` runs as fast as possible; returns their ids and the creation time."""
-    from controlplane.core.rpc.client import wake_coordinator
+    """Create `count` runs as fast as possible; returns their ids and the creation time.
+
+    Wakes the coordinator every `wake_every` runs as the API does after each run, without
+    waiting for its reply (`wake_coordinator_soon`); the last wake-up waits."""
+    from controlplane.core.rpc.client import wake_coordinator, wake_coordinator_soon
 
     ids = []
     t0 = time.monotonic()
@@ -305,7 +308,7 @@ def create_runs(bench: Bench, *, count: int, wake_every: int) -> tuple[list[str]
         run_id, _ = create_and_wake(bench, bench.throughput_dag, wake=False)
         ids.append(run_id)
         if (i + 1) % wake_every == 0:
-            wake_coordinator(bench.config)
+            wake_coordinator_soon(bench.config)
     wake_coordinator(bench.config)
     return ids, time.monotonic() - t0
 

@@ -21,7 +21,7 @@ from django.shortcuts import redirect, render
 from rest_framework.exceptions import NotFound, ParseError
 
 from controlplane.core.clock import utcnow
-from controlplane.core.rpc.client import wake_coordinator
+from controlplane.core.rpc.client import wake_coordinator_soon
 from controlplane.core.spec import Dag, DagFile, DagSpecError, parse_dag_file
 from controlplane.roles import OPERATOR, can_start_runs, denial, viewer_required
 from dags.api import (
@@ -132,7 +132,7 @@ def _start(request: HttpRequest, dag_file: DagFile, path: str) -> tuple[str | No
         return None, str(exc.detail)
     except RunError as exc:
         return None, str(exc)
-    wake_coordinator(settings.DAGU)
+    wake_coordinator_soon(settings.DAGU)
     return run.id, ""
 
 

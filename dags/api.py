@@ -25,7 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.core.clock import utcnow
-from controlplane.core.rpc.client import wake_coordinator
+from controlplane.core.rpc.client import wake_coordinator_soon
 from controlplane.core.spec import (
     DagFile,
     DagSpecError,
@@ -359,7 +359,7 @@ class DagRunListView(ListAPIView):
             run = start_dag_run(request, dag_file, params=params, source=source)
         except RunError as exc:
             raise ParseError(str(exc)) from None
-        wake_coordinator(settings.DAGU)
+        wake_coordinator_soon(settings.DAGU)
         return Response({"dag_run_id": run.id}, status=status.HTTP_201_CREATED)
 
 
@@ -407,7 +407,7 @@ class DagRunRetryView(APIView):
             run = retry_run(run_id, now=utcnow(), by=request.user.get_username())
         except RunError as exc:
             raise Conflict(str(exc)) from None
-        wake_coordinator(settings.DAGU)
+        wake_coordinator_soon(settings.DAGU)
         return Response(run_detail(run))
 
 

@@ -74,7 +74,7 @@ def dagu(settings, tmp_path: Path) -> Path:
 def wakes(monkeypatch) -> list[object]:
     """Coordinator wake-ups the API sent (none is running in these tests)."""
     calls: list[object] = []
-    monkeypatch.setattr("dags.api.wake_coordinator", lambda config: calls.append(config) or False)
+    monkeypatch.setattr("dags.api.wake_coordinator_soon", calls.append)
     return calls
 
 

@@ -44,7 +44,7 @@ def staff(client: Client, settings, tmp_path: Path, monkeypatch) -> Client:
     (dags_dir / "broken.yml").write_text(BROKEN)
     paths = dataclasses.replace(settings.DAGU.paths, dags_dir=dags_dir, log_dir=tmp_path / "logs")
     settings.DAGU = dataclasses.replace(settings.DAGU, paths=paths)
-    monkeypatch.setattr("controlplane.dag_pages.wake_coordinator", lambda config: False)
+    monkeypatch.setattr("controlplane.dag_pages.wake_coordinator_soon", lambda config: False)
     client.force_login(user_with_role("ops", "manager"))
     return client
 

@@ -55,7 +55,7 @@ def api(settings, tmp_path: Path) -> APIClient:
 
 
 def test_the_dag_list_shows_good_and_bad_files(api, monkeypatch):
-    monkeypatch.setattr("dags.api.wake_coordinator", lambda config: False)
+    monkeypatch.setattr("dags.api.wake_coordinator_soon", lambda config: False)
     response = api.get("/api/v2/dags")
     assert response.status_code == 200
     dags = {d["file"]: d for d in response.json()["dags"]}
@@ -68,7 +68,7 @@ def test_the_dag_list_shows_good_and_bad_files(api, monkeypatch):
 
 
 def test_other_dags_start_by_name_and_unknown_names_are_a_404(api, monkeypatch):
-    monkeypatch.setattr("dags.api.wake_coordinator", lambda config: False)
+    monkeypatch.setattr("dags.api.wake_coordinator_soon", lambda config: False)
     response = api.post("/api/v2/dag-runs", {"dag": "good"}, format="json")
     assert response.status_code == 201
     missing = api.post("/api/v2/dag-runs", {"dag": "not-there"}, format="json")

@@ -42,7 +42,7 @@ def site(settings, tmp_path: Path, monkeypatch, live_server) -> str:
         paths=dataclasses.replace(settings.DAGU.paths, log_dir=tmp_path / "logs"),
     )
     # No coordinator runs here; the API's wake-up call must not wait for one.
-    monkeypatch.setattr("dags.api.wake_coordinator", lambda config: False)
+    monkeypatch.setattr("dags.api.wake_coordinator_soon", lambda config: False)
     # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
     # between browser steps are still plain synchronous code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

@@ -1,7 +1,10 @@
-"""wake_coordinator keeps its channel between calls and survives a restarted coordinator."""
+"""wake_coordinator keeps its channel between calls and survives a restarted coordinator;
+wake_coordinator_soon sends from a thread of its own."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -11,7 +14,11 @@ import pytest
 
 from controlplane.core.config import resolve
 from controlplane.core.rpc import client
-from controlplane.core.rpc.client import close_wake_clients, wake_coordinator
+from controlplane.core.rpc.client import (
+    close_wake_clients,
+    wake_coordinator,
+    wake_coordinator_soon,
+)
 from controlplane.core.rpc.v1 import coordinator_pb2 as pb
 from controlplane.core.rpc.v1 import coordinator_pb2_grpc
 
@@ -84,3 +91,37 @@ def test_an_unexpected_error_while_waking_is_logged_not_raised(tmp_path: Path, m
     monkeypatch.setattr(client, "_wake_client", broken)
     assert wake_coordinator(resolve(env={"DAGU_HOME": str(tmp_path)})) is False
     assert "waking the coordinator failed" in caplog.text
+
+
+class SlowCoordinator(CountingCoordinator):
+    """Answers Wake only once let go, so wake-ups pile up while one is on its way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived, self.go = threading.Event(), threading.Event()
+
+    def Wake(self, request: pb.WakeRequest, context: grpc.ServicerContext) -> pb.WakeResponse:
+        self.arrived.set()
+        self.go.wait(timeout=10)
+        return super().Wake(request, context)
+
+
+def test_wake_soon_does_not_wait_and_sends_what_piled_up_as_one(tmp_path: Path):
+    slow = SlowCoordinator()
+    server, port = serve(slow)
+    try:
+        config = resolve(
+            env={"DAGU_HOME": str(tmp_path), "DAGU_WORKER_COORDINATORS": f"127.0.0.1:{port}"}
+        )
+        wake_coordinator_soon(config)  # returns while the coordinator holds its reply
+        assert slow.arrived.wait(timeout=10)
+        for _ in range(5):
+            wake_coordinator_soon(config)
+        slow.go.set()
+        deadline = time.monotonic() + 10
+        while slow.wakes < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert slow.wakes == 2  # the first, then the five asked for meanwhile as one
+    finally:
+        server.stop(0)
