@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from django.db import connection
+
 from controlplane.address import advertised_host
 from controlplane.coordinator import Coordinator, coordinator_record
 from controlplane.core import registry
@@ -23,6 +25,7 @@ from controlplane.lease import (
 )
 from controlplane.loops import run_loop
 from controlplane.rpc.server import CoordinatorServer, HealthStatus, build_server
+from controlplane.sqlite.base import checkpoint
 from dags import wakeups
 from dags.local import (
     LOCAL_WORKER_ID,
@@ -38,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 DISPATCH_IDLE_SECONDS = 0.5
 HOUSEKEEPING_SECONDS = 1.0
+# SQLite: how often the write-ahead log is copied into the database (controlplane.sqlite).
+CHECKPOINT_SECONDS = 0.25
 SCHEDULER_SECONDS = 1.0
 # Retention runs on the lease holder once it holds the lease, then daily; a new holder runs
 # it again (harmless: pruning is idempotent). Checked this often:
@@ -136,6 +141,8 @@ def _own_loops(
         ),
         local.start(),
     ]
+    if connection.vendor == "sqlite":
+        threads.append(run_loop("checkpoint", checkpoint, stop=stop, interval=CHECKPOINT_SECONDS))
     # PostgreSQL: a run queued anywhere wakes this dispatcher too (docs/design.md).
     if (listener := wakeups.listen(stop=stop, on_wake=core.wake)) is not None:
         threads.append(listener)

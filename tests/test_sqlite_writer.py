@@ -1,4 +1,5 @@
-"""The SQLite backend's BEGIN IMMEDIATE against a write lock held by another process."""
+"""The SQLite backend's BEGIN IMMEDIATE against a write lock held by another process, and
+the checkpoint that copies the write-ahead log into the database file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from django.db import OperationalError
 from django.db.utils import ConnectionHandler
 
-from controlplane.sqlite.base import _WRITE_LOCK, DatabaseWrapper
+from controlplane.sqlite.base import _WRITE_LOCK, DatabaseWrapper, checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -79,3 +80,19 @@ def test_it_gives_up_after_the_busy_timeout_and_frees_the_writer_queue(tmp_path:
         holder.execute("COMMIT")
         holder.close()
         db.close()
+
+
+def test_checkpoint_copies_the_log_into_the_database_file(tmp_path):
+    """What the coordinator's checkpoint loop does, so commits need not (settings.py)."""
+    db = wrapper(tmp_path / "db.sqlite3", busy_ms=1000)
+    with db.cursor() as cursor:
+        cursor.execute("CREATE TABLE t (x TEXT)")
+        cursor.executemany("INSERT INTO t VALUES (%s)", [("x" * 1000,)] * 200)
+    before = (tmp_path / "db.sqlite3").stat().st_size
+    checkpoint(db)
+    assert (tmp_path / "db.sqlite3").stat().st_size > before + 100_000
+    with db.cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        busy, log, copied = cursor.fetchone()
+    assert busy == 0 and log == copied  # nothing left to copy
+    db.close()

@@ -21,7 +21,8 @@ import threading
 import time
 from typing import Any
 
-from django.db import OperationalError
+from django.db import OperationalError, connection
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.sqlite3 import base
 
 from controlplane.core.config import ConfigError
@@ -52,6 +53,20 @@ def damaged_database(exc: BaseException, path: object) -> ConfigError | None:
         f"the file {problem}; restore it from a backup, or move it aside and run "
         "`python manage.py migrate` to start empty",
     )
+
+
+def checkpoint(db: BaseDatabaseWrapper = connection) -> None:
+    """Copy what the write-ahead log holds into the database file, on this thread's
+    connection (the coordinator's checkpoint loop; a no-op on other databases).
+
+    PASSIVE: it neither waits for nor blocks a writer. Otherwise the commit that takes the
+    log over `wal_autocheckpoint` does the copy (and its fsync), and under load that was
+    one run creation in a hundred taking 6-44 ms inside `create_run`.
+    """
+    if db.vendor != "sqlite":
+        return
+    with db.cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
