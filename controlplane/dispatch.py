@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet
 
 from controlplane.core.labels import matches
 from controlplane.core.routing import (
@@ -38,9 +37,6 @@ from dags.runs import (
 from workers.models import Worker
 
 logger = logging.getLogger(__name__)
-
-# Rows per UPDATE ... IN (...) and per INSERT when a whole backlog changes its reason.
-WRITE_BATCH = 500
 
 
 @dataclass
@@ -171,15 +167,6 @@ def _takers(selector: Mapping[str, str], workers: Iterable[WorkerView]) -> list[
     return [w for w in workers if can_take_a_run(w) and matches(w.labels, selector)]
 
 
-def _queued() -> QuerySet[DagRun]:
-
-    return DagRun.objects.filter(
-        status=RunStatus.QUEUED,
-        execution_mode=ExecutionMode.DISTRIBUTED,
-        cancel_requested=False,
-    )
-
-
 @dataclass
 class DispatchView:
     """What a pass starts from, read in one statement: the queued runs by selector, the
@@ -242,14 +229,6 @@ def _add_to_group(
     group.reasons[reason] = group.reasons.get(reason, 0) + n
 
 
-def _in_group(group: SelectorGroup) -> QuerySet[DagRun]:
-
-    match = Q()
-    for form in group.forms:
-        match |= Q(worker_selector=form)
-    return _queued().filter(match)
-
-
 def _oldest_runs(group: SelectorGroup, *, limit: int) -> list[QueuedRun]:
     """The group's oldest queued runs, at most `limit`, as `QueuedRun`s.
 
@@ -295,22 +274,39 @@ def _json(value: object) -> dict[str, str]:
 def _record_waiting(
     group: SelectorGroup, reason: str, *, now: datetime, considered: int, matched: int
 ) -> None:
-    """Give every run of the group `reason`; a decision row only where the reason changes."""
+    """Give every run of the group `reason`; a decision row only where the reason changes.
 
-    changing = list(
-        _in_group(group)
-        .exclude(waiting_reason=reason)
-        .only("id", "attempt", "execution_mode", "mode_reason", "worker_selector")
+    One UPDATE ... RETURNING finds and changes those runs: while creation outruns the workers,
+    every pass gives the runs queued since the last one this reason, and reading the whole
+    group to find them (through the ORM) held SQLite's write lock for most of the pass.
+    """
+    runs = sql.table(DagRun)
+    forms = " OR ".join(["worker_selector = %s"] * len(group.forms))
+    changed = sql.fetch(
+        f"UPDATE {runs} SET waiting_reason = %s WHERE status = %s AND execution_mode = %s "
+        f"AND cancel_requested = %s AND ({forms}) AND waiting_reason <> %s "
+        "RETURNING id, attempt, execution_mode, mode_reason, worker_selector",
+        [
+            reason,
+            RunStatus.QUEUED,
+            ExecutionMode.DISTRIBUTED,
+            False,
+            *(sql.as_json(DagRun, "worker_selector", form) for form in group.forms),
+            reason,
+        ],
     )
-    for start in range(0, len(changing), WRITE_BATCH):
-        batch = [run.pk for run in changing[start : start + WRITE_BATCH]]
-        _queued().filter(pk__in=batch).update(waiting_reason=reason)
     # insert_rows, not bulk_create: a growing queue gives every new run this row, and the
     # ORM's compiler added 40% per row (0.042 -> 0.030 ms, docs/benchmarks.md).
     insert_rows(
         [
             decision_row(
-                run,
+                DagRun(
+                    id=run_id,
+                    attempt=attempt,
+                    execution_mode=mode,
+                    mode_reason=why,
+                    worker_selector=_json(selector),
+                ),
                 event=DecisionEvent.WAITING,
                 now=now,
                 waiting_reason=reason,
@@ -318,6 +314,6 @@ def _record_waiting(
                 workers_matched=matched,
                 detail=f"waiting: {reason.replace('_', ' ')}",
             )
-            for run in changing
+            for run_id, attempt, mode, why, selector in changed
         ]
     )
