@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -211,6 +211,21 @@ def dispatch_view() -> DispatchView:
             _add_to_group(groups, key, reason, n)
     view.groups = list(groups.values())
     return view
+
+
+def slots_view(worker_ids: Sequence[str]) -> tuple[dict[str, int], set[str]]:
+    """For these workers only, in one statement: the active attempts each holds (as
+    `DispatchView.held`) and which of them an operator drains (claim on report)."""
+    rows = sql.fetch(
+        f"SELECT 1, worker_id, COUNT(*) FROM {sql.table(Attempt)} "
+        f"WHERE status IN ({sql.marks(len(ACTIVE_ATTEMPT_STATUSES))}) AND mode = %s "
+        f"AND worker_id IN ({sql.marks(len(worker_ids))}) GROUP BY worker_id "
+        f"UNION ALL SELECT 2, id, 0 FROM {sql.table(Worker)} "
+        f"WHERE draining = %s AND id IN ({sql.marks(len(worker_ids))})",
+        [*ACTIVE_ATTEMPT_STATUSES, ExecutionMode.DISTRIBUTED, *worker_ids, True, *worker_ids],
+    )
+    held = {key: n for kind, key, n in rows if kind == 1}
+    return held, {key for kind, key, _ in rows if kind == 2}
 
 
 def queued_groups() -> list[SelectorGroup]:

@@ -37,6 +37,7 @@ from controlplane.models import DispatchDecision
 from dags.models import Attempt, DagRun
 from dags.reports import GroupCommit, Report, apply_batches, apply_events
 from dags.runs import TaskPayload, create_run, request_cancel, retry_run, start_attempt
+from workers.models import Worker
 from workers.presence import Identity
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -219,7 +220,6 @@ def test_two_concurrent_dispatch_passes_never_claim_one_run_twice():
 @pytest.mark.django_db
 def test_a_pass_starts_from_one_statement_naming_queued_groups_held_slots_and_drains():
     from controlplane.dispatch import dispatch_view
-    from workers.models import Worker
 
     Worker.objects.create(id="w9", registered_at=T0, draining=True)
     Worker.objects.create(id="w1", registered_at=T0)
@@ -351,6 +351,23 @@ def test_reports_written_together_refill_each_workers_slots_in_the_same_transact
     assert [[t.worker_id for t in r.tasks] for r in results] == [["w1"], ["w2"]]
     assert {t.dag_run_id for r in results for t in r.tasks} == {runs[2].id, runs[3].id}
     assert not core.fleet.pending_mail()  # in the replies, not in the mailboxes
+
+
+@pytest.mark.django_db
+def test_claim_on_report_reads_the_reporting_workers_drain_flag_not_the_last_pass(tmp_path):
+    """Claim on report uses the queue's selector groups from the dispatcher's last pass,
+    but reads the reporting workers' slots and drain flags itself: a drain an operator set
+    after that pass wins."""
+    core = Coordinator(resolve(env={"DAGU_HOME": str(tmp_path)}))
+    who = Identity("w1", "h", 1, {"pool": "a"}, 1)
+    core.fleet.record_heartbeat(who, running=[], stopping=False, now=datetime.now(UTC))
+    queued(3)
+    assert core.dispatch_step() == 1
+    first = handed_out(core, who)[0]
+    Worker.objects.create(id="w1", registered_at=T0, draining=True)
+    result, tasks = core.report_and_claim(fast_run(first), worker_id="w1", want=1)
+    assert result.finished_runs == [first.dag_run_id] and tasks == []
+    assert Attempt.objects.filter(status__in=["assigned", "running"]).count() == 0
 
 
 # -- reports: a batch in a fixed handful of statements --------------------------------------
