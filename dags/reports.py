@@ -287,14 +287,14 @@ class GroupCommit:
         (`events` so far); `with_logs=False` passes over those carrying log chunks."""
         group: list[_Pending] = []
         with self._cond:
-            for pending in list(self._queue):
-                if events >= GROUP_MAX_EVENTS:
-                    break
-                if not with_logs and _has_logs(pending.report):
+            left: list[_Pending] = []
+            for pending in self._queue:
+                if events >= GROUP_MAX_EVENTS or (not with_logs and _has_logs(pending.report)):
+                    left.append(pending)
                     continue
-                self._queue.remove(pending)
                 group.append(pending)
                 events += len(pending.report.events)
+            self._queue = left  # one pass: a fleet's reports may queue by the hundred
         return group
 
     def _settle(

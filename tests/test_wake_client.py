@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controlplane.core.config import resolve
+from controlplane.core.config import Config, resolve
 from controlplane.core.rpc import client
 from controlplane.core.rpc.client import (
     close_wake_clients,
@@ -42,6 +42,10 @@ def serve(servicer: CountingCoordinator, port: int = 0) -> tuple[grpc.Server, in
     return server, bound
 
 
+def config_for(home: Path, port: int) -> Config:
+    return resolve(env={"DAGU_HOME": str(home), "DAGU_WORKER_COORDINATORS": f"127.0.0.1:{port}"})
+
+
 @pytest.fixture(autouse=True)
 def _fresh_clients() -> Iterator[None]:
     close_wake_clients()
@@ -53,9 +57,7 @@ def test_wake_coordinator_reuses_one_channel(tmp_path: Path):
     first = CountingCoordinator()
     server, port = serve(first)
     try:
-        config = resolve(
-            env={"DAGU_HOME": str(tmp_path), "DAGU_WORKER_COORDINATORS": f"127.0.0.1:{port}"}
-        )
+        config = config_for(tmp_path, port)
         assert wake_coordinator(config)
         kept = list(client._WAKE_CLIENTS.values())
         assert wake_coordinator(config)
@@ -68,9 +70,7 @@ def test_wake_coordinator_reuses_one_channel(tmp_path: Path):
 def test_a_kept_channel_finds_a_restarted_coordinator_and_none_is_false(tmp_path: Path):
     first = CountingCoordinator()
     server, port = serve(first)
-    config = resolve(
-        env={"DAGU_HOME": str(tmp_path), "DAGU_WORKER_COORDINATORS": f"127.0.0.1:{port}"}
-    )
+    config = config_for(tmp_path, port)
     assert wake_coordinator(config)
     server.stop(0).wait()
     second = CountingCoordinator()
@@ -110,9 +110,7 @@ def test_wake_soon_does_not_wait_and_sends_what_piled_up_as_one(tmp_path: Path):
     slow = SlowCoordinator()
     server, port = serve(slow)
     try:
-        config = resolve(
-            env={"DAGU_HOME": str(tmp_path), "DAGU_WORKER_COORDINATORS": f"127.0.0.1:{port}"}
-        )
+        config = config_for(tmp_path, port)
         wake_coordinator_soon(config)  # returns while the coordinator holds its reply
         assert slow.arrived.wait(timeout=10)
         for _ in range(5):
