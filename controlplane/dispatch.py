@@ -23,16 +23,14 @@ from controlplane.core.routing import (
     waiting_reason,
 )
 from controlplane.core.states import ACTIVE_ATTEMPT_STATUSES
-from controlplane.models import DecisionEvent
+from controlplane.models import DecisionEvent, DispatchDecision
 from dags import sql
 from dags.models import Attempt, DagRun, ExecutionMode, RunStatus
 from dags.runs import (
     QueuedRun,
     TaskPayload,
     claim_runs,
-    decision_row,
     insert_assigned_decisions,
-    insert_rows,
 )
 from workers.models import Worker
 
@@ -291,44 +289,53 @@ def _record_waiting(
 ) -> None:
     """Give every run of the group `reason`; a decision row only where the reason changes.
 
-    One UPDATE ... RETURNING finds and changes those runs: while creation outruns the workers,
-    every pass gives the runs queued since the last one this reason, and reading the whole
-    group to find them (through the ORM) held SQLite's write lock for most of the pass.
+    In the database, with no run passing through Python: while creation outruns the workers,
+    every pass gives the runs queued since the last one this reason, and building their
+    decision rows in Python held SQLite's write lock for most of the pass.
     """
-    runs = sql.table(DagRun)
     forms = " OR ".join(["worker_selector = %s"] * len(group.forms))
-    changed = sql.fetch(
-        f"UPDATE {runs} SET waiting_reason = %s WHERE status = %s AND execution_mode = %s "
-        f"AND cancel_requested = %s AND ({forms}) AND waiting_reason <> %s "
-        "RETURNING id, attempt, execution_mode, mode_reason, worker_selector",
-        [
-            reason,
-            RunStatus.QUEUED,
-            ExecutionMode.DISTRIBUTED,
-            False,
-            *(sql.as_json(DagRun, "worker_selector", form) for form in group.forms),
-            reason,
-        ],
+    where = (
+        f"status = %s AND execution_mode = %s AND cancel_requested = %s AND ({forms}) "
+        "AND waiting_reason <> %s"
     )
-    # insert_rows, not bulk_create: a growing queue gives every new run this row, and the
-    # ORM's compiler added 40% per row (0.042 -> 0.030 ms, docs/benchmarks.md).
-    insert_rows(
-        [
-            decision_row(
-                DagRun(
-                    id=run_id,
-                    attempt=attempt,
-                    execution_mode=mode,
-                    mode_reason=why,
-                    worker_selector=_json(selector),
-                ),
-                event=DecisionEvent.WAITING,
-                now=now,
-                waiting_reason=reason,
-                workers_considered=considered,
-                workers_matched=matched,
-                detail=f"waiting: {reason.replace('_', ' ')}",
-            )
-            for run_id, attempt, mode, why, selector in changed
-        ]
+    where_params = [
+        RunStatus.QUEUED,
+        ExecutionMode.DISTRIBUTED,
+        False,
+        *(sql.as_json(DagRun, "worker_selector", form) for form in group.forms),
+        reason,
+    ]
+    insert = (
+        f"INSERT INTO {sql.table(DispatchDecision)} ({_DECISION_COLUMNS}) "
+        "SELECT id, attempt, %s, execution_mode, mode_reason, worker_selector, %s, %s, '', %s, "
+        "%s, %s FROM"
     )
+    values = [
+        DecisionEvent.WAITING,
+        considered,
+        matched,
+        reason,
+        f"waiting: {reason.replace('_', ' ')}",
+        sql.when_datetime(now),
+    ]
+    runs = sql.table(DagRun)
+    if connection.vendor == "postgresql":
+        # One statement, so the runs given the reason are exactly the runs recorded even
+        # while another coordinator claims some of them.
+        sql.execute(
+            f"WITH changed AS (UPDATE {runs} SET waiting_reason = %s WHERE {where} "
+            "RETURNING id, attempt, execution_mode, mode_reason, worker_selector) "
+            f"{insert} changed",
+            [reason, *where_params, *values],
+        )
+        return
+    # SQLite has no UPDATE inside WITH; this transaction holds its one write lock, so both
+    # statements see the same runs.
+    sql.execute(f"{insert} {runs} WHERE {where}", [*values, *where_params])
+    sql.execute(f"UPDATE {runs} SET waiting_reason = %s WHERE {where}", [reason, *where_params])
+
+
+_DECISION_COLUMNS = (
+    "run_id, attempt, event, mode, why, selector, workers_considered, workers_matched, "
+    "chosen_worker, waiting_reason, detail, decided_at"
+)

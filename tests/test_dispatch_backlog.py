@@ -109,6 +109,20 @@ def test_a_backlog_nothing_matches_never_holds_up_a_run_that_a_worker_can_take()
     }
     decisions = DispatchDecision.objects.filter(run__in=waiting, event="waiting")
     assert decisions.count() == len(backlog)
+    # Each row says what the run's own decision and the pass saw (written in the database).
+    first = decisions.get(run=backlog[0])
+    assert (first.attempt, first.mode, first.why, first.selector) == (
+        0,
+        "distributed",
+        "selector",
+        {"region": "mars"},
+    )
+    assert (first.workers_considered, first.workers_matched, first.chosen_worker) == (1, 0, "")
+    assert (first.waiting_reason, first.detail) == (
+        "no_matching_worker",
+        "waiting: no matching worker",
+    )
+    assert first.decided_at == now
     # Nothing changed: the next pass writes nothing and reads the backlog as a few groups.
     with CaptureQueriesContext(connection) as queries:
         assert dispatch_once(now=now, workers=[worker], deliver=delivered.append) == 0
