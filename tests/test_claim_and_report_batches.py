@@ -596,3 +596,39 @@ def test_group_commit_takes_in_what_arrives_while_it_waits_for_the_write_lock():
         t.join(timeout=30)
     assert groups == [["first", "a", "b"], ["logs"]]
     assert prepared == [["first"], ["logs"]]
+
+
+def test_group_commit_lingers_under_load_for_reports_to_join_and_not_after_a_quiet_spell():
+    clock = [100.0]
+    slept: list[float] = []
+    groups: list[list[str]] = []
+    late: list[threading.Thread] = []
+
+    def apply(reports: list[Report]) -> list:
+        groups.append([r.events[0].attempt_token for r in reports])
+        return [0] * len(reports)
+
+    def sleep(seconds: float) -> None:
+        # While the writer lingers, another report arrives and queues behind it.
+        slept.append(seconds)
+        late.append(threading.Thread(target=submit, args=("late",)))
+        late[-1].start()
+        while not commit._queue:
+            threading.Event().wait(0.01)
+        clock[0] += seconds
+
+    commit = GroupCommit(apply, linger=0.003, busy_within=0.05, clock=lambda: clock[0], sleep=sleep)
+
+    def submit(token: str) -> None:
+        commit.submit(Report([Event(seq=1, dag_run_id="r", attempt_token=token, kind="x")]))
+
+    submit("first")  # nothing before it: written at once
+    assert (slept, groups) == ([], [["first"]])
+    clock[0] += 0.01  # the next one comes while the fleet is busy
+    submit("busy")
+    late[0].join(timeout=30)
+    assert slept == [0.003]
+    assert groups == [["first"], ["busy", "late"]]  # the late one joined the lingering group
+    clock[0] += 1.0  # a quiet spell
+    submit("after")
+    assert slept == [0.003] and groups[-1] == ["after"]
