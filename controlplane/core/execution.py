@@ -7,7 +7,7 @@ Used by the worker agent (reports go over gRPC) and by the main instance's local
 only through a `Reporter` (step progress and logs) and a `ChildLauncher` (sub-DAG runs).
 
 Threads: `execute_run` schedules in the calling thread; every running step has a thread of
-its own (and its process two reader threads). Reporter methods are called from all of
+its own, which also reads its process's output. Reporter methods are called from all of
 them. Run-wide cancel (the caller's `cancel` event or the DAG timeout) is turned into the
 internal `abort` event by the scheduler, and everything else watches `abort`.
 

@@ -1,7 +1,6 @@
 """Daemon threads reused from one short job to the next.
 
-A worker starts several threads per run (the run's scheduler, each step, a step process's
-two pipe readers). Starting and ending a thread costs ~140 us of CPU on the benchmark
+A worker starts several threads per run (the run's scheduler, each step). Starting and ending a thread costs ~140 us of CPU on the benchmark
 machine (docs/benchmarks.md), several times what a single-step `true` run's own Python
 costs elsewhere; handing a job to a thread that just finished one costs a few microseconds.
 
