@@ -1,8 +1,9 @@
 """Daemon threads reused from one short job to the next.
 
-A worker starts several threads per run (the run's scheduler, each step). Starting and ending a thread costs ~140 us of CPU on the benchmark
-machine (docs/benchmarks.md), several times what a single-step `true` run's own Python
-costs elsewhere; handing a job to a thread that just finished one costs a few microseconds.
+A worker starts several threads per run (the run's scheduler, each step). Starting and
+ending a thread costs ~140 us of CPU on the benchmark machine (docs/benchmarks.md), several
+times what a single-step `true` run's own Python costs elsewhere; handing a job to a thread
+that just finished one costs a few microseconds.
 
 Unlike `concurrent.futures.ThreadPoolExecutor` there is no bound and no queue: a job that
 finds no idle thread gets a new one at once, so a job never waits for another to finish
