@@ -279,6 +279,10 @@ class WorkerAgent:
         self.host = socket.gethostname()
         self.started_at = utcnow()
         self.shutdown_grace = shutdown_grace
+        # The environment steps inherit: this process's, read once. Nothing here changes
+        # it later, and reading (decoding) os.environ for every run was a tenth of a
+        # single-step run's Python in the worker (docs/benchmarks.md).
+        self.environ = dict(os.environ)
         self.client = client or CoordinatorClient(
             addresses=address_source(config),
             peer=config.peer,
@@ -496,6 +500,7 @@ class WorkerAgent:
             ),
             cancel=cancel,
             completed=completed,
+            base_env=self.environ,
         )
 
     # -- loops ---------------------------------------------------------------------------------

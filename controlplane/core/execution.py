@@ -200,7 +200,8 @@ class _Run:
         self.statuses: dict[str, str] = {}
         self.results: dict[str, _StepResult] = {}
         self.outputs: dict[str, str] = {}
-        self.finished: queue.Queue[str] = queue.Queue()
+        # SimpleQueue: no conditions to build per run (queue.Queue makes three).
+        self.finished: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.deps = self._dependencies()
         self._restore(completed)
 
