@@ -309,6 +309,26 @@ def test_cancel_kills_the_tree_and_leaves_unstarted_steps_to_the_outcome(tmp_pat
     assert process_gone(pid)
 
 
+def test_a_lone_step_runs_on_the_schedulers_thread_and_concurrent_or_retried_ones_do_not():
+    threads: dict[str, int] = {}
+
+    class Threads(RecordingReporter):
+        def step_started(self, step: str, *, at: datetime, retry: int) -> None:
+            threads[step] = threading.get_ident()
+            super().step_started(step, at=at, retry=retry)
+
+    retried = sh("retried", "true", retry_policy=RetryPolicy(limit=1, interval_sec=0))
+    graph = Dag(name="g", steps=(sh("x", "true"), sh("y", "true")), uses_graph=True)
+    for dag in (Dag(name="s", steps=(sh("a", "true"), sh("b", "true"))), graph):
+        assert run(dag, Threads()).status == "succeeded"
+    assert run(Dag(name="r", steps=(retried,)), Threads()).status == "succeeded"
+    me = threading.get_ident()
+    # In sequence each step runs alone: no thread hand-over. Steps that may run at the
+    # same time, or a step whose retries sleep, get threads of their own.
+    assert (threads["a"], threads["b"]) == (me, me)
+    assert me not in (threads["x"], threads["y"], threads["retried"])
+
+
 def test_dag_timeout_fails_the_run_and_stops_everything(tmp_path):
     dag = Dag(name="t", timeout_sec=0.5, steps=(sh("a", "sleep 300"), sh("b", "true")))
     reporter = RecordingReporter()

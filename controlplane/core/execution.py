@@ -195,6 +195,7 @@ class _Run:
         self.base_env = dict(base_env)
         self.abort = threading.Event()
         self.abort_reason = ""  # set once, before `abort`
+        self.deadline: float | None = None  # the DAG's (monotonic), from `execute` on
         self.abort_status = StepStatus.CANCELLED
         self.lock = threading.Lock()  # guards statuses, results and outputs
         self.statuses: dict[str, str] = {}
@@ -226,7 +227,7 @@ class _Run:
                 self.outputs[step.output] = outcome.output_value
 
     def execute(self) -> RunOutcome:
-        deadline = deadline_after(self.dag.timeout_sec)
+        self.deadline = deadline = deadline_after(self.dag.timeout_sec)
         pending = [s for s in self.dag.steps if s.name not in self.statuses]
         running = 0
         # Debug only, as the end below: the callers (the agent, the local executor) log a
@@ -238,7 +239,7 @@ class _Run:
         while True:
             self._check_abort(deadline)
             if not self.abort.is_set():
-                pending, started = self._start_ready(pending)
+                pending, started = self._start_ready(pending, alone=running == 0)
                 running += started
             if running == 0:
                 break
@@ -264,9 +265,14 @@ class _Run:
         logger.info("run %s: %s, stopping steps", self.context.dag_run_id, self.abort_reason)
         self.abort.set()
 
-    def _start_ready(self, pending: list[Step]) -> tuple[list[Step], int]:
-        """Start every step whose dependencies allow it; skip those that never will."""
-        started = 0
+    def _start_ready(self, pending: list[Step], *, alone: bool) -> tuple[list[Step], int]:
+        """Start every step whose dependencies allow it; skip those that never will.
+
+        A step that would run `alone` (nothing else running or starting) and has no retries
+        runs on this thread, which then watches cancel and the DAG's deadline from the
+        step's own waits: a thread hand-over each way was a third of what a fast
+        single-step run costs a worker besides its process (docs/benchmarks.md)."""
+        ready: list[Step] = []
         progress = True
         while progress:  # a skip can unblock (skip) further steps in the same pass
             progress = False
@@ -280,10 +286,18 @@ class _Run:
                 if verdict == "skip":
                     self._finish_skipped(step, reason)
                 else:
-                    self._launch(step)
-                    started += 1
+                    with self.lock:
+                        # Marked now so the next pass does not start it again.
+                        self.statuses[step.name] = StepStatus.RUNNING
+                    ready.append(step)
             pending = waiting
-        return pending, started
+        if alone and len(ready) == 1 and _runs_inline(ready[0]):
+            _StepRunner(self, ready[0], check=lambda: self._check_abort(self.deadline)).run()
+        else:
+            for step in ready:
+                # A reused thread: starting one costs more than a fast step's own Python.
+                pool.start(_StepRunner(self, step).run, name=f"step-{step.name}")
+        return pending, len(ready)
 
     def _readiness(self, step: Step) -> tuple[str, str]:
         with self.lock:
@@ -303,13 +317,6 @@ class _Run:
             return self.dag.step(name).continue_on_failure
         except KeyError:
             return False
-
-    def _launch(self, step: Step) -> None:
-        with self.lock:
-            # Marked before the thread starts so the next pass does not start it again.
-            self.statuses[step.name] = StepStatus.RUNNING
-        # A reused thread: starting one costs more than a fast step's own Python.
-        pool.start(_StepRunner(self, step).run, name=f"step-{step.name}")
 
     def step_done(self, step: Step, result: _StepResult) -> None:
         """Record a step's end (called by its thread) and wake the scheduler."""
@@ -405,12 +412,20 @@ class _Run:
 # --------------------------------------------------------------------------- one step
 
 
-class _StepRunner:
-    """Runs one step with its retries in its own thread, then hands the result back."""
+def _runs_inline(step: Step) -> bool:
+    """Whether a step may run on the scheduler's thread: a command without retries (whose
+    only wait, the process's, polls the run's cancel and deadline through `TryStop`)."""
+    return step.kind == KIND_COMMAND and step.retry_policy.limit == 0
 
-    def __init__(self, run: _Run, step: Step) -> None:
+
+class _StepRunner:
+    """Runs one step with its retries, then hands the result back: on a thread of its own,
+    or on the scheduler's with `check` (which turns cancel and timeout into `abort`)."""
+
+    def __init__(self, run: _Run, step: Step, *, check: Callable[[], None] | None = None) -> None:
         self.run_state = run
         self.step = step
+        self.check = check
         self.call_target = step.call or ""  # a sub-DAG step's DAG, variables expanded
 
     def run(self) -> None:
@@ -454,7 +469,7 @@ class _StepRunner:
                 return _StepResult(StepStatus.CANCELLED, error=run.abort_reason)
 
     def _try_once(self) -> _StepResult:
-        stop = TryStop(self.run_state.abort, self.step.timeout_sec)
+        stop = TryStop(self.run_state.abort, self.step.timeout_sec, check=self.check)
         env = self.run_state.step_env(self.step)
         if self.step.kind == KIND_COMMAND:
             result = self._run_process(env, stop)

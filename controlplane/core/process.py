@@ -120,15 +120,24 @@ def _spawn_and_wait(
 class TryStop:
     """Set when the run aborts or this try passes its deadline."""
 
-    def __init__(self, abort: threading.Event, timeout_sec: float | None) -> None:
+    def __init__(
+        self,
+        abort: threading.Event,
+        timeout_sec: float | None,
+        *,
+        check: Callable[[], None] | None = None,
+    ) -> None:
         self.abort = abort
         self.deadline = deadline_after(timeout_sec)
         self.event = threading.Event()
         self.timed_out = False
+        self.check = check  # called on each poll first: it may set `abort`
 
     def poll(self) -> bool:
         if self.event.is_set():
             return True
+        if self.check is not None:
+            self.check()
         if self.abort.is_set():
             self.event.set()
         elif self.deadline is not None and time.monotonic() >= self.deadline:
