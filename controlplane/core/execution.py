@@ -6,10 +6,12 @@ Used by the worker agent (reports go over gRPC) and by the main instance's local
 (reports go to the database), so nothing here imports Django. The outside world is reached
 only through a `Reporter` (step progress and logs) and a `ChildLauncher` (sub-DAG runs).
 
-Threads: `execute_run` schedules in the calling thread; every running step has a thread of
-its own, which also reads its process's output. Reporter methods are called from all of
-them. Run-wide cancel (the caller's `cancel` event or the DAG timeout) is turned into the
-internal `abort` event by the scheduler, and everything else watches `abort`.
+Threads: `execute_run` schedules in the calling thread; a running step has a thread of its
+own, which also reads its process's output, except a command step without retries that runs
+alone, which runs on the calling thread. Reporter methods are called from all of them.
+Run-wide cancel (the caller's `cancel` event or the DAG timeout) is turned into the internal
+`abort` event by the scheduler (for a step on its thread, from that step's waits), and
+everything else watches `abort`.
 
 Decisions the spec leaves open:
 - A step that times out or is cancelled reports `exit_code=None` (not the signal number).
