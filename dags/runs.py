@@ -193,8 +193,9 @@ def _preparers(model: type[Model]) -> tuple[list[Field[Any, Any]], list[_Prep]]:
     as the ORM's compiler would (`pre_save`, then `get_db_prep_save`).
 
     For text, integer and boolean fields holding a value of their own type that chain is
-    the value itself, and running it was a third of creating a run; those take the value
-    as it is, anything else (dates, JSON, enums' own types aside) goes the ORM's way."""
+    the value itself, and running it was a quarter of creating a run; those take the value
+    as it is. Anything else (dates, JSON, a value of another type, a subclass of those
+    fields) goes the ORM's way."""
     cached = _PREPARERS.get(model)
     if cached is None:
         fields = [f for f in model._meta.concrete_fields if not (f.primary_key and f.db_returning)]

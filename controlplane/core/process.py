@@ -62,9 +62,7 @@ def run_step_process(
         else:
             argv = ["/bin/sh", "-c", step.command or ""]
         capture = _Capture(OUTPUT_LIMIT) if step.output else None
-        return _spawn_and_wait(
-            argv, env=env, cwd=cwd, stop=stop, log=log, capture=capture, name=step.name
-        )
+        return _spawn_and_wait(argv, env=env, cwd=cwd, stop=stop, log=log, capture=capture)
     finally:
         if script_path:
             _remove_quietly(script_path)
@@ -78,7 +76,6 @@ def _spawn_and_wait(
     stop: TryStop,
     log: Callable[[str, bytes], None],
     capture: _Capture | None,
-    name: str,
 ) -> ProcessEnd:
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
