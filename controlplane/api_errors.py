@@ -7,10 +7,15 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 
 
+@csrf_exempt
 def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
-    """The last route under /api/v2/: whatever no other route matched."""
+    """The last route under /api/v2/: whatever no other route matched.
+
+    CSRF-exempt as every API view is (DRF's): it changes nothing, and otherwise a POST here
+    got Django's HTML 403 page instead of this JSON 404."""
     return JsonResponse({"detail": f"no API endpoint at {request.path[:200]}"}, status=404)
 
 
